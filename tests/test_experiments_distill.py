@@ -1,0 +1,88 @@
+"""End to end: `python -m experiments.distill` outputs, resume, determinism and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_dd import data as data_lib
+from robust_dd import evaluate
+from robust_dd import kernels
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--dataset=digits", "--ipc=2", "--target_batch=100", "--log_every=10",
+        "--checkpoint_every=10", "--baseline_draws=2"]
+
+
+def run(*flags, check=True):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run([sys.executable, "-m", "experiments.distill", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, env=env)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run") / "w")
+  result = run(*FAST, "--zca", "--steps=30", f"--workdir={workdir}")
+  return workdir, result.stdout
+
+
+def test_outputs_progress_and_table(finished):
+  workdir, stdout = finished
+  for name in ("config.json", "metrics.json", "distilled.npz", "distilled.png", "progress.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert "step     10/30" in stdout and "left≈" in stdout and "| distilled acc |" in stdout
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert metrics["steps"] == 30 and len(metrics["split"]["test_indices"]) == 360
+  assert 0.0 <= metrics["distilled_test_acc"] <= 1.0
+  assert [h["step"] for h in metrics["history"]] == [10, 20, 30]
+  assert not [f for f in os.listdir(workdir) if f.startswith(".tmp")]
+
+
+def test_saved_set_with_its_preprocessing_scores_new_data_as_reported(finished):
+  workdir, _ = finished
+  saved = np.load(os.path.join(workdir, "distilled.npz"))
+  assert saved["images"].shape == (20, 8, 8, 1) and saved["labels"].shape == (20, 10)
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  ds = data_lib.load_dataset("digits")
+  # Apply the stored preprocessing by hand to the raw test images, as a user with new data would.
+  x = (ds.x_test - saved["mean"]) / saved["std"]
+  x = (x.reshape(len(x), -1) @ saved["zca"]).reshape(x.shape)
+  kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk")
+  acc = evaluate.krr_accuracy(kernel_fn, saved["images"], saved["labels"], x, ds.y_test)
+  assert abs(acc - metrics["distilled_test_acc"]) < 1e-9
+
+
+def test_rerun_resumes_from_checkpoint_and_matches_uninterrupted(finished, tmp_path):
+  workdir, _ = finished
+  part = str(tmp_path / "part")
+  run(*FAST, "--zca", "--steps=20", f"--workdir={part}")
+  result = run(*FAST, "--zca", "--steps=30", f"--workdir={part}")
+  assert "Resuming from step 20" in result.stdout
+  a = np.load(os.path.join(part, "distilled.npz"))["images"]
+  b = np.load(os.path.join(workdir, "distilled.npz"))["images"]
+  np.testing.assert_array_equal(a, b)  # Same seed, same flags: identical distilled set.
+
+
+def test_bad_input_stops_with_what_to_change(finished, tmp_path):
+  workdir, _ = finished
+  result = run(*FAST, "--zca", "--ipc=3", "--steps=30", f"--workdir={workdir}", check=False)
+  assert result.returncode == 2 and "different config (ipc" in result.stderr
+  result = run("--dataset=nope", f"--workdir={tmp_path / 'a'}", check=False)
+  assert result.returncode == 2 and "Unknown dataset 'nope'" in result.stderr
+  result = run("--dataset=digits", "--ipc=1000", f"--workdir={tmp_path / 'b'}", check=False)
+  assert result.returncode == 2 and "Lower it to at most" in result.stderr
+  bad = np.random.default_rng(0).random((20, 4, 4))
+  bad[0, 0, 0] = np.nan
+  np.savez(tmp_path / "bad.npz", x_train=bad, y_train=np.arange(20) % 2, x_test=bad,
+           y_test=np.arange(20) % 2)
+  result = run("--dataset=npz", f"--data_path={tmp_path / 'bad.npz'}",
+               f"--workdir={tmp_path / 'c'}", check=False)
+  assert result.returncode == 2 and "NaN" in result.stderr

@@ -1,0 +1,69 @@
+"""robust_dd.krr against NumPy solves, neural-tangents' predictor and numerical gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+from robust_dd import _nt_compat
+from robust_dd import kernels
+from robust_dd import krr
+
+nt = _nt_compat.import_neural_tangents()
+
+
+def _spd(rng, m):
+  a = rng.normal(size=(m, m))
+  return a @ a.T / m + 0.1 * np.eye(m)
+
+
+def test_krr_predict_equals_numpy_solve_with_relative_ridge():
+  rng = np.random.default_rng(0)
+  k_ss, k_ts, y_s = _spd(rng, 6), rng.normal(size=(4, 6)), rng.normal(size=(6, 3))
+  got = krr.krr_predict(jnp.asarray(k_ss), jnp.asarray(k_ts), jnp.asarray(y_s), diag_reg=0.3)
+  ridge = k_ss + 0.3 * np.trace(k_ss) / 6 * np.eye(6)
+  np.testing.assert_allclose(got, k_ts @ np.linalg.solve(ridge, y_s), rtol=1e-4, atol=1e-5)
+
+
+def test_krr_predict_equals_nt_gp_inference():
+  rng = np.random.default_rng(1)
+  k_ss, k_ts, y_s = _spd(rng, 8), rng.normal(size=(5, 8)), rng.normal(size=(8, 2))
+  ours = krr.krr_predict(jnp.asarray(k_ss), jnp.asarray(k_ts), jnp.asarray(y_s), diag_reg=1e-2)
+  theirs = nt.predict.gp_inference(k_ss, y_s, diag_reg=1e-2)("ntk", k_ts)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_krr_loss_closed_form():
+  rng = np.random.default_rng(2)
+  k_ss, k_ts = _spd(rng, 5), rng.normal(size=(7, 5))
+  y_s, y_t = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+  ridge = k_ss + 1e-3 * np.trace(k_ss) / 5 * np.eye(5)
+  residual = y_t - k_ts @ np.linalg.solve(ridge, y_s)
+  expected = 0.5 * np.mean(np.sum(residual ** 2, axis=1))
+  args = [jnp.asarray(a, jnp.float32) for a in (k_ss, k_ts, y_s, y_t)]
+  np.testing.assert_allclose(krr.krr_loss(*args, diag_reg=1e-3), expected, rtol=1e-4)
+  np.testing.assert_allclose(krr.krr_loss_jit(*args, diag_reg=1e-3), expected, rtol=1e-4)
+
+
+def test_kip_loss_is_zero_when_targets_are_the_support():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+  kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk")
+  assert float(krr.kip_loss(x, y, x, y, kernel_fn=kernel_fn, diag_reg=1e-7)) < 1e-5
+  assert float(krr.kip_loss(x, y, x, -y, kernel_fn=kernel_fn, diag_reg=1e-7)) > 1.0
+
+
+def test_kip_loss_gradients_match_finite_differences():
+  jax.config.update("jax_enable_x64", True)
+  try:
+    rng = np.random.default_rng(4)
+    xs = jnp.asarray(rng.normal(size=(3, 5)))
+    ys = jnp.asarray(rng.normal(size=(3, 2)))
+    xt = jnp.asarray(rng.normal(size=(4, 5)))
+    yt = jnp.asarray(rng.normal(size=(4, 2)))
+    kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk", depth=2)
+    loss = lambda a, b: krr.kip_loss(a, b, xt, yt, kernel_fn=kernel_fn, diag_reg=1e-2)
+    check_grads(loss, (xs, ys), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+  finally:
+    jax.config.update("jax_enable_x64", False)
