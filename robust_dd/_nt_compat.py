@@ -71,7 +71,6 @@ def _alias_missing(module: types.ModuleType, names: dict[str, object]) -> list[s
 
 
 def _patch_jax_core() -> list[str]:
-  import jax
   import jax.core
   import jax.extend.core as extend_core
 
@@ -91,7 +90,6 @@ def _patch_jax_core() -> list[str]:
   names["lattice_join"] = getattr(src_core, "lattice_join", lattice_join)
   names["DShapedArray"] = getattr(src_core, "DShapedArray", DShapedArray)
   added = _alias_missing(jax.core, names)
-  del jax
   return [f"jax.core.{n}" for n in added]
 
 

@@ -8,7 +8,7 @@ plain `k(x1, x2) -> (n1, n2)` array function for one kernel ('ntk' or 'nngp'), p
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -139,9 +139,3 @@ def kernel_matrix(kernel_fn: KernelFn, x1, x2=None, *, batch_size: int = 256) ->
       out[i:i + b1, j:j + b2] = block[:min(b1, len(x1) - i), :min(b2, len(x2) - j)]
   return out
 
-
-def batched_kernel_fn(kernel_fn: KernelFn, x1, x2=None, *, batch_size: Optional[int] = None):
-  """`kernel_matrix` when batch_size is given, else one jitted call (small inputs)."""
-  if batch_size is None:
-    return _block(kernel_fn, x1, x1 if x2 is None else x2)
-  return kernel_matrix(kernel_fn, x1, x2, batch_size=batch_size)
