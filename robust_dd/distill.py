@@ -284,7 +284,11 @@ def distill_experiment(config: DistillConfig, workdir: str,
   io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels,
               **prep.as_arrays())
   io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
-  final = test_accuracy(state.params)["test_acc"]
+  last = history[-1] if history else {}
+  if last.get("step") == int(state.step) and "test_acc" in last:
+    final = last["test_acc"]  # The loop just evaluated these exact params.
+  else:
+    final = test_accuracy(state.params)["test_acc"]
   baseline = evaluate.random_subset_krr_accuracy(
       baseline_key, kernel_fn, x_train, dataset.y_train, x_test, dataset.y_test,
       per_class=config.ipc, num_classes=num_classes, draws=config.baseline_draws,
