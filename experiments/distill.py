@@ -1,8 +1,16 @@
 r"""Distills a dataset: flags -> DistillConfig -> robust_dd.distill_experiment.
 
-Default (mnist5k, FC1 NTK, IPC 10, 2,000 Adam steps; about 30 s on a 2-core CPU):
+Default (KIP, mnist5k, FC1 NTK, IPC 10, 2,000 Adam steps; about 30 s on a 2-core CPU):
 
   python -m experiments.distill --workdir=runs/kip_ipc10
+
+Gradient matching (DC), with DSA, and loss-curvature matching on ConvNet-3:
+
+  python -m experiments.distill --method=dc --ipc=1 --steps=200 --workdir=runs/dc_ipc1
+  python -m experiments.distill --method=dsa --ipc=1 ...
+  python -m experiments.distill --method=lcmat --ipc=1 ...
+
+Flags without a value shown below take the method's default (see distill.METHOD_DEFAULTS).
 
 Re-running with the same --workdir resumes from its last checkpoint; a workdir that holds a run with
 a different config is refused.
@@ -39,17 +47,45 @@ flags.DEFINE_bool("pool", _D.pool, "conv: AvgPool 2x2 after each block (memory O
 flags.DEFINE_bool("zca", _D.zca, "ZCA-whiten (fitted on training data) after standardising.")
 flags.DEFINE_float("zca_reg", _D.zca_reg, "ZCA regularisation (times the mean eigenvalue).")
 flags.DEFINE_float("diag_reg", _D.diag_reg, "KRR ridge, relative to the mean kernel diagonal.")
-flags.DEFINE_bool("learn_labels", _D.learn_labels, "Learn the synthetic labels too.")
-flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate.")
-flags.DEFINE_integer("target_batch", _D.target_batch, "Real targets per step (class-balanced).")
-flags.DEFINE_integer("steps", _D.steps, "Distillation steps.")
+flags.DEFINE_enum("net", _D.net, ["auto", "convnet", "mlp"], "Network of matching methods and of "
+                  "finite-network evaluation (auto: ConvNet for images, MLP for flat inputs).")
+flags.DEFINE_integer("net_depth", _D.net_depth, "ConvNet blocks / MLP hidden layers.")
+flags.DEFINE_integer("net_width", _D.net_width, "ConvNet channels / MLP units.")
+flags.DEFINE_enum("conv_impl", _D.conv_impl, ["patches", "lax"], "Convolution as one matmul "
+                  "(patches, faster under vmap on CPU) or lax.conv.")
+flags.DEFINE_integer("outer_loop", _D.outer_loop, "Set updates per fresh network (DC default by "
+                     "IPC: 1 -> 1, 10 -> 10, 50 -> 50).")
+flags.DEFINE_integer("inner_loop", _D.inner_loop, "Network SGD steps on the set between updates "
+                     "(DC default by IPC: 1 -> 1, 10 -> 50, 50 -> 10).")
+flags.DEFINE_float("net_learning_rate", _D.net_learning_rate, "Inner-loop SGD learning rate.")
+flags.DEFINE_enum("metric", _D.metric, ["ours", "mse", "cos"], "Gradient-matching distance.")
+flags.DEFINE_bool("augment", _D.augment, "Siamese DSA in matching (default: on for dsa, lcmat).")
+flags.DEFINE_float("rho", _D.rho, "LCMat: radius of the adversarial direction.")
+flags.DEFINE_float("gamma", _D.gamma, "LCMat: weight of the curvature term.")
+flags.DEFINE_enum("hvp", _D.hvp, ["exact", "finite_difference"], "LCMat: Hessian-vector product.")
+flags.DEFINE_enum("optimizer", _D.optimizer, ["adam", "sgd"], "Optimiser of the synthetic set "
+                  "(default: adam for kip, sgd for matching).")
+flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate of the synthetic set "
+                   "(default: 0.01 kip, 0.1 matching).")
+flags.DEFINE_float("momentum", _D.momentum, "SGD momentum of the synthetic set.")
+flags.DEFINE_bool("learn_labels", _D.learn_labels, "Learn the synthetic labels too (default: "
+                  "kip only).")
+flags.DEFINE_integer("target_batch", _D.target_batch, "Real samples per update, class-balanced "
+                     "(default: 500 kip, 256 per class matching).")
+flags.DEFINE_integer("steps", _D.steps, "Steps (kip: updates; matching: outer iterations, each "
+                     "with a fresh network). Default 2000 kip, 1000 matching.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, batches and baselines.")
-flags.DEFINE_integer("baseline_draws", _D.baseline_draws, "Random subsets for the baseline.")
+flags.DEFINE_integer("baseline_draws", _D.baseline_draws, "Random subsets for the KRR baseline.")
 flags.DEFINE_integer("kernel_batch", _D.kernel_batch, "Block size of evaluation kernels.")
+flags.DEFINE_integer("eval_seeds", _D.eval_seeds, "Finite-network evaluation seeds (and random "
+                     "subsets of its baseline).")
+flags.DEFINE_integer("eval_epochs", _D.eval_epochs, "Epochs of finite-network evaluation.")
+flags.DEFINE_integer("eval_batch", _D.eval_batch, "Batch size of finite-network evaluation.")
+flags.DEFINE_bool("eval_augment", _D.eval_augment, "DSA while training evaluation networks.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints.")
 flags.DEFINE_bool("eval_during", _D.eval_during, "Report test accuracy at each progress line "
-                  "(for monitoring only; nothing is selected on it).")
+                  "(for monitoring only; nothing is selected on it). Default: kip only.")
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/<method>_<dataset>_ipc<N>"
                     "_seed<S>).")
 

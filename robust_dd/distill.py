@@ -1,7 +1,14 @@
 """The one distillation loop: init -> (sample a real batch -> jitted step)* -> save.
 
-A method plugs in as a `loss_fn(params, batch) -> scalar`, where `params = {'images', 'labels'}`
-is the synthetic set and `batch` a real batch drawn on device inside the step. `run_distillation`
+A method plugs in as a `loss_fn`, where `params = {'images', 'labels'}` is the synthetic set and
+`batch` a real batch drawn on device inside the step:
+
+- kernel methods (KIP): `loss_fn(params, batch) -> scalar`; one step = one update of the set.
+- network methods (DC, DSA, LCMat): `loss_fn(params, batch, net_params, key) -> scalar` plus a
+  `Network(init, train)`; one step = one outer iteration of DC: a fresh network, then
+  `updates_per_network` updates of the set, with `network.train` (the inner loop) between them.
+
+`run_distillation`
 drives the jitted step with per-step keys `fold_in(key, step)`, so a run resumed from a checkpoint
 continues exactly as an uninterrupted run would. `distill_experiment` is what `experiments.distill`
 calls: data, preprocessing, method, loop, evaluation and outputs in `workdir`.
@@ -20,11 +27,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from robust_dd import augment as augment_lib
+from robust_dd import curvature
 from robust_dd import data as data_lib
 from robust_dd import evaluate
 from robust_dd import io
 from robust_dd import kernels
 from robust_dd import krr
+from robust_dd import matching
+from robust_dd import models
+from robust_dd import training
 
 Params = dict[str, jax.Array]
 Batch = dict[str, jax.Array]
@@ -38,13 +50,19 @@ class DistillState(NamedTuple):
   step: jax.Array
 
 
-def make_optimizer(*, learning_rate: float = 0.01, learn_labels: bool = True
-                   ) -> optax.GradientTransformation:
-  """Adam on the images (and on the labels when `learn_labels`)."""
-  adam = optax.adam(learning_rate)
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(*, learning_rate: float = 0.01, learn_labels: bool = True,
+                   name: str = "adam", momentum: float = 0.5) -> optax.GradientTransformation:
+  """Adam (KIP) or SGD with momentum (DC) on the images, and on the labels when `learn_labels`."""
+  if name not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+  opt = (optax.adam(learning_rate) if name == "adam"
+         else optax.sgd(learning_rate, momentum=momentum or None))
   if learn_labels:
-    return adam
-  return optax.multi_transform({"learn": adam, "fixed": optax.set_to_zero()},
+    return opt
+  return optax.multi_transform({"learn": opt, "fixed": optax.set_to_zero()},
                                {"images": "learn", "labels": "fixed"})
 
 
@@ -59,15 +77,56 @@ def class_balanced_batch(key: jax.Array, real: dict[str, jax.Array], *, per_clas
   return {"images": real["images"][idx], "labels": real["labels"][idx]}
 
 
-def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, per_class: int):
-  """Returns the jitted `step(state, real, key) -> (state, metrics)`; `state` is donated."""
+class Network(NamedTuple):
+  """The network a matching method differentiates through.
+
+  init: `key -> net_params`, a fresh network (one per outer iteration).
+  train: `(net_params, params, key) -> net_params`, the inner loop on the synthetic set.
+  """
+  init: Callable[[jax.Array], Any]
+  train: Callable[[Any, Params, jax.Array], Any]
+
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, per_class: int,
+              network: Optional[Network] = None, updates_per_network: int = 1):
+  """Returns the jitted `step(state, real, key) -> (state, metrics)`; `state` is donated.
+
+  Without `network`: one update of the set on `loss_fn(params, batch)`. With `network`: a fresh
+  network, then `updates_per_network` updates on `loss_fn(params, batch, net_params, key)`, each
+  on a new real batch, with `network.train` between consecutive updates. `metrics['loss']` is
+  the mean loss of the step's updates.
+  """
+  if updates_per_network < 1:
+    raise ValueError(f"updates_per_network must be >= 1, got {updates_per_network}.")
+
+  def update(params, opt_state, real, key, *net):
+    k_batch, k_loss = jax.random.split(key)
+    batch = class_balanced_batch(k_batch, real, per_class=per_class)
+    extra = (net[0], k_loss) if net else ()
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch, *extra)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
 
   def step(state: DistillState, real: dict[str, jax.Array], key: jax.Array):
-    batch = class_balanced_batch(key, real, per_class=per_class)
-    loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    return DistillState(params, opt_state, state.step + 1), {"loss": loss}
+    if network is None:
+      params, opt_state, loss = update(state.params, state.opt_state, real, key)
+      return DistillState(params, opt_state, state.step + 1), {"loss": loss}
+    k_net, k_loop = jax.random.split(key)
+    net = network.init(k_net)
+    params, opt_state, loss = update(state.params, state.opt_state, real,
+                                     jax.random.fold_in(k_loop, 0), net)
+
+    def body(i, carry):
+      params, opt_state, net, total = carry
+      k_train, k_update = jax.random.split(jax.random.fold_in(k_loop, i))
+      net = network.train(net, params, k_train)
+      params, opt_state, loss = update(params, opt_state, real, k_update, net)
+      return params, opt_state, net, total + loss
+
+    params, opt_state, _, total = jax.lax.fori_loop(1, updates_per_network, body,
+                                                    (params, opt_state, net, loss))
+    return (DistillState(params, opt_state, state.step + 1),
+            {"loss": total / updates_per_network})
 
   return jax.jit(step, donate_argnums=0)
 
@@ -80,6 +139,40 @@ def kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6) -> LossFn:
                         kernel_fn=kernel_fn, diag_reg=diag_reg)
 
   return loss_fn
+
+
+def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
+                     augment: Optional[matching.AugmentFn] = None, use_vmap: bool = True):
+  """A matching method (DC, DSA, LCMat) as `loss_fn(params, batch, net_params, key)`.
+
+  The synthetic images and the real batch are class-major (class c in the c-th block of rows);
+  `class_loss` is vmapped over classes (`matching.per_class_losses`; `use_vmap=False` loops over
+  them instead, for benchmarks) and the losses summed.
+  """
+
+  def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
+    syn, real = params["images"], batch["images"]
+    syn = syn.reshape(num_classes, -1, *syn.shape[1:])
+    real = real.reshape(num_classes, -1, *real.shape[1:])
+    return matching.per_class_losses(class_loss, net_params, syn, real, key=key,
+                                     augment=augment, use_vmap=use_vmap).sum()
+
+  return loss_fn
+
+
+def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
+                       augment: Optional[matching.AugmentFn] = None) -> Network:
+  """DC's network: fresh `model` parameters, trained between updates by `steps` full-batch SGD
+  steps on the synthetic set (labels: argmax of the synthetic label vectors)."""
+  apply_fn = models.logits_fn(model)
+
+  def train(net_params, params, key):
+    labels = jnp.argmax(params["labels"], axis=-1)
+    return training.sgd_steps(apply_fn, net_params, jax.lax.stop_gradient(params["images"]),
+                              labels, key=key, steps=steps, learning_rate=learning_rate,
+                              augment=augment)
+
+  return Network(init=models.init_fn(model, tuple(input_shape)), train=train)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -142,13 +235,18 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
-  """Everything that determines a distillation run's result (plus run-length and logging)."""
+  """Everything that determines a distillation run's result (plus run-length and logging).
+
+  Fields left None take the method's default in `resolve_config` (see `METHOD_DEFAULTS` and
+  `dc_loops`); the resolved config is what a run saves and reports.
+  """
   method: str = "kip"
   dataset: str = "mnist5k"
   data_dir: Optional[str] = None
   data_path: Optional[str] = None
   split_seed: int = 0
   ipc: int = 10
+  # Kernel (KIP; and KRR evaluation).
   arch: str = "fc"
   kernel: str = "ntk"
   depth: int = 1
@@ -158,37 +256,108 @@ class DistillConfig:
   zca: bool = False
   zca_reg: float = 0.1
   diag_reg: float = 1e-6
-  learn_labels: bool = True
-  learning_rate: float = 0.01
-  target_batch: int = 500
-  steps: int = 2000
+  # Network (DC, DSA, LCMat; and finite-network evaluation).
+  net: str = "auto"
+  net_depth: int = 3
+  net_width: int = 128
+  conv_impl: str = "patches"
+  outer_loop: Optional[int] = None
+  inner_loop: Optional[int] = None
+  net_learning_rate: float = 0.01
+  metric: str = "ours"
+  augment: Optional[bool] = None
+  rho: float = 0.05
+  gamma: float = 1.0
+  hvp: str = "exact"
+  # Optimisation of the synthetic set.
+  optimizer: Optional[str] = None
+  learning_rate: Optional[float] = None
+  momentum: float = 0.5
+  learn_labels: Optional[bool] = None
+  target_batch: Optional[int] = None
+  steps: Optional[int] = None
   seed: int = 0
+  # Evaluation.
   baseline_draws: int = 5
   kernel_batch: int = 250
-  log_every: int = 100
-  checkpoint_every: int = 200
-  eval_during: bool = True
+  eval_seeds: int = 3
+  eval_epochs: int = 300
+  eval_batch: int = 256
+  eval_augment: bool = True
+  # Run length and logging.
+  log_every: Optional[int] = None
+  checkpoint_every: Optional[int] = None
+  eval_during: Optional[bool] = None
 
 
+METHODS = ("kip", "dc", "dsa", "lcmat")
+NETWORK_METHODS = ("dc", "dsa", "lcmat")
+# Per-method defaults of the fields left None. target_batch of network methods is per class here
+# (DC: 256 real images per class) and becomes 256 * C in `resolve_config`.
+METHOD_DEFAULTS = {
+    "kip": dict(optimizer="adam", learning_rate=0.01, learn_labels=True, target_batch=500,
+                steps=2000, log_every=100, checkpoint_every=200, eval_during=True,
+                augment=False),
+    "dc": dict(optimizer="sgd", learning_rate=0.1, learn_labels=False, target_batch=256,
+               steps=1000, log_every=50, checkpoint_every=50, eval_during=False, augment=False),
+}
+METHOD_DEFAULTS["dsa"] = dict(METHOD_DEFAULTS["dc"], augment=True)
+METHOD_DEFAULTS["lcmat"] = dict(METHOD_DEFAULTS["dc"], augment=True)
+# (outer_loop, inner_loop) of the DC code, by IPC.
+DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 # Keys that may change between a run and its resumption without changing its result.
-RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir")
-METHODS = ("kip",)
+RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir",
+                  "eval_seeds", "eval_epochs", "eval_batch", "eval_augment", "baseline_draws")
+
+
+def dc_loops(ipc: int) -> tuple[int, int]:
+  """DC's (outer_loop, inner_loop) for `ipc` (that of the nearest IPC the DC code lists)."""
+  nearest = min(DC_LOOPS, key=lambda k: (abs(k - ipc), k))
+  return DC_LOOPS[nearest]
+
+
+def resolve_config(config: DistillConfig, num_classes: int) -> DistillConfig:
+  """Fills the fields left None with the method's defaults."""
+  if config.method not in METHODS:
+    raise ValueError(f"Unknown --method={config.method}; choose one of {METHODS}.")
+  defaults = dict(METHOD_DEFAULTS[config.method])
+  if config.method in NETWORK_METHODS:
+    defaults["target_batch"] *= num_classes
+    defaults["outer_loop"], defaults["inner_loop"] = dc_loops(config.ipc)
+  else:
+    defaults.update(outer_loop=0, inner_loop=0)
+  changes = {k: v for k, v in defaults.items() if getattr(config, k) is None}
+  return dataclasses.replace(config, **changes)
 
 
 def validate_config(config: DistillConfig) -> None:
   """Raises ValueError, saying what to change, for settings that cannot run."""
   if config.method not in METHODS:
-    raise ValueError(f"Unknown --method={config.method}; this version supports {METHODS}.")
+    raise ValueError(f"Unknown --method={config.method}; choose one of {METHODS}.")
   if config.ipc < 1:
     raise ValueError(f"--ipc must be at least 1, got {config.ipc}.")
-  if config.steps < 0:
+  if config.steps is not None and config.steps < 0:
     raise ValueError(f"--steps must be >= 0, got {config.steps}.")
   if config.arch not in kernels.ARCHITECTURES:
     raise ValueError(f"Unknown --arch={config.arch}; choose one of {kernels.ARCHITECTURES}.")
   if config.kernel not in kernels.KERNELS:
     raise ValueError(f"Unknown --kernel={config.kernel}; choose one of {kernels.KERNELS}.")
-  if config.learning_rate <= 0 or config.diag_reg < 0:
+  if (config.learning_rate is not None and config.learning_rate <= 0) or config.diag_reg < 0:
     raise ValueError("--learning_rate must be positive and --diag_reg non-negative.")
+  if config.metric not in matching.METRICS:
+    raise ValueError(f"Unknown --metric={config.metric}; choose one of {matching.METRICS}.")
+  if config.hvp not in curvature.HVP_MODES:
+    raise ValueError(f"Unknown --hvp={config.hvp}; choose one of {curvature.HVP_MODES}.")
+  if config.optimizer is not None and config.optimizer not in OPTIMIZERS:
+    raise ValueError(f"Unknown --optimizer={config.optimizer}; choose one of {OPTIMIZERS}.")
+  for name in ("outer_loop", "inner_loop"):
+    value = getattr(config, name)
+    if config.method in NETWORK_METHODS and value is not None and value < (name == "outer_loop"):
+      raise ValueError(f"--{name} must be >= {int(name == 'outer_loop')}, got {value}.")
+  if config.eval_seeds < 1 or config.eval_epochs < 1 or config.eval_batch < 1:
+    raise ValueError("--eval_seeds, --eval_epochs and --eval_batch must be >= 1.")
+  if config.rho <= 0 or config.gamma < 0 or config.net_learning_rate <= 0:
+    raise ValueError("--rho and --net_learning_rate must be positive, --gamma non-negative.")
 
 
 def _check_workdir_config(workdir: str, config: DistillConfig) -> None:
@@ -206,10 +375,20 @@ def _check_workdir_config(workdir: str, config: DistillConfig) -> None:
 
 
 def prepare_data(config: DistillConfig):
-  """Loads the dataset and fits preprocessing on its training split only."""
+  """Loads the dataset and fits preprocessing on its training split only.
+
+  Returns (dataset, preprocessing, x_train, x_test, resolved config).
+  """
   dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir,
                                   data_path=config.data_path, split_seed=config.split_seed)
-  kernels.check_inputs(config.arch, dataset.x_train)
+  config = resolve_config(config, dataset.num_classes)
+  if config.method == "kip":
+    kernels.check_inputs(config.arch, dataset.x_train)
+  else:
+    network_model(config, dataset.num_classes, dataset.x_train.shape[1:])
+    if config.augment and dataset.x_train.ndim != 4:
+      raise ValueError(f"--method={config.method} augments images with DSA, but {config.dataset} "
+                       "samples are flat; pass --noaugment.")
   _, counts = data_lib.class_index_table(dataset.y_train, dataset.num_classes)
   data_lib.check_per_class(counts, config.ipc, what=f"--ipc={config.ipc}")
   if config.target_batch % dataset.num_classes:
@@ -220,34 +399,73 @@ def prepare_data(config: DistillConfig):
   prep = data_lib.fit_preprocessing(dataset.x_train, zca=config.zca, zca_reg=config.zca_reg)
   x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
   x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
-  return dataset, prep, x_train, x_test
+  return dataset, prep, x_train, x_test, config
+
+
+def network_model(config: DistillConfig, num_classes: int, input_shape):
+  """The Flax network of a config (matching and finite-network evaluation)."""
+  return models.make_network(config.net, num_classes=num_classes, input_shape=input_shape,
+                             depth=config.net_depth, width=config.net_width,
+                             conv_impl=config.conv_impl)
+
+
+def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_shape,
+                use_vmap: bool = True):
+  """The jitted step of the config's method (see `make_step`); `use_vmap=False` loops over
+  classes inside matching losses (for benchmarks)."""
+  per_class = config.target_batch // num_classes
+  if config.method == "kip":
+    kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
+                                       w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+    return make_step(kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg), optimizer,
+                     per_class=per_class)
+  model = network_model(config, num_classes, input_shape)
+  apply_fn = models.logits_fn(model)
+  if config.method == "lcmat":
+    class_loss = curvature.curvature_match_class_loss(apply_fn, rho=config.rho,
+                                                      gamma=config.gamma, metric=config.metric,
+                                                      hvp_mode=config.hvp)
+  else:
+    class_loss = matching.gradient_match_class_loss(apply_fn, metric=config.metric)
+  siamese = augment_lib.dsa if config.augment else None
+  network = inner_loop_network(model, input_shape=input_shape, steps=config.inner_loop,
+                               learning_rate=config.net_learning_rate,
+                               augment=evaluate.dsa_per_sample if config.augment else None)
+  return make_step(matching_loss_fn(class_loss, num_classes=num_classes, augment=siamese,
+                                    use_vmap=use_vmap),
+                   optimizer, per_class=per_class, network=network,
+                   updates_per_network=config.outer_loop)
 
 
 def distill_experiment(config: DistillConfig, workdir: str,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
   """Distills, evaluates and writes every output to `workdir`; resumes from its checkpoints.
 
-  Writes: config.json, distilled.npz (images in the space the kernel sees, labels, and the
-  preprocessing mean/std[/zca]), distilled.png, metrics.json (config, accuracies, split recipe,
-  history), checkpoints/ckpt_*.npz. Returns the metrics dict.
+  Writes: config.json (resolved), distilled.npz (images in the space the method sees, labels,
+  and the preprocessing mean/std[/zca]), distilled.png, metrics.json (config, accuracies, split
+  recipe, history), progress.json, checkpoints/ckpt_*.npz. Evaluation: KRR with the method's
+  kernel for KIP; the finite network (`eval_seeds` seeds) for network methods; in both cases
+  beside random real subsets of the same size under the same evaluator. Returns the metrics.
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
+  dataset, prep, x_train, x_test, config = prepare_data(config)
   _check_workdir_config(workdir, config)
-  dataset, prep, x_train, x_test = prepare_data(config)
   io.save_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
   num_classes = dataset.num_classes
   log(f"{config.dataset}: {len(x_train)} train / {len(x_test)} test samples of shape "
       f"{x_train.shape[1:]}, {num_classes} classes; preprocessing: standardise"
-      f"{' + ZCA' if prep.zca is not None else ''}")
+      f"{' + ZCA' if prep.zca is not None else ''}; method {config.method}"
+      + (f" (outer_loop {config.outer_loop}, inner_loop {config.inner_loop}, real batch "
+         f"{config.target_batch // num_classes}/class, DSA {'on' if config.augment else 'off'})"
+         if config.method in NETWORK_METHODS else ""))
 
-  kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
-                                     w_std=config.w_std, b_std=config.b_std, pool=config.pool)
   key = jax.random.key(config.seed)
   init_key, loop_key, baseline_key = jax.random.split(key, 3)
   init_idx = evaluate.random_subset_indices(init_key, dataset.y_train, per_class=config.ipc,
                                             num_classes=num_classes)
-  optimizer = make_optimizer(learning_rate=config.learning_rate, learn_labels=config.learn_labels)
+  optimizer = make_optimizer(learning_rate=config.learning_rate, learn_labels=config.learn_labels,
+                             name=config.optimizer, momentum=config.momentum)
   state = init_state(x_train[init_idx], data_lib.one_hot_centered(dataset.y_train[init_idx],
                                                                   num_classes), optimizer)
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -264,18 +482,18 @@ def distill_experiment(config: DistillConfig, workdir: str,
   real = {"images": jnp.asarray(x_train),
           "labels": data_lib.one_hot_centered(jnp.asarray(dataset.y_train), num_classes),
           "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
-  step_fn = make_step(kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg), optimizer,
-                      per_class=config.target_batch // num_classes)
+  step_fn = method_step(config, optimizer, num_classes=num_classes, input_shape=x_train.shape[1:])
+  evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
+                             num_classes=num_classes)
 
-  def test_accuracy(params):
-    return {"test_acc": evaluate.krr_accuracy(
-        kernel_fn, np.asarray(params["images"]), np.asarray(params["labels"]), x_test,
-        dataset.y_test, diag_reg=config.diag_reg, batch_size=config.kernel_batch)}
+  def monitor(params):  # One evaluation seed: for watching progress, nothing is chosen on it.
+    accs = evaluator.accuracies(params["images"], params["labels"], seeds=1)
+    return {"test_acc": float(accs[0])}
 
   t0 = time.time()
   state, history = run_distillation(
       step_fn, state, real, key=loop_key, num_steps=config.steps, log_every=config.log_every,
-      eval_fn=test_accuracy if config.eval_during else None, checkpoint_dir=ckpt_dir,
+      eval_fn=monitor if config.eval_during else None, checkpoint_dir=ckpt_dir,
       checkpoint_every=config.checkpoint_every, history=history, log=log,
       on_log=lambda h: io.save_json(progress_path, h))
   distill_seconds = time.time() - t0
@@ -285,17 +503,19 @@ def distill_experiment(config: DistillConfig, workdir: str,
               **prep.as_arrays())
   io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
   last = history[-1] if history else {}
-  if last.get("step") == int(state.step) and "test_acc" in last:
-    final = last["test_acc"]  # The loop just evaluated these exact params.
+  if evaluator.name == "krr" and last.get("step") == int(state.step) and "test_acc" in last:
+    final = np.asarray([last["test_acc"]])  # The loop just evaluated these exact params.
   else:
-    final = test_accuracy(state.params)["test_acc"]
-  baseline = evaluate.random_subset_krr_accuracy(
-      baseline_key, kernel_fn, x_train, dataset.y_train, x_test, dataset.y_test,
-      per_class=config.ipc, num_classes=num_classes, draws=config.baseline_draws,
-      diag_reg=config.diag_reg, batch_size=config.kernel_batch)
+    log(f"Evaluating the distilled set ({evaluator.describe()}) ...")
+    final = evaluator.accuracies(images, labels)
+  log(f"Evaluating {evaluator.baseline_draws} random real subsets of {config.ipc} per class ...")
+  baseline = evaluator.random_subset_accuracies(baseline_key, per_class=config.ipc)
   metrics = {
       "config": dataclasses.asdict(config),
-      "distilled_test_acc": final,
+      "evaluator": evaluator.describe(),
+      "distilled_test_acc": float(final.mean()),
+      "distilled_test_acc_std": float(final.std()),
+      "distilled_test_accs": final.tolist(),
       "random_subset_test_acc_mean": float(baseline.mean()),
       "random_subset_test_acc_std": float(baseline.std()),
       "random_subset_test_acc": baseline.tolist(),
@@ -312,15 +532,127 @@ def distill_experiment(config: DistillConfig, workdir: str,
   return metrics
 
 
+class Evaluator(NamedTuple):
+  """Test accuracy of a support set, and of random real subsets, under one fixed evaluator."""
+  name: str
+  describe: Callable[[], str]
+  accuracies: Callable[..., np.ndarray]  # (images, labels, seeds=None) -> (seeds,) accuracies
+  random_subset_accuracies: Callable[..., np.ndarray]  # (key, per_class) -> (draws,)
+  baseline_draws: int
+
+
+def make_evaluator(config: DistillConfig, x_train, y_train, x_test, y_test, *,
+                   num_classes: int, evaluator: Optional[str] = None) -> Evaluator:
+  """KRR with the config's kernel ('krr', KIP's default) or the finite network ('network')."""
+  evaluator = evaluator or ("krr" if config.method == "kip" else "network")
+  if evaluator == "krr":
+    kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
+                                       w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+
+    def krr_accs(images, labels, seeds=None):
+      return np.asarray([evaluate.krr_accuracy(
+          kernel_fn, np.asarray(images), np.asarray(labels), x_test, y_test,
+          diag_reg=config.diag_reg, batch_size=config.kernel_batch)])
+
+    def krr_baseline(key, per_class):
+      return evaluate.random_subset_krr_accuracy(
+          key, kernel_fn, x_train, y_train, x_test, y_test, per_class=per_class,
+          num_classes=num_classes, draws=config.baseline_draws, diag_reg=config.diag_reg,
+          batch_size=config.kernel_batch)
+
+    return Evaluator("krr", lambda: f"KRR, {config.arch}{config.depth} {config.kernel}",
+                     krr_accs, krr_baseline, config.baseline_draws)
+  if evaluator != "network":
+    raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
+  model = network_model(config, num_classes, x_train.shape[1:])
+  settings = dict(model=model, epochs=config.eval_epochs, batch_size=config.eval_batch,
+                  augment=config.eval_augment and x_train.ndim == 4)
+
+  def net_accs(images, labels, seeds=None):
+    return evaluate.network_accuracies(jax.random.key(config.seed), images, labels, x_test, y_test,
+                                       seeds=seeds or config.eval_seeds, **settings)
+
+  def net_baseline(key, per_class):
+    return evaluate.random_subset_network_accuracies(
+        key, x_train, y_train, x_test, y_test, per_class=per_class, num_classes=num_classes,
+        draws=config.eval_seeds, **settings)
+
+  def describe():
+    return (f"{type(model).__name__}-{config.net_depth} w{config.net_width}, "
+            f"{config.eval_epochs} epochs, DSA {'on' if settings['augment'] else 'off'}")
+
+  return Evaluator("network", describe, net_accs, net_baseline, config.eval_seeds)
+
+
 def results_table(runs: list[dict[str, Any]]) -> str:
-  """A Markdown table of distilled vs random-subset KRR test accuracy."""
-  lines = ["| method | dataset | kernel | IPC | steps | distilled acc | random subset acc |",
+  """A Markdown table of distilled vs random-subset test accuracy (mean ± std over seeds)."""
+  lines = ["| method | dataset | IPC | steps | evaluator | distilled acc | random subset acc |",
            "|---|---|---|---|---|---|---|"]
   for m in runs:
     c = m["config"]
+    std = m.get("distilled_test_acc_std", 0.0)
     lines.append(
-        f"| {c['method']} | {c['dataset']} | {c['arch']}{c['depth']} {c['kernel']} | {c['ipc']} | "
-        f"{m['steps']} | {100 * m['distilled_test_acc']:.1f}% | "
+        f"| {c['method']} | {c['dataset']} | {c['ipc']} | {m['steps']} | "
+        f"{m.get('evaluator', 'KRR')} | {100 * m['distilled_test_acc']:.1f}% ± {100 * std:.1f} | "
         f"{100 * m['random_subset_test_acc_mean']:.1f}% ± "
         f"{100 * m['random_subset_test_acc_std']:.1f} |")
   return "\n".join(lines)
+
+
+def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] = None,
+                     baseline: bool = True, output: str = "evaluation.json",
+                     log: Callable[[str], None] = print, **overrides) -> dict[str, Any]:
+  """Evaluates the distilled set saved in `workdir` (what `experiments.evaluate` runs).
+
+  The dataset and split come from the run's config.json, the preprocessing from distilled.npz.
+  `overrides` replace evaluation fields of the config (net, net_depth, net_width, eval_seeds,
+  eval_epochs, eval_batch, eval_augment). KRR (with the run's kernel) runs when `krr` is True, or
+  by default for KIP runs. Writes `workdir/output` and returns it as a dict.
+  """
+  config_path, set_path = (os.path.join(workdir, n) for n in ("config.json", "distilled.npz"))
+  for path in (config_path, set_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished distillation run?")
+  saved = io.load_json(config_path)
+  fields = {f.name for f in dataclasses.fields(DistillConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"Unknown evaluation settings {unknown}.")
+  config = dataclasses.replace(DistillConfig(**{k: v for k, v in saved.items() if k in fields}),
+                               **overrides)
+  validate_config(config)
+  arrays = io.load_npz(set_path)
+  prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))
+  dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir,
+                                  data_path=config.data_path, split_seed=config.split_seed)
+  config = resolve_config(config, dataset.num_classes)
+  x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
+  x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
+  images, labels = arrays["images"], arrays["labels"]
+  ipc = len(images) // dataset.num_classes
+  krr = config.method == "kip" if krr is None else krr
+  results = {"workdir": workdir, "config": dataclasses.asdict(config), "ipc": ipc}
+  rows = []
+  for name in (["network"] if network else []) + (["krr"] if krr else []):
+    evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
+                               num_classes=dataset.num_classes, evaluator=name)
+    log(f"{name}: {evaluator.describe()} ...")
+    accs = evaluator.accuracies(images, labels)
+    entry = {"evaluator": evaluator.describe(), "distilled_test_accs": accs.tolist(),
+             "distilled_test_acc": float(accs.mean()),
+             "distilled_test_acc_std": float(accs.std())}
+    if baseline:
+      base = evaluator.random_subset_accuracies(jax.random.key(config.seed + 1), per_class=ipc)
+      entry.update(random_subset_test_acc=base.tolist(),
+                   random_subset_test_acc_mean=float(base.mean()),
+                   random_subset_test_acc_std=float(base.std()))
+    results[name] = entry
+    rows.append(f"| {config.method} | {config.dataset} | {ipc} | {entry['evaluator']} | "
+                f"{100 * entry['distilled_test_acc']:.1f}% ± "
+                f"{100 * entry['distilled_test_acc_std']:.1f} | "
+                + (f"{100 * entry['random_subset_test_acc_mean']:.1f}% ± "
+                   f"{100 * entry['random_subset_test_acc_std']:.1f} |" if baseline else "- |"))
+  io.save_json(os.path.join(workdir, output), results)
+  log("\n".join(["| method | dataset | IPC | evaluator | distilled acc | random subset acc |",
+                 "|---|---|---|---|---|---|"] + rows))
+  return results

@@ -25,13 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import io
 from robust_dd import kernels
+import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["fc", "conv"], "Architectures: fc, conv, conv_pool.")
@@ -60,11 +60,7 @@ def bench_one(arch, ipc, batch, x, y, real):
   t0 = time.time()
   compiled = step.lower(state, real, key).compile()
   compile_seconds = time.time() - t0
-  mem = compiled.memory_analysis()
-  xla_bytes = None
-  if mem is not None:
-    xla_bytes = int(mem.argument_size_in_bytes + mem.output_size_in_bytes
-                    + mem.temp_size_in_bytes - getattr(mem, "alias_size_in_bytes", 0))
+  xla_bytes = _bench.compiled_bytes(compiled)
   t0 = time.time()
   state, metrics = step(state, real, jax.random.fold_in(key, 0))
   jax.block_until_ready(metrics)
@@ -81,28 +77,18 @@ def bench_one(arch, ipc, batch, x, y, real):
     state, metrics = step(state, real, jax.random.fold_in(key, i + 2))
   jax.block_until_ready(metrics)
   seconds = time.time() - t0
-  stats = jax.devices()[0].memory_stats() or {}
   return {"arch": arch, "depth": FLAGS.depth, "ipc": ipc, "support": 10 * ipc,
           "target_batch": batch, "steps_timed": steps, "steps_per_second": steps / seconds,
           "compile_seconds": compile_seconds, "first_step_seconds": first,
           "xla_step_bytes": xla_bytes,
-          "device_peak_bytes": stats.get("peak_bytes_in_use"),
+          "device_peak_bytes": _bench.device_peak_bytes(),
           "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
           "loss": float(metrics["loss"])}
 
 
-def _mib(b):
-  return "n/a" if b is None else f"{b / 2**20:,.0f}"
-
-
 def main(argv):
   del argv
-  ds = data_lib.load_mnist5k()
-  prep = data_lib.fit_preprocessing(ds.x_train)
-  x = data_lib.apply_preprocessing(ds.x_train, prep)
-  table, counts = data_lib.class_index_table(ds.y_train, 10)
-  real = {"images": jnp.asarray(x), "labels": data_lib.one_hot_centered(ds.y_train, 10),
-          "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+  ds, x, real = _bench.mnist5k_real()
   results = []
   for arch in FLAGS.archs:
     for ipc in map(int, FLAGS.ipcs):
@@ -124,8 +110,8 @@ def main(argv):
       continue
     print(f"| {r['arch']}{r['depth']} ntk{' (no pool)' if r['arch'] == 'conv' else ''} | {r['ipc']} | {r['target_batch']} | "
           f"{r['steps_per_second']:.3g} | {1000 / r['steps_per_second']:.4g} | "
-          f"{_mib(r['xla_step_bytes'])} | {_mib(r['device_peak_bytes'])} |")
-  print(f"\nProcess peak RSS: {_mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
+          f"{_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
+  print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")
 
 

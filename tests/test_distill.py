@@ -102,4 +102,80 @@ def test_config_validation_messages():
   with pytest.raises(ValueError, match="--ipc"):
     distill.validate_config(distill.DistillConfig(ipc=0))
   with pytest.raises(ValueError, match="method"):
-    distill.validate_config(dataclasses.replace(distill.DistillConfig(), method="dc"))
+    distill.validate_config(dataclasses.replace(distill.DistillConfig(), method="mtt"))
+  with pytest.raises(ValueError, match="--metric"):
+    distill.validate_config(distill.DistillConfig(method="dc", metric="l2"))
+  with pytest.raises(ValueError, match="outer_loop"):
+    distill.validate_config(distill.DistillConfig(method="dc", outer_loop=0))
+
+
+def test_method_defaults_follow_dc_by_ipc_and_keep_explicit_values():
+  dc10 = distill.resolve_config(distill.DistillConfig(method="dc", ipc=10), 10)
+  assert (dc10.outer_loop, dc10.inner_loop, dc10.target_batch) == (10, 50, 2560)
+  assert (dc10.optimizer, dc10.learning_rate, dc10.learn_labels, dc10.augment) == (
+      "sgd", 0.1, False, False)
+  assert distill.resolve_config(distill.DistillConfig(method="dsa", ipc=1), 10).augment
+  lc = distill.resolve_config(distill.DistillConfig(method="lcmat", ipc=50, inner_loop=3,
+                                                    target_batch=100), 10)
+  assert (lc.outer_loop, lc.inner_loop, lc.target_batch) == (50, 3, 100)
+  kip = distill.resolve_config(distill.DistillConfig(), 10)
+  assert (kip.optimizer, kip.learning_rate, kip.target_batch, kip.steps) == ("adam", 0.01, 500,
+                                                                              2000)
+  assert distill.dc_loops(7) == (10, 50) and distill.dc_loops(2) == (1, 1)
+
+
+def _matching_setup(updates_per_network, inner_steps=2):
+  from robust_dd import augment, matching, models
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 8)
+  x = (rng.normal(size=(24, 6, 6, 1)) + y[:, None, None, None]).astype(np.float32)
+  table, counts = data_lib.class_index_table(y, 3)
+  real = {"images": jnp.asarray(x), "labels": data_lib.one_hot_centered(jnp.asarray(y), 3),
+          "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+  model = models.make_network("convnet", num_classes=3, input_shape=(6, 6, 1), depth=1, width=3)
+  apply_fn = models.logits_fn(model)
+  loss_fn = distill.matching_loss_fn(matching.gradient_match_class_loss(apply_fn), num_classes=3,
+                                     augment=augment.dsa)
+  network = distill.inner_loop_network(model, input_shape=(6, 6, 1), steps=inner_steps,
+                                       learning_rate=0.01)
+  optimizer = distill.make_optimizer(name="sgd", learning_rate=0.1, learn_labels=False)
+  state = distill.init_state(x[[0, 8, 16]], data_lib.one_hot_centered(y[[0, 8, 16]], 3),
+                             optimizer)
+  step = distill.make_step(loss_fn, optimizer, per_class=4, network=network,
+                           updates_per_network=updates_per_network)
+  return state, step, real, loss_fn, network, optimizer
+
+
+def test_network_step_is_the_dc_outer_iteration_written_out():
+  import optax
+  state, step, real, loss_fn, network, optimizer = _matching_setup(3)
+  key = jax.random.key(7)
+  params, opt_state = _copy(state.params), _copy(state.opt_state)
+  k_net, k_loop = jax.random.split(key)
+  net = network.init(k_net)
+  losses = []
+  for i in range(3):  # update, train, update, train, update: no training after the last update.
+    k_update = jax.random.fold_in(k_loop, 0)
+    if i:
+      k_train, k_update = jax.random.split(jax.random.fold_in(k_loop, i))
+      net = network.train(net, params, k_train)
+    k_batch, k_loss = jax.random.split(k_update)
+    batch = distill.class_balanced_batch(k_batch, real, per_class=4)
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch, net, k_loss)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    losses.append(loss)
+  new, metrics = step(_copy(state), real, key)
+  np.testing.assert_allclose(new.params["images"], params["images"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(new.params["labels"], state.params["labels"])
+  np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-4)
+  assert int(new.step) == 1
+
+
+def test_inner_loop_changes_the_network_between_updates():
+  # With 0 inner steps both updates see the same network; with 5 they must not.
+  state, step0, real, *_ = _matching_setup(2, inner_steps=0)
+  state5, step5, *_ = _matching_setup(2, inner_steps=5)
+  a, _ = step0(_copy(state), real, jax.random.key(1))
+  b, _ = step5(_copy(state5), real, jax.random.key(1))
+  assert not np.allclose(a.params["images"], b.params["images"])

@@ -18,9 +18,9 @@ FAST = ["--dataset=digits", "--ipc=2", "--target_batch=100", "--log_every=10",
         "--checkpoint_every=10", "--baseline_draws=2"]
 
 
-def run(*flags, check=True):
+def run(*flags, check=True, module="experiments.distill"):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-m", "experiments.distill", *flags], cwd=REPO,
+  result = subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env=env)
   if check:
     assert result.returncode == 0, result.stderr[-3000:]
@@ -86,3 +86,58 @@ def test_bad_input_stops_with_what_to_change(finished, tmp_path):
   result = run("--dataset=npz", f"--data_path={tmp_path / 'bad.npz'}",
                f"--workdir={tmp_path / 'c'}", check=False)
   assert result.returncode == 2 and "NaN" in result.stderr
+
+
+# DC on digits with a tiny ConvNet: 8x8 images, width 8, 64 real images per class per update.
+DC = ["--method=dc", "--dataset=digits", "--ipc=1", "--net_width=8", "--target_batch=640",
+      "--log_every=2", "--checkpoint_every=2", "--eval_epochs=20", "--eval_seeds=2"]
+
+
+@pytest.fixture(scope="module")
+def dc_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("dc") / "w")
+  result = run(*DC, "--steps=4", f"--workdir={workdir}")
+  return workdir, result.stdout
+
+
+def test_dc_driver_outputs_and_finite_network_evaluation(dc_run):
+  workdir, stdout = dc_run
+  for name in ("config.json", "metrics.json", "distilled.npz", "distilled.png", "progress.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert "outer_loop 1, inner_loop 1, real batch 64/class" in stdout and "step      2/4" in stdout
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert metrics["config"]["optimizer"] == "sgd" and metrics["config"]["learn_labels"] is False
+  assert "ConvNet-3 w8, 20 epochs" in metrics["evaluator"]
+  assert len(metrics["distilled_test_accs"]) == 2 and len(metrics["random_subset_test_acc"]) == 2
+  assert np.isclose(metrics["distilled_test_acc"], np.mean(metrics["distilled_test_accs"]))
+  saved = np.load(os.path.join(workdir, "distilled.npz"))
+  assert saved["images"].shape == (10, 8, 8, 1)
+  np.testing.assert_array_equal(np.argmax(saved["labels"], 1), np.arange(10))  # Labels fixed.
+
+
+def test_dc_resume_equals_uninterrupted(dc_run, tmp_path):
+  workdir, _ = dc_run
+  part = str(tmp_path / "part")
+  run(*DC, "--steps=2", "--eval_seeds=1", f"--workdir={part}")
+  result = run(*DC, "--steps=4", "--eval_seeds=1", f"--workdir={part}")
+  assert "Resuming from step 2" in result.stdout
+  np.testing.assert_array_equal(np.load(os.path.join(part, "distilled.npz"))["images"],
+                                np.load(os.path.join(workdir, "distilled.npz"))["images"])
+
+
+def test_evaluate_driver_reproduces_the_run_and_adds_krr(dc_run):
+  workdir, _ = dc_run
+  result = run(f"--workdir={workdir}", "--krr", "--nobaseline", module="experiments.evaluate")
+  report = json.load(open(os.path.join(workdir, "evaluation.json")))
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  # Same evaluator settings and seed as the run's own evaluation: the same accuracies.
+  assert report["network"]["distilled_test_accs"] == metrics["distilled_test_accs"]
+  saved = np.load(os.path.join(workdir, "distilled.npz"))
+  ds = data_lib.load_dataset("digits")
+  x = (ds.x_test - saved["mean"]) / saved["std"]
+  acc = evaluate.krr_accuracy(kernels.make_kernel_fn("fc"), saved["images"], saved["labels"], x,
+                              ds.y_test)
+  assert report["krr"]["distilled_test_accs"] == [acc]
+  assert "| dc | digits | 1 |" in result.stdout
+  missing = run("--workdir=/nonexistent", module="experiments.evaluate", check=False)
+  assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -1,0 +1,144 @@
+"""Training and testing finite networks as pure, jitted functions.
+
+Used twice: inside gradient matching (a few SGD steps on the synthetic set between image updates)
+and by the finite-network evaluator (a fresh network trained on a distilled or selected set for a
+fixed schedule). `apply_fn(params, x) -> logits` is any pure network function (see `models`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels (n,) or a single label () for all rows."""
+  labels = jnp.broadcast_to(labels, logits.shape[:1])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def network_loss(apply_fn: ApplyFn, params, images, labels, *, loss: str = "ce") -> jax.Array:
+  """`ce`: cross-entropy on integer labels; `mse`: squared error to (soft) label vectors."""
+  logits = apply_fn(params, images)
+  if loss == "ce":
+    return cross_entropy(logits, labels)
+  if loss == "mse":
+    return 0.5 * jnp.mean(jnp.sum((logits - labels) ** 2, axis=-1))
+  raise ValueError(f"Unknown loss {loss!r}; use 'ce' or 'mse'.")
+
+
+def sgd_steps(apply_fn: ApplyFn, params, images, labels, *, key: jax.Array, steps: int,
+              learning_rate: float, augment: Optional[AugmentFn] = None, loss: str = "ce"):
+  """`steps` full-batch plain-SGD steps on (images, labels); jittable (a `fori_loop`)."""
+
+  def body(i, p):
+    x = images if augment is None else augment(jax.random.fold_in(key, i), images)
+    g = jax.grad(lambda q: network_loss(apply_fn, q, x, labels, loss=loss))(p)
+    return jax.tree_util.tree_map(lambda a, b: a - learning_rate * b, p, g)
+
+  return jax.lax.fori_loop(0, steps, body, params)
+
+
+def evaluation_optimizer(*, learning_rate: float, momentum: float, weight_decay: float,
+                         total_steps: int) -> optax.GradientTransformation:
+  """SGD with momentum and coupled weight decay (as torch.optim.SGD); lr x0.1 at half-way."""
+  schedule = optax.piecewise_constant_schedule(learning_rate, {max(total_steps // 2, 1): 0.1})
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(schedule, momentum=momentum or None))
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "init_fn", "steps", "batch_size",
+                                             "augment", "loss", "optimizer"))
+def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment, loss,
+           optimizer):
+  k_init, k_loop = jax.random.split(key)
+  params = init_fn(k_init)
+  n = images.shape[0]
+
+  def body(carry, i):
+    params, opt_state = carry
+    k_batch, k_aug = jax.random.split(jax.random.fold_in(k_loop, i))
+    if batch_size < n:
+      idx = jax.random.permutation(k_batch, n)[:batch_size]
+      x, y = images[idx], labels[idx]
+    else:
+      x, y = images, labels
+    if augment is not None:
+      x = augment(k_aug, x)
+    value, grads = jax.value_and_grad(
+        lambda p: network_loss(apply_fn, p, x, y, loss=loss))(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), value
+
+  (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(steps))
+  return params, losses
+
+
+def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
+                  init_fn: Callable[[jax.Array], Any], epochs: int = 300, batch_size: int = 256,
+                  learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+                  augment: Optional[AugmentFn] = None, loss: str = "ce"):
+  """Trains a fresh network (`init_fn(key)`) on (images, labels) for a fixed schedule.
+
+  Runs `epochs * ceil(n / batch_size)` steps, each on a random batch of min(n, batch_size)
+  samples without replacement, with SGD (momentum, weight decay, lr x0.1 half-way). `apply_fn`,
+  `init_fn` and `augment` are static under jit: pass the same function objects to reuse the
+  compiled program. Returns (params, per-step training losses).
+  """
+  n = len(images)
+  if n == 0:
+    raise ValueError("Cannot train on an empty set.")
+  steps = epochs * -(-n // batch_size)
+  optimizer = evaluation_optimizer(learning_rate=learning_rate, momentum=momentum,
+                                   weight_decay=weight_decay, total_steps=steps)
+  return _train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
+                init_fn=init_fn, steps=steps, batch_size=min(batch_size, n), augment=augment,
+                loss=loss, optimizer=_Hashable(optimizer, (learning_rate, momentum,
+                                                           weight_decay, steps)))
+
+
+class _Hashable:
+  """An optax transformation made a static jit argument, hashed by its hyperparameters."""
+
+  def __init__(self, optimizer, signature):
+    self.optimizer, self.signature = optimizer, signature
+
+  def init(self, params):
+    return self.optimizer.init(params)
+
+  def update(self, grads, state, params):
+    return self.optimizer.update(grads, state, params)
+
+  def __hash__(self):
+    return hash(self.signature)
+
+  def __eq__(self, other):
+    return isinstance(other, _Hashable) and self.signature == other.signature
+
+
+def predict(apply_fn: ApplyFn, params, images, *, batch_size: int = 500) -> np.ndarray:
+  """Logits for `images`, computed in batches (the last one padded to reuse one compilation)."""
+  images = np.asarray(images)
+  f = jax.jit(apply_fn)
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk) if len(images) > batch_size else 0
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+    out.append(np.asarray(f(params, chunk))[:len(chunk) - pad])
+  return np.concatenate(out)
+
+
+def accuracy(apply_fn: ApplyFn, params, images, labels, *, batch_size: int = 500) -> float:
+  """Fraction of `images` whose argmax logit equals the integer label."""
+  logits = predict(apply_fn, params, images, batch_size=batch_size)
+  return float(np.mean(np.argmax(logits, -1) == np.asarray(labels)))

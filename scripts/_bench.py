@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts: mnist5k on device, XLA memory, formatting."""
+
+import jax
+import jax.numpy as jnp
+
+from robust_dd import data as data_lib
+
+
+def mnist5k_real():
+  """(dataset, preprocessed x_train, the on-device `real` dict the distillation step samples)."""
+  ds = data_lib.load_mnist5k()
+  prep = data_lib.fit_preprocessing(ds.x_train)
+  x = data_lib.apply_preprocessing(ds.x_train, prep)
+  table, counts = data_lib.class_index_table(ds.y_train, 10)
+  real = {"images": jnp.asarray(x), "labels": data_lib.one_hot_centered(ds.y_train, 10),
+          "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+  return ds, x, real
+
+
+def compiled_bytes(compiled):
+  """XLA's estimate for a compiled step: arguments + outputs + temporaries - aliased."""
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  return int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+             - getattr(mem, "alias_size_in_bytes", 0))
+
+
+def device_peak_bytes():
+  return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+
+
+def mib(b):
+  return "n/a" if b is None else f"{b / 2**20:,.0f}"

@@ -1,0 +1,82 @@
+"""robust_dd.training: cross-entropy, SGD steps and the evaluation optimiser against NumPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from robust_dd import models
+from robust_dd import training
+
+
+def _linear(params, x):
+  return x @ params["w"] + params["b"]
+
+
+def test_cross_entropy_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits, labels = rng.normal(size=(6, 4)), rng.integers(0, 4, 6)
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  expected = -np.mean(np.log(p[np.arange(6), labels]))
+  np.testing.assert_allclose(training.cross_entropy(jnp.asarray(logits, jnp.float32), labels),
+                             expected, rtol=1e-5)
+  # A scalar label labels every row.
+  np.testing.assert_allclose(training.cross_entropy(jnp.asarray(logits, jnp.float32), 2),
+                             -np.mean(np.log(p[:, 2])), rtol=1e-5)
+
+
+def test_sgd_steps_equal_manual_gradient_descent():
+  rng = np.random.default_rng(1)
+  x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.integers(0, 2, 8)
+  params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "b": jnp.zeros(2)}
+  out = training.sgd_steps(_linear, params, x, y, key=jax.random.key(0), steps=3,
+                           learning_rate=0.5)
+  w, b = np.asarray(params["w"], np.float64), np.zeros(2)
+  onehot = np.eye(2)[y]
+  for _ in range(3):
+    logits = x @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - onehot) / len(x)
+    w, b = w - 0.5 * x.T @ g, b - 0.5 * g.sum(0)
+  np.testing.assert_allclose(out["w"], w, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["b"], b, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_optimizer_is_torch_sgd_with_coupled_decay_and_halving_schedule():
+  opt = training.evaluation_optimizer(learning_rate=0.1, momentum=0.9, weight_decay=0.01,
+                                      total_steps=4)
+  theta = jnp.asarray([1.0, -2.0])
+  state = opt.init(theta)
+  t, buf, lr = np.array([1.0, -2.0]), np.zeros(2), 0.1
+  for step in range(4):
+    grad = 2 * theta  # d/dtheta |theta|^2
+    updates, state = opt.update(grad, state, theta)
+    theta = optax.apply_updates(theta, updates)
+    g = 2 * t + 0.01 * t  # torch: weight decay added to the gradient
+    buf = 0.9 * buf + g
+    t = t - (lr if step < 2 else lr * 0.1) * buf
+  np.testing.assert_allclose(theta, t, rtol=1e-5)
+
+
+def test_train_network_fits_a_separable_problem_and_is_deterministic():
+  rng = np.random.default_rng(2)
+  centers = rng.normal(size=(3, 6)) * 3
+  y = np.repeat(np.arange(3), 20)
+  x = (centers[y] + rng.normal(size=(60, 6))).astype(np.float32)
+  model = models.make_network("mlp", num_classes=3, input_shape=(6,), depth=1, width=16)
+  apply_fn, init = models.logits_fn(model), models.init_fn(model, (6,))
+  kw = dict(apply_fn=apply_fn, init_fn=init, epochs=30, batch_size=16, learning_rate=0.05)
+  params, losses = training.train_network(jax.random.key(0), x, y, **kw)
+  assert losses.shape == (30 * 4,) and losses[-10:].mean() < 0.5 * losses[:4].mean()
+  assert training.accuracy(apply_fn, params, x, y) > 0.95
+  again, _ = training.train_network(jax.random.key(0), x, y, **kw)
+  np.testing.assert_array_equal(again["head"]["kernel"], params["head"]["kernel"])
+
+
+def test_predict_in_padded_batches_equals_one_call():
+  x = np.random.default_rng(3).normal(size=(23, 4)).astype(np.float32)
+  params = {"w": jnp.ones((4, 2)), "b": jnp.arange(2.0)}
+  np.testing.assert_allclose(training.predict(_linear, params, x, batch_size=10),
+                             _linear(params, x), rtol=1e-6)
