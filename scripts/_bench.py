@@ -1,5 +1,7 @@
 """Helpers shared by the benchmark scripts: mnist5k on device, XLA memory, formatting."""
 
+import resource
+
 import jax
 import jax.numpy as jnp
 
@@ -32,3 +34,9 @@ def device_peak_bytes():
 
 def mib(b):
   return "n/a" if b is None else f"{b / 2**20:,.0f}"
+
+
+def memory_fields(compiled):
+  """The memory columns every benchmark records for a compiled step."""
+  return {"xla_step_bytes": compiled_bytes(compiled), "device_peak_bytes": device_peak_bytes(),
+          "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}

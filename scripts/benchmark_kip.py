@@ -15,7 +15,6 @@ per second; Conv (3×3, no pooling) is one to three orders of magnitude slower. 
 
 import json
 import os
-import resource
 import sys
 import time
 
@@ -60,7 +59,6 @@ def bench_one(arch, ipc, batch, x, y, real):
   t0 = time.time()
   compiled = step.lower(state, real, key).compile()
   compile_seconds = time.time() - t0
-  xla_bytes = _bench.compiled_bytes(compiled)
   t0 = time.time()
   state, metrics = step(state, real, jax.random.fold_in(key, 0))
   jax.block_until_ready(metrics)
@@ -80,10 +78,7 @@ def bench_one(arch, ipc, batch, x, y, real):
   return {"arch": arch, "depth": FLAGS.depth, "ipc": ipc, "support": 10 * ipc,
           "target_batch": batch, "steps_timed": steps, "steps_per_second": steps / seconds,
           "compile_seconds": compile_seconds, "first_step_seconds": first,
-          "xla_step_bytes": xla_bytes,
-          "device_peak_bytes": _bench.device_peak_bytes(),
-          "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-          "loss": float(metrics["loss"])}
+          "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
 
 
 def main(argv):

@@ -17,7 +17,6 @@ per outer iteration at IPC 1 with 256 real images per class on a 2-core machine 
 
 import json
 import os
-import resource
 import sys
 import time
 
@@ -69,10 +68,7 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True):
           "conv_impl": FLAGS.conv_impl, "seconds_per_outer_iteration": float(np.median(times)),
           "seconds_per_update": float(np.median(times)) / config.outer_loop,
           "times": times, "compile_seconds": compile_seconds,
-          "xla_step_bytes": _bench.compiled_bytes(compiled),
-          "device_peak_bytes": _bench.device_peak_bytes(),
-          "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-          "loss": float(metrics["loss"])}
+          "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
 
 
 def main(argv):
