@@ -299,7 +299,7 @@ METHOD_DEFAULTS = {
                 steps=2000, log_every=100, checkpoint_every=200, eval_during=True,
                 augment=False),
     "dc": dict(optimizer="sgd", learning_rate=0.1, learn_labels=False, target_batch=256,
-               steps=1000, log_every=50, checkpoint_every=50, eval_during=False, augment=False),
+               steps=1000, log_every=10, checkpoint_every=10, eval_during=False, augment=False),
 }
 METHOD_DEFAULTS["dsa"] = dict(METHOD_DEFAULTS["dc"], augment=True)
 METHOD_DEFAULTS["lcmat"] = dict(METHOD_DEFAULTS["dc"], augment=True)
