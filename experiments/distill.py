@@ -63,6 +63,8 @@ flags.DEFINE_bool("augment", _D.augment, "Siamese DSA in matching (default: on f
 flags.DEFINE_float("rho", _D.rho, "LCMat: radius of the adversarial direction.")
 flags.DEFINE_float("gamma", _D.gamma, "LCMat: weight of the curvature term.")
 flags.DEFINE_enum("hvp", _D.hvp, ["exact", "finite_difference"], "LCMat: Hessian-vector product.")
+flags.DEFINE_integer("class_batch", _D.class_batch, "Classes vmapped at once in matching losses "
+                     "(0: all). Lower it to bound memory, e.g. for lcmat with 256 images/class.")
 flags.DEFINE_enum("optimizer", _D.optimizer, ["adam", "sgd"], "Optimiser of the synthetic set "
                   "(default: adam for kip, sgd for matching).")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate of the synthetic set "

@@ -142,12 +142,14 @@ def kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6) -> LossFn:
 
 
 def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
-                     augment: Optional[matching.AugmentFn] = None, use_vmap: bool = True):
+                     augment: Optional[matching.AugmentFn] = None, use_vmap: bool = True,
+                     class_batch: Optional[int] = None):
   """A matching method (DC, DSA, LCMat) as `loss_fn(params, batch, net_params, key)`.
 
   The synthetic images and the real batch are class-major (class c in the c-th block of rows);
   `class_loss` is vmapped over classes (`matching.per_class_losses`; `use_vmap=False` loops over
-  them instead, for benchmarks) and the losses summed.
+  them instead, for benchmarks; `class_batch` bounds how many classes are vmapped at once) and
+  the losses summed.
   """
 
   def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
@@ -155,7 +157,8 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
     syn = syn.reshape(num_classes, -1, *syn.shape[1:])
     real = real.reshape(num_classes, -1, *real.shape[1:])
     return matching.per_class_losses(class_loss, net_params, syn, real, key=key,
-                                     augment=augment, use_vmap=use_vmap).sum()
+                                     augment=augment, use_vmap=use_vmap,
+                                     class_batch=class_batch).sum()
 
   return loss_fn
 
@@ -269,6 +272,7 @@ class DistillConfig:
   rho: float = 0.05
   gamma: float = 1.0
   hvp: str = "exact"
+  class_batch: int = 0
   # Optimisation of the synthetic set.
   optimizer: Optional[str] = None
   learning_rate: Optional[float] = None
@@ -356,6 +360,9 @@ def validate_config(config: DistillConfig) -> None:
       raise ValueError(f"--{name} must be >= {int(name == 'outer_loop')}, got {value}.")
   if config.eval_seeds < 1 or config.eval_epochs < 1 or config.eval_batch < 1:
     raise ValueError("--eval_seeds, --eval_epochs and --eval_batch must be >= 1.")
+  if config.class_batch < 0:
+    raise ValueError(f"--class_batch must be >= 0 (0: all classes at once), got "
+                     f"{config.class_batch}.")
   if config.rho <= 0 or config.gamma < 0 or config.net_learning_rate <= 0:
     raise ValueError("--rho and --net_learning_rate must be positive, --gamma non-negative.")
 
@@ -432,7 +439,7 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
                                learning_rate=config.net_learning_rate,
                                augment=evaluate.dsa_per_sample if config.augment else None)
   return make_step(matching_loss_fn(class_loss, num_classes=num_classes, augment=siamese,
-                                    use_vmap=use_vmap),
+                                    use_vmap=use_vmap, class_batch=config.class_batch or None),
                    optimizer, per_class=per_class, network=network,
                    updates_per_network=config.outer_loop)
 

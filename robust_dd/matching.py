@@ -81,7 +81,8 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> Cla
 
 def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
                      real_images: jax.Array, *, key: Optional[jax.Array] = None,
-                     augment: Optional[AugmentFn] = None, use_vmap: bool = True) -> jax.Array:
+                     augment: Optional[AugmentFn] = None, use_vmap: bool = True,
+                     class_batch: Optional[int] = None) -> jax.Array:
   """The (C,) matching losses of all classes.
 
   Args:
@@ -93,6 +94,8 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
     augment: `(key, images) -> images`, e.g. siamese DSA; None for none.
     use_vmap: False computes the same losses with a Python loop over classes (for testing and
       benchmarking the vmap).
+    class_batch: vmap over at most this many classes at a time (`lax.map` with `batch_size`),
+      to bound memory; None or >= C: all classes in one vmap.
   """
   num_classes = syn_images.shape[0]
   if real_images.shape[0] != num_classes:
@@ -108,6 +111,9 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
     return class_loss(net_params, x_syn, x_real, label)
 
   labels = jnp.arange(num_classes)
+  if use_vmap and class_batch and class_batch < num_classes:
+    return jax.lax.map(lambda args: one(*args), (labels, syn_images, real_images, keys),
+                       batch_size=class_batch)
   if use_vmap:
     return jax.vmap(one)(labels, syn_images, real_images, keys)
   return jnp.stack([one(labels[c], syn_images[c], real_images[c], keys[c])

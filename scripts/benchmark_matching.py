@@ -4,7 +4,7 @@ r"""Benchmarks DC and LCMat outer iterations: seconds per outer iteration and pe
 
 For each method x IPC it compiles `robust_dd.distill.method_step` on mnist5k (28x28, ConvNet-3
 width 128, DC's outer/inner loops for that IPC, `--real_per_class` real images per class per
-update), then times `--repeats` outer iterations (each: a fresh network, outer_loop set updates,
+update, `--class_batches` classes vmapped at once), then times `--repeats` outer iterations (each: a fresh network, outer_loop set updates,
 inner training between them). With `--compare_loop` (IPC 1 only, where one outer iteration is one
 update) it also times the same step with the per-class losses computed by a Python loop over
 classes instead of `vmap`. Records XLA's memory estimate for the step (arguments + outputs +
@@ -40,13 +40,14 @@ flags.DEFINE_integer("real_per_class", 256, "Real images per class per update.")
 flags.DEFINE_integer("repeats", 2, "Timed outer iterations per configuration.")
 flags.DEFINE_bool("compare_loop", True, "At IPC 1, also time the class loop instead of vmap.")
 flags.DEFINE_string("conv_impl", "patches", "patches or lax.")
+flags.DEFINE_list("class_batches", ["0"], "Classes vmapped at once (0: all), one row each.")
 flags.DEFINE_string("out", "runs/benchmark_matching.json", "JSON output path.")
 
 
-def bench_one(method, ipc, x, y, real, *, use_vmap=True):
+def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
   config = distill.resolve_config(distill.DistillConfig(
       method=method, ipc=ipc, target_batch=10 * FLAGS.real_per_class,
-      conv_impl=FLAGS.conv_impl), 10)
+      conv_impl=FLAGS.conv_impl, class_batch=class_batch), 10)
   optimizer = distill.make_optimizer(learning_rate=config.learning_rate, learn_labels=False,
                                      name=config.optimizer)
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
@@ -63,7 +64,8 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True):
     state, metrics = compiled(state, real, jax.random.fold_in(key, i))
     jax.block_until_ready(metrics)
     times.append(time.time() - t0)
-  return {"method": method, "ipc": ipc, "vmap": use_vmap, "real_per_class": FLAGS.real_per_class,
+  return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
+          "real_per_class": FLAGS.real_per_class,
           "outer_loop": config.outer_loop, "inner_loop": config.inner_loop,
           "conv_impl": FLAGS.conv_impl, "seconds_per_outer_iteration": float(np.median(times)),
           "seconds_per_update": float(np.median(times)) / config.outer_loop,
@@ -74,15 +76,17 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  runs = [(m, int(i), True) for m in FLAGS.methods for i in FLAGS.ipcs]
+  runs = [(m, int(i), True, int(b)) for m in FLAGS.methods for i in FLAGS.ipcs
+          for b in FLAGS.class_batches]
   if FLAGS.compare_loop and "1" in FLAGS.ipcs:
-    runs += [(m, 1, False) for m in FLAGS.methods]
+    runs += [(m, 1, False, 0) for m in FLAGS.methods]
   results = []
-  for method, ipc, use_vmap in runs:
+  for method, ipc, use_vmap, class_batch in runs:
     try:
-      r = bench_one(method, ipc, x, ds.y_train, real, use_vmap=use_vmap)
+      r = bench_one(method, ipc, x, ds.y_train, real, use_vmap=use_vmap, class_batch=class_batch)
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
-      r = {"method": method, "ipc": ipc, "vmap": use_vmap, "error": repr(e)[:300]}
+      r = {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
+           "error": repr(e)[:300]}
     results.append(r)
     print(json.dumps(r), flush=True)
     io.save_json(FLAGS.out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
@@ -93,7 +97,8 @@ def main(argv):
         "XLA step MiB | device peak MiB |")
   print("|---|---|---|---|---|---|---|---|")
   for r in results:
-    how = "vmap" if r["vmap"] else "loop"
+    how = ("loop" if not r["vmap"] else
+           f"vmap {r['class_batch']} at a time" if r["class_batch"] else "vmap")
     if "error" in r:
       print(f"| {r['method']} | {r['ipc']} | {how} | failed: {r['error'][:60]} |||||")
       continue

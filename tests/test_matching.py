@@ -73,6 +73,8 @@ def test_vmapped_per_class_loss_equals_a_loop_with_and_without_dsa():
     looped = matching.per_class_losses(class_loss, params, syn, real, use_vmap=False, **kw)
     assert vmapped.shape == (3,)
     np.testing.assert_allclose(vmapped, looped, rtol=1e-4, atol=1e-5)
+    chunked = matching.per_class_losses(class_loss, params, syn, real, class_batch=2, **kw)
+    np.testing.assert_allclose(chunked, vmapped, rtol=1e-4, atol=1e-5)  # 2 + a remainder of 1.
     manual = [matching.gradient_match_distance(
         matching.class_loss_gradient(apply_fn, params, syn[c], c),
         matching.class_loss_gradient(apply_fn, params, real[c], c)) for c in range(3)]
