@@ -10,6 +10,11 @@ Gradient matching (DC), with DSA, and loss-curvature matching on ConvNet-3:
   python -m experiments.distill --method=dsa --ipc=1 ...
   python -m experiments.distill --method=lcmat --ipc=1 ...
 
+Group-robust variants of every method (CVaR over k-means clusters of each class), here on the
+rare-subgroup benchmark (5% of training digits inverted, 50% of test digits):
+
+  python -m experiments.distill --ipc=1 --subgroup=invert --robust=cvar --workdir=runs/kip_rob
+
 Flags without a value shown below take the method's default (see distill.METHOD_DEFAULTS).
 
 Re-running with the same --workdir resumes from its last checkpoint; a workdir that holds a run with
@@ -65,6 +70,29 @@ flags.DEFINE_float("gamma", _D.gamma, "LCMat: weight of the curvature term.")
 flags.DEFINE_enum("hvp", _D.hvp, ["exact", "finite_difference"], "LCMat: Hessian-vector product.")
 flags.DEFINE_integer("class_batch", _D.class_batch, "Classes vmapped at once in matching losses "
                      "(0: all). Lower it to bound memory, e.g. for lcmat with 256 images/class.")
+flags.DEFINE_enum("robust", _D.robust, list(distill.ROBUST), "cvar: minimise (1 - robust_weight)"
+                  " * mean + robust_weight * CVaR of per-cluster losses (METHODS.md §5).")
+flags.DEFINE_float("tail_fraction", _D.tail_fraction, "CVaR tail fraction alpha in (0, 1] (1: the "
+                   "mean; small: the worst cluster).")
+flags.DEFINE_float("robust_weight", _D.robust_weight, "Weight lambda of CVaR against the mean.")
+flags.DEFINE_integer("num_clusters", _D.num_clusters, "k-means clusters, per class with "
+                     "--cluster_scope=class (ignored by prototype assignment: IPC per class).")
+flags.DEFINE_enum("cluster_features", _D.cluster_features, ["pixels", "random", "embed"],
+                  "Features clustered: inputs, random ReLU features, or a random network's "
+                  "embedding (redrawn at every reclustering).")
+flags.DEFINE_enum("cluster_assignment", _D.cluster_assignment, list(distill.CLUSTER_ASSIGNMENTS),
+                  "kmeans, or prototype: each real sample joins its nearest synthetic image.")
+flags.DEFINE_enum("cluster_scope", _D.cluster_scope, list(distill.CLUSTER_SCOPES),
+                  "Cluster within each class or globally.")
+flags.DEFINE_integer("recluster_every", _D.recluster_every, "Steps between reclusterings (0: "
+                     "once; default 1 for prototype, 0 for kmeans).")
+flags.DEFINE_enum("subgroup", _D.subgroup, ["none", *data_lib.SUBGROUPS], "Rare-subgroup "
+                  "benchmark: transform a rare part of every class (train) and a larger part "
+                  "(test), reported separately.")
+flags.DEFINE_float("subgroup_train_fraction", _D.subgroup_train_fraction,
+                   "Fraction of each class's training samples in the subgroup.")
+flags.DEFINE_float("subgroup_test_fraction", _D.subgroup_test_fraction,
+                   "Fraction of each class's test samples in the subgroup.")
 flags.DEFINE_enum("optimizer", _D.optimizer, ["adam", "sgd"], "Optimiser of the synthetic set "
                   "(default: adam for kip, sgd for matching).")
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Learning rate of the synthetic set "
@@ -84,6 +112,8 @@ flags.DEFINE_integer("eval_seeds", _D.eval_seeds, "Finite-network evaluation see
 flags.DEFINE_integer("eval_epochs", _D.eval_epochs, "Epochs of finite-network evaluation.")
 flags.DEFINE_integer("eval_batch", _D.eval_batch, "Batch size of finite-network evaluation.")
 flags.DEFINE_bool("eval_augment", _D.eval_augment, "DSA while training evaluation networks.")
+flags.DEFINE_bool("robust_eval", _D.robust_eval, "Also report accuracy per test cluster, on the "
+                  "rare subgroup and under corruptions (noise, blur, invert).")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints.")
 flags.DEFINE_bool("eval_during", _D.eval_during, "Report test accuracy at each progress line "

@@ -5,7 +5,9 @@ r"""Evaluates a saved distilled set: flags -> robust_dd.evaluate_workdir.
 Rebuilds the run's dataset and test split from its config.json, applies the preprocessing saved in
 distilled.npz, and reports test accuracy (mean ± std over seeds) of the finite network trained on
 the set and, for kernel runs or with --krr, of KRR with the run's kernel, each beside random real
-subsets of the same size under the same evaluator. Writes <workdir>/evaluation.json.
+subsets of the same size under the same evaluator; with --robust_eval (default: the run's), also
+accuracy per test cluster (worst and mean), on the rare subgroup of --subgroup runs, and under
+corruptions. Writes <workdir>/evaluation.json.
 """
 
 import os
@@ -28,13 +30,15 @@ flags.DEFINE_integer("eval_seeds", None, "Network seeds and random subsets (defa
 flags.DEFINE_integer("eval_epochs", None, "Training epochs (default: the run's).")
 flags.DEFINE_integer("eval_batch", None, "Training batch size (default: the run's).")
 flags.DEFINE_bool("eval_augment", None, "DSA while training (default: the run's).")
+flags.DEFINE_bool("robust_eval", None, "Per-cluster, subgroup and corruption accuracy (default: "
+                  "the run's).")
 flags.DEFINE_bool("network", True, "Evaluate with the finite network.")
 flags.DEFINE_bool("krr", None, "Evaluate with KRR and the run's kernel (default: for kip runs).")
 flags.DEFINE_bool("baseline", True, "Also evaluate random real subsets of the same size.")
 flags.DEFINE_string("output", "evaluation.json", "File name written in --workdir.")
 
 OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
-             "eval_augment")
+             "eval_augment", "robust_eval")
 
 
 def main(argv):

@@ -49,14 +49,15 @@ def adversarial_direction(g_syn, g_real, *, rho: float, eps: float = 1e-12):
 def curvature_match_class_loss(apply_fn: matching.ApplyFn, *, rho: float = 0.05,
                                gamma: float = 1.0, metric: str = "ours",
                                hvp_mode: str = "exact") -> matching.ClassLoss:
-  """The LCMat-C loss of one class (see the module docstring)."""
+  """The LCMat-C loss of one class (see the module docstring); `real_weights` as in
+  `matching.gradient_match_class_loss`."""
   if hvp_mode not in HVP_MODES:
     raise ValueError(f"Unknown hvp mode {hvp_mode!r}; choose one of {HVP_MODES}.")
   product = hvp if hvp_mode == "exact" else hvp_finite_difference
 
-  def class_loss(net_params, x_syn, x_real, label):
+  def class_loss(net_params, x_syn, x_real, label, real_weights=None):
     loss_syn = lambda p: training.cross_entropy(apply_fn(p, x_syn), label)
-    loss_real = lambda p: training.cross_entropy(apply_fn(p, x_real), label)
+    loss_real = lambda p: training.cross_entropy(apply_fn(p, x_real), label, real_weights)
     g_syn = jax.grad(loss_syn)(net_params)
     g_real = jax.lax.stop_gradient(jax.grad(loss_real)(net_params))
     v = adversarial_direction(g_syn, g_real, rho=rho)

@@ -39,6 +39,8 @@ class Dataset:
   y_test: np.ndarray
   num_classes: int
   split: dict[str, Any]
+  group_train: Optional[np.ndarray] = None  # (n_train,) int subgroup ids (rare-subgroup data)
+  group_test: Optional[np.ndarray] = None
 
 
 def stratified_split(labels: np.ndarray, *, test_per_class: int, seed: int
@@ -187,6 +189,65 @@ def load_dataset(name: str, *, data_dir: Optional[str] = None, data_path: Option
     return load_tfds(name.removeprefix("tfds:"), data_dir=data_dir)
   raise ValueError(f"Unknown dataset {name!r}. Choose one of {', '.join(ALL_DATASETS)}, or "
                    "tfds:NAME for another TFDS image-classification dataset.")
+
+
+# ---------------------------------------------------------------------- rare-subgroup benchmark
+
+SUBGROUPS = ("invert", "rotate", "color")
+
+
+def subgroup_transform(x: np.ndarray, kind: str) -> np.ndarray:
+  """The subgroup's transformation of raw images in [0, 1]: 'invert' (1 − x), 'rotate' (90° for
+  square images, NHWC), 'color' (RGB channels rolled by one; grey images mapped to 0.5 + x/2)."""
+  x = np.asarray(x, np.float32)
+  if kind == "invert":
+    return 1.0 - x
+  if kind == "rotate":
+    if x.ndim != 4 or x.shape[1] != x.shape[2]:
+      raise ValueError(f"The 'rotate' subgroup needs square images (n, H, H, C); got {x.shape}.")
+    return np.rot90(x, k=1, axes=(1, 2)).copy()
+  if kind == "color":
+    if x.ndim == 4 and x.shape[-1] == 3:
+      return np.roll(x, 1, axis=-1)
+    return 0.5 + 0.5 * x
+  raise ValueError(f"Unknown subgroup transform {kind!r}; choose one of {SUBGROUPS}.")
+
+
+def _pick_fraction(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+  """A boolean mask selecting round(fraction · n_c) random samples of every class c (at least 1
+  when fraction > 0)."""
+  mask = np.zeros(len(labels), bool)
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)
+    count = min(len(idx), max(int(round(fraction * len(idx))), int(fraction > 0)))
+    mask[rng.choice(idx, count, replace=False)] = True
+  return mask
+
+
+def make_rare_subgroup(dataset: Dataset, *, transform: str = "invert",
+                       train_fraction: float = 0.05, test_fraction: float = 0.5,
+                       seed: int = 0) -> Dataset:
+  """A rare-subgroup version of `dataset`: within every class, `train_fraction` of the training
+  samples and `test_fraction` of the test samples are transformed (`subgroup_transform`).
+
+  The result's `group_train` / `group_test` are 1 on transformed samples and 0 elsewhere, so the
+  subgroup's test accuracy can be reported separately. The choice is seeded and recorded in
+  `split['subgroup']`.
+  """
+  for name, f in (("train_fraction", train_fraction), ("test_fraction", test_fraction)):
+    if not 0.0 <= f <= 1.0:
+      raise ValueError(f"{name} must be in [0, 1], got {f}.")
+  rng = np.random.default_rng(seed)
+  g_train = _pick_fraction(dataset.y_train, train_fraction, rng)
+  g_test = _pick_fraction(dataset.y_test, test_fraction, rng)
+  x_train, x_test = dataset.x_train.copy(), dataset.x_test.copy()
+  x_train[g_train] = subgroup_transform(x_train[g_train], transform)
+  x_test[g_test] = subgroup_transform(x_test[g_test], transform)
+  split = dict(dataset.split, subgroup={"transform": transform, "train_fraction": train_fraction,
+                                        "test_fraction": test_fraction, "seed": seed})
+  return dataclasses.replace(dataset, x_train=x_train, x_test=x_test, split=split,
+                             group_train=g_train.astype(np.int32),
+                             group_test=g_test.astype(np.int32))
 
 
 # ------------------------------------------------------------------------------ preprocessing

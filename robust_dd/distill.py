@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from robust_dd import augment as augment_lib
+from robust_dd import cluster
 from robust_dd import curvature
 from robust_dd import data as data_lib
 from robust_dd import evaluate
@@ -36,6 +37,7 @@ from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import matching
 from robust_dd import models
+from robust_dd import risk
 from robust_dd import training
 
 Params = dict[str, jax.Array]
@@ -87,21 +89,43 @@ class Network(NamedTuple):
   train: Callable[[Any, Params, jax.Array], Any]
 
 
-def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, per_class: int,
+def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: int) -> Batch:
+  """Draws up to `per_cluster` real samples of every cluster, on device.
+
+  `real` holds `cluster_table`, `cluster_counts` and `cluster_class` (see `cluster_real`).
+  Returns images (K, S, ...), labels (K, S, C), mask (K, S), cluster_class (K,) and weights (K,):
+  uniform masses over the non-empty clusters.
+  """
+  idx, mask = risk.sample_cluster_batch(key, real["cluster_table"], real["cluster_counts"],
+                                        per_cluster=per_cluster)
+  return {"images": real["images"][idx], "labels": real["labels"][idx], "mask": mask,
+          "cluster_class": real["cluster_class"],
+          "weights": (real["cluster_counts"] > 0).astype(jnp.float32)}
+
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+              per_class: Optional[int] = None,
+              sample_batch: Optional[Callable[[jax.Array, dict], Batch]] = None,
               network: Optional[Network] = None, updates_per_network: int = 1):
   """Returns the jitted `step(state, real, key) -> (state, metrics)`; `state` is donated.
 
-  Without `network`: one update of the set on `loss_fn(params, batch)`. With `network`: a fresh
+  Each update draws its real batch with `sample_batch(key, real)` (default: `per_class` samples
+  of each class, `class_balanced_batch`; robust methods pass `cluster_batch`). Without
+  `network`: one update of the set on `loss_fn(params, batch)`. With `network`: a fresh
   network, then `updates_per_network` updates on `loss_fn(params, batch, net_params, key)`, each
   on a new real batch, with `network.train` between consecutive updates. `metrics['loss']` is
   the mean loss of the step's updates.
   """
   if updates_per_network < 1:
     raise ValueError(f"updates_per_network must be >= 1, got {updates_per_network}.")
+  if sample_batch is None:
+    if per_class is None:
+      raise ValueError("make_step needs per_class or sample_batch.")
+    sample_batch = functools.partial(class_balanced_batch, per_class=per_class)
 
   def update(params, opt_state, real, key, *net):
     k_batch, k_loss = jax.random.split(key)
-    batch = class_balanced_batch(k_batch, real, per_class=per_class)
+    batch = sample_batch(k_batch, real)
     extra = (net[0], k_loss) if net else ()
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, *extra)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -163,6 +187,49 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
   return loss_fn
 
 
+def robust_kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6, tail_fraction: float = 0.2,
+                       robust_weight: float = 0.5, use_vmap: bool = True) -> LossFn:
+  """Robust KIP: `risk.robust_objective` of the per-cluster KIP losses of a `cluster_batch`
+  (clusters vmapped; `use_vmap=False` loops over them, for benchmarks).
+
+  With one cluster per class, equal cluster batches and robust_weight 0 this is the plain KIP loss.
+  """
+
+  def loss_fn(params: Params, batch: Batch) -> jax.Array:
+    losses = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
+                                    batch["labels"], batch["mask"], kernel_fn=kernel_fn,
+                                    diag_reg=diag_reg, use_vmap=use_vmap)
+    return risk.robust_objective(losses, tail_fraction=tail_fraction,
+                                 robust_weight=robust_weight, weights=batch["weights"])
+
+  return loss_fn
+
+
+def robust_matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
+                            tail_fraction: float = 0.2, robust_weight: float = 0.5,
+                            augment: Optional[matching.AugmentFn] = None, use_vmap: bool = True,
+                            class_batch: Optional[int] = None):
+  """Robust DC/DSA/LCMat: C · `risk.robust_objective` of the per-cluster matching losses
+  (`matching.per_cluster_match_losses`, clusters vmapped, `class_batch` clusters at a time).
+
+  The factor C keeps the plain loss's scale (a sum over classes): with one cluster per class and
+  robust_weight 0 this equals `matching_loss_fn`'s loss.
+  """
+
+  def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
+    syn = params["images"]
+    syn = syn.reshape(num_classes, -1, *syn.shape[1:])
+    losses = matching.per_cluster_match_losses(class_loss, net_params, syn, batch["images"],
+                                         batch["mask"], batch["cluster_class"], key=key,
+                                         augment=augment, use_vmap=use_vmap,
+                                         cluster_batch=class_batch)
+    return num_classes * risk.robust_objective(losses, tail_fraction=tail_fraction,
+                                               robust_weight=robust_weight,
+                                               weights=batch["weights"])
+
+  return loss_fn
+
+
 def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
                        augment: Optional[matching.AugmentFn] = None) -> Network:
   """DC's network: fresh `model` parameters, trained between updates by `steps` full-batch SGD
@@ -189,8 +256,13 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
                      checkpoint_dir: Optional[str] = None, checkpoint_every: int = 0,
                      on_log: Optional[Callable[[list[dict[str, Any]]], None]] = None,
                      history: Optional[list[dict[str, Any]]] = None,
+                     refresh_real: Optional[Callable[[DistillState, int], dict]] = None,
+                     refresh_every: int = 0,
                      log: Callable[[str], None] = print) -> tuple[DistillState, list[dict]]:
   """Runs `step_fn` from `state.step` up to `num_steps`, logging and checkpointing.
+
+  `refresh_real(state, step) -> real` (e.g. reclustering) replaces the real data before the first
+  step and then before every step that is a multiple of `refresh_every` (0: only the first).
 
   Every `log_every` steps (and at the end) it records the loss and `eval_fn(params)`, prints a
   progress line with the time left, and calls `on_log(history)`. Every `checkpoint_every` steps
@@ -203,6 +275,9 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   start = int(state.step)
   t_start, steps_timed, t_first = time.time(), 0, None
   for step in range(start, num_steps):
+    if refresh_real is not None and (step == start or (refresh_every
+                                                       and step % refresh_every == 0)):
+      real = refresh_real(state, step)
     state, metrics = step_fn(state, real, jax.random.fold_in(key, step))
     done = step + 1
     if t_first is None:
@@ -273,6 +348,19 @@ class DistillConfig:
   gamma: float = 1.0
   hvp: str = "exact"
   class_batch: int = 0
+  # Group robustness (METHODS.md §5): CVaR over clusters of the real data.
+  robust: str = "none"
+  tail_fraction: float = 0.2
+  robust_weight: float = 0.5
+  num_clusters: int = 5
+  cluster_features: str = "pixels"
+  cluster_assignment: str = "kmeans"
+  cluster_scope: str = "class"
+  recluster_every: Optional[int] = None
+  # Rare-subgroup benchmark (data.make_rare_subgroup): transform a rare part of every class.
+  subgroup: str = "none"
+  subgroup_train_fraction: float = 0.05
+  subgroup_test_fraction: float = 0.5
   # Optimisation of the synthetic set.
   optimizer: Optional[str] = None
   learning_rate: Optional[float] = None
@@ -288,6 +376,7 @@ class DistillConfig:
   eval_epochs: int = 300
   eval_batch: int = 256
   eval_augment: bool = True
+  robust_eval: bool = True
   # Run length and logging.
   log_every: Optional[int] = None
   checkpoint_every: Optional[int] = None
@@ -295,6 +384,9 @@ class DistillConfig:
 
 
 METHODS = ("kip", "dc", "dsa", "lcmat")
+ROBUST = ("none", "cvar")
+CLUSTER_ASSIGNMENTS = ("kmeans", "prototype")
+CLUSTER_SCOPES = ("class", "global")
 NETWORK_METHODS = ("dc", "dsa", "lcmat")
 # Per-method defaults of the fields left None. target_batch of network methods is per class here
 # (DC: 256 real images per class) and becomes 256 * C in `resolve_config`.
@@ -311,7 +403,8 @@ METHOD_DEFAULTS["lcmat"] = dict(METHOD_DEFAULTS["dc"], augment=True)
 DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 # Keys that may change between a run and its resumption without changing its result.
 RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir",
-                  "eval_seeds", "eval_epochs", "eval_batch", "eval_augment", "baseline_draws")
+                  "eval_seeds", "eval_epochs", "eval_batch", "eval_augment", "baseline_draws",
+                  "robust_eval")
 
 
 def dc_loops(ipc: int) -> tuple[int, int]:
@@ -330,6 +423,8 @@ def resolve_config(config: DistillConfig, num_classes: int) -> DistillConfig:
     defaults["outer_loop"], defaults["inner_loop"] = dc_loops(config.ipc)
   else:
     defaults.update(outer_loop=0, inner_loop=0)
+  # Prototype clusters follow the synthetic set, so they are recomputed every step by default.
+  defaults["recluster_every"] = int(config.cluster_assignment == "prototype")
   changes = {k: v for k, v in defaults.items() if getattr(config, k) is None}
   return dataclasses.replace(config, **changes)
 
@@ -365,6 +460,27 @@ def validate_config(config: DistillConfig) -> None:
                      f"{config.class_batch}.")
   if config.rho <= 0 or config.gamma < 0 or config.net_learning_rate <= 0:
     raise ValueError("--rho and --net_learning_rate must be positive, --gamma non-negative.")
+  for name, value, choices in (("robust", config.robust, ROBUST),
+                               ("cluster_features", config.cluster_features, cluster.FEATURES),
+                               ("cluster_assignment", config.cluster_assignment,
+                                CLUSTER_ASSIGNMENTS),
+                               ("cluster_scope", config.cluster_scope, CLUSTER_SCOPES),
+                               ("subgroup", config.subgroup, ("none",) + data_lib.SUBGROUPS)):
+    if value not in choices:
+      raise ValueError(f"Unknown --{name}={value}; choose one of {choices}.")
+  if not 0 < config.tail_fraction <= 1 or not 0 <= config.robust_weight <= 1:
+    raise ValueError(f"--tail_fraction must be in (0, 1] and --robust_weight in [0, 1], got "
+                     f"{config.tail_fraction} and {config.robust_weight}.")
+  if config.num_clusters < 1:
+    raise ValueError(f"--num_clusters must be >= 1, got {config.num_clusters}.")
+  every = config.recluster_every
+  if every is not None and every < 0:
+    raise ValueError(f"--recluster_every must be >= 0 (0: cluster once), got {every}.")
+  if (every and every > 1 and config.checkpoint_every
+      and config.checkpoint_every % every):
+    raise ValueError(f"--checkpoint_every={config.checkpoint_every} must be a multiple of "
+                     f"--recluster_every={every}, so that a resumed run reclusters exactly as an "
+                     "uninterrupted one.")
 
 
 def _check_workdir_config(workdir: str, config: DistillConfig) -> None:
@@ -386,8 +502,7 @@ def prepare_data(config: DistillConfig):
 
   Returns (dataset, preprocessing, x_train, x_test, resolved config).
   """
-  dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir,
-                                  data_path=config.data_path, split_seed=config.split_seed)
+  dataset = load_config_dataset(config)
   config = resolve_config(config, dataset.num_classes)
   if config.method == "kip":
     kernels.check_inputs(config.arch, dataset.x_train)
@@ -409,6 +524,66 @@ def prepare_data(config: DistillConfig):
   return dataset, prep, x_train, x_test, config
 
 
+def load_config_dataset(config: DistillConfig) -> data_lib.Dataset:
+  """The config's dataset and split, made a rare-subgroup benchmark when `config.subgroup` is set
+  (the subgroup draw is seeded by `split_seed`)."""
+  dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir,
+                                  data_path=config.data_path, split_seed=config.split_seed)
+  if config.subgroup != "none":
+    dataset = data_lib.make_rare_subgroup(dataset, transform=config.subgroup,
+                                          train_fraction=config.subgroup_train_fraction,
+                                          test_fraction=config.subgroup_test_fraction,
+                                          seed=config.split_seed)
+  return dataset
+
+
+def cluster_real(config: DistillConfig, key: jax.Array, x_train, y_train, *, num_classes: int,
+                 syn_images=None, embed=None) -> tuple[np.ndarray, np.ndarray]:
+  """Cluster ids of the real training samples and the class of each cluster: (ids (n,), (K,)).
+
+  - kmeans, scope 'class': `num_clusters` k-means clusters inside each class (K = C · k).
+  - kmeans, scope 'global': k-means on all samples (K = k); for matching methods, whose losses are
+    per class, each global cluster is split by class (K = C · k, some possibly empty).
+  - prototype: each sample joins its nearest synthetic image (of its own class with scope
+    'class'), K = C · IPC (split by class for matching methods with scope 'global').
+  Features (`cluster_features`): pixels, random ReLU features, or `embed` (network features).
+  `cluster_class` is -1 for clusters that mix classes (global KIP clusters).
+  """
+  k_feat, k_means = jax.random.split(key)
+  feats = cluster.features(config.cluster_features, x_train, key=k_feat, embed=embed)
+  y = np.asarray(y_train)
+  per_class = config.cluster_scope == "class"
+  if config.cluster_assignment == "prototype":
+    protos = cluster.features(config.cluster_features, np.asarray(syn_images), key=k_feat,
+                              embed=embed)
+    proto_labels = np.repeat(np.arange(num_classes), config.ipc)
+    ids = np.asarray(cluster.nearest_prototype(
+        feats, protos, labels=y if per_class else None,
+        prototype_labels=proto_labels if per_class else None))
+    k = len(protos)
+    if per_class:
+      return ids, proto_labels
+  elif per_class:
+    ids = cluster.kmeans_per_class(k_means, feats, y, num_classes=num_classes,
+                                   k=config.num_clusters)
+    return ids, np.repeat(np.arange(num_classes), config.num_clusters)
+  else:
+    k = config.num_clusters
+    if k > len(y):
+      raise ValueError(f"--num_clusters={k} exceeds the {len(y)} training samples.")
+    ids = np.asarray(cluster.kmeans(k_means, feats, k=k).assignment)
+  if config.method in NETWORK_METHODS:  # Split mixed clusters by class.
+    return y * k + ids, np.repeat(np.arange(num_classes), k)
+  return ids, np.full(k, -1)
+
+
+def with_clusters(real: dict[str, jax.Array], ids, cluster_class, *, width: int) -> dict:
+  """`real` plus the padded cluster table, counts and classes that `cluster_batch` samples."""
+  table, counts = risk.cluster_index_table(jnp.asarray(ids), len(cluster_class), width=width)
+  return dict(real, cluster_table=table, cluster_counts=counts,
+              cluster_class=jnp.asarray(cluster_class, jnp.int32))
+
+
 def network_model(config: DistillConfig, num_classes: int, input_shape):
   """The Flax network of a config (matching and finite-network evaluation)."""
   return models.make_network(config.net, num_classes=num_classes, input_shape=input_shape,
@@ -417,15 +592,31 @@ def network_model(config: DistillConfig, num_classes: int, input_shape):
 
 
 def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_shape,
-                use_vmap: bool = True):
+                use_vmap: bool = True, num_clusters: Optional[int] = None):
   """The jitted step of the config's method (see `make_step`); `use_vmap=False` loops over
-  classes inside matching losses (for benchmarks)."""
-  per_class = config.target_batch // num_classes
+  classes (or clusters) inside the losses (for benchmarks). Robust configs (`robust='cvar'`)
+  need `num_clusters`, the K of `cluster_real`; their real data must carry the cluster table
+  (`with_clusters`) and each update draws target_batch // K samples per cluster.
+  """
+  robust = config.robust != "none"
+  if robust:
+    if not num_clusters:
+      raise ValueError("A robust step needs num_clusters (the K of cluster_real).")
+    per_cluster = config.target_batch // num_clusters
+    if per_cluster < 1:
+      raise ValueError(f"--target_batch={config.target_batch} is smaller than the {num_clusters} "
+                       "clusters; raise it or lower --num_clusters.")
+    sampler = dict(sample_batch=functools.partial(cluster_batch, per_cluster=per_cluster))
+  else:
+    sampler = dict(per_class=config.target_batch // num_classes)
+  risk_kw = dict(tail_fraction=config.tail_fraction, robust_weight=config.robust_weight)
   if config.method == "kip":
     kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
                                        w_std=config.w_std, b_std=config.b_std, pool=config.pool)
-    return make_step(kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg), optimizer,
-                     per_class=per_class)
+    loss_fn = (robust_kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg,
+                                  use_vmap=use_vmap, **risk_kw)
+               if robust else kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg))
+    return make_step(loss_fn, optimizer, **sampler)
   model = network_model(config, num_classes, input_shape)
   apply_fn = models.logits_fn(model)
   if config.method == "lcmat":
@@ -434,14 +625,40 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
                                                       hvp_mode=config.hvp)
   else:
     class_loss = matching.gradient_match_class_loss(apply_fn, metric=config.metric)
-  siamese = augment_lib.dsa if config.augment else None
+  match_kw = dict(num_classes=num_classes, augment=augment_lib.dsa if config.augment else None,
+                  use_vmap=use_vmap, class_batch=config.class_batch or None)
+  loss_fn = (robust_matching_loss_fn(class_loss, **match_kw, **risk_kw) if robust
+             else matching_loss_fn(class_loss, **match_kw))
   network = inner_loop_network(model, input_shape=input_shape, steps=config.inner_loop,
                                learning_rate=config.net_learning_rate,
                                augment=evaluate.dsa_per_sample if config.augment else None)
-  return make_step(matching_loss_fn(class_loss, num_classes=num_classes, augment=siamese,
-                                    use_vmap=use_vmap, class_batch=config.class_batch or None),
-                   optimizer, per_class=per_class, network=network,
-                   updates_per_network=config.outer_loop)
+  return make_step(loss_fn, optimizer, network=network, updates_per_network=config.outer_loop,
+                   **sampler)
+
+
+def make_reclusterer(config: DistillConfig, real: dict[str, jax.Array], x_train, y_train, *,
+                     num_classes: int, key: jax.Array) -> Callable[[DistillState, int], dict]:
+  """`recluster(state, step) -> real` with the cluster table of `cluster_real` at that step.
+
+  Step s uses `fold_in(key, s)` (k-means seeding, random features, the embedding network), so a
+  resumed run reclusters exactly as an uninterrupted one.
+  """
+  embed_model = network_model(config, num_classes, x_train.shape[1:])
+  width = int(np.bincount(np.asarray(y_train)).max())
+
+  def recluster(state: DistillState, step: int) -> dict:
+    k = jax.random.fold_in(key, step)
+    embed = None
+    if config.cluster_features == "embed":
+      net = models.init_fn(embed_model, tuple(x_train.shape[1:]))(k)
+      embed_apply = models.embed_fn(embed_model)
+      embed = lambda x: embed_apply(net, x)
+    ids, cluster_class = cluster_real(config, k, x_train, y_train, num_classes=num_classes,
+                                      syn_images=state.params["images"], embed=embed)
+    within_class = bool(np.all(cluster_class >= 0))
+    return with_clusters(real, ids, cluster_class, width=width if within_class else len(ids))
+
+  return recluster
 
 
 def distill_experiment(config: DistillConfig, workdir: str,
@@ -489,7 +706,18 @@ def distill_experiment(config: DistillConfig, workdir: str,
   real = {"images": jnp.asarray(x_train),
           "labels": data_lib.one_hot_centered(jnp.asarray(dataset.y_train), num_classes),
           "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
-  step_fn = method_step(config, optimizer, num_classes=num_classes, input_shape=x_train.shape[1:])
+  refresh, num_clusters = None, None
+  if config.robust != "none":
+    refresh = make_reclusterer(config, real, x_train, dataset.y_train, num_classes=num_classes,
+                               key=jax.random.fold_in(key, 3))
+    num_clusters = int(refresh(state, int(state.step))["cluster_class"].shape[0])
+    log(f"Robust objective: CVaR(tail_fraction={config.tail_fraction}) with robust_weight "
+        f"{config.robust_weight} over {num_clusters} clusters ({config.cluster_assignment} on "
+        f"{config.cluster_features}, per {config.cluster_scope}"
+        + (f", reclustered every {config.recluster_every} steps" if config.recluster_every
+           else "") + f"), {config.target_batch // num_clusters} real samples per cluster.")
+  step_fn = method_step(config, optimizer, num_classes=num_classes, input_shape=x_train.shape[1:],
+                        num_clusters=num_clusters)
   evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
                              num_classes=num_classes)
 
@@ -502,30 +730,20 @@ def distill_experiment(config: DistillConfig, workdir: str,
       step_fn, state, real, key=loop_key, num_steps=config.steps, log_every=config.log_every,
       eval_fn=monitor if config.eval_during else None, checkpoint_dir=ckpt_dir,
       checkpoint_every=config.checkpoint_every, history=history, log=log,
-      on_log=lambda h: io.save_json(progress_path, h))
+      on_log=lambda h: io.save_json(progress_path, h), refresh_real=refresh,
+      refresh_every=config.recluster_every or 0)
   distill_seconds = time.time() - t0
 
   images, labels = np.asarray(state.params["images"]), np.asarray(state.params["labels"])
   io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels,
               **prep.as_arrays())
   io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
-  last = history[-1] if history else {}
-  if evaluator.name == "krr" and last.get("step") == int(state.step) and "test_acc" in last:
-    final = np.asarray([last["test_acc"]])  # The loop just evaluated these exact params.
-  else:
-    log(f"Evaluating the distilled set ({evaluator.describe()}) ...")
-    final = evaluator.accuracies(images, labels)
-  log(f"Evaluating {evaluator.baseline_draws} random real subsets of {config.ipc} per class ...")
-  baseline = evaluator.random_subset_accuracies(baseline_key, per_class=config.ipc)
+  entry = evaluate_support_set(
+      evaluator, images, labels, key=baseline_key, per_class=config.ipc,
+      robustness=robustness_data(dataset, prep, x_test) if config.robust_eval else None, log=log)
   metrics = {
       "config": dataclasses.asdict(config),
-      "evaluator": evaluator.describe(),
-      "distilled_test_acc": float(final.mean()),
-      "distilled_test_acc_std": float(final.std()),
-      "distilled_test_accs": final.tolist(),
-      "random_subset_test_acc_mean": float(baseline.mean()),
-      "random_subset_test_acc_std": float(baseline.std()),
-      "random_subset_test_acc": baseline.tolist(),
+      **entry,
       "final_loss": history[-1]["loss"] if history else None,
       "steps": int(state.step),
       "distill_seconds_this_run": round(distill_seconds, 2),
@@ -539,13 +757,79 @@ def distill_experiment(config: DistillConfig, workdir: str,
   return metrics
 
 
+class RobustnessData(NamedTuple):
+  """Extra test data for robustness metrics (`evaluate.robustness_metrics`)."""
+  test_sets: dict          # name -> preprocessed corrupted test images
+  clusters: np.ndarray     # (n_test,) k-means cluster of each test sample
+  num_clusters: int
+  groups: Optional[np.ndarray]  # (n_test,) 1 on the rare subgroup, or None
+
+
+def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_test, *,
+                    num_clusters: int = 10) -> RobustnessData:
+  """Corrupted test sets (from the raw test images), k-means (k = 10) test clusters on the
+  preprocessed test inputs, and the rare-subgroup ids when the dataset has them."""
+  return RobustnessData(evaluate.corrupted_test_sets(dataset.x_test, prep),
+                        evaluate.cluster_test_set(x_test, k=num_clusters), num_clusters,
+                        dataset.group_test)
+
+
+def evaluate_support_set(evaluator: "Evaluator", images, labels, *, key: jax.Array,
+                         per_class: int, robustness: Optional[RobustnessData] = None,
+                         baseline: bool = True, log: Callable[[str], None] = print
+                         ) -> dict[str, Any]:
+  """Test accuracy of a support set and of random real subsets of `per_class` per class under
+  `evaluator`, plus, with `robustness`, per-cluster, rare-subgroup and corruption accuracy of
+  both. Returns the metrics.json fields."""
+  test_sets = {"test": evaluator.x_test, **(robustness.test_sets if robustness else {})}
+
+  def summarise(preds, keys):
+    list_key, mean_key, std_key, robust_key = keys
+    accs = np.mean(preds["test"] == np.asarray(evaluator.y_test)[None], axis=1)
+    out = {list_key: accs.tolist(), mean_key: float(accs.mean()), std_key: float(accs.std())}
+    if robustness:
+      out[robust_key] = evaluate.robustness_metrics(
+          preds, evaluator.y_test, clusters=robustness.clusters,
+          num_clusters=robustness.num_clusters, groups=robustness.groups)
+    return out
+
+  log(f"Evaluating the distilled set ({evaluator.describe()}) ...")
+  entry = {"evaluator": evaluator.describe(),
+           **summarise(evaluator.predict(images, labels, test_sets),
+                       ("distilled_test_accs", "distilled_test_acc", "distilled_test_acc_std",
+                        "distilled_robustness"))}
+  if baseline:
+    log(f"Evaluating {evaluator.baseline_draws} random real subsets of {per_class} per class ...")
+    entry.update(summarise(evaluator.predict_random(key, per_class, test_sets),
+                           ("random_subset_test_acc", "random_subset_test_acc_mean",
+                            "random_subset_test_acc_std", "random_subset_robustness")))
+  return entry
+
+
 class Evaluator(NamedTuple):
-  """Test accuracy of a support set, and of random real subsets, under one fixed evaluator."""
+  """Test predictions of a support set, and of random real subsets, under one fixed evaluator.
+
+  predict: `(images, labels, test_sets, seeds=None) -> {name: (runs, n) predicted classes}`.
+  predict_random: `(key, per_class, test_sets) -> {name: (draws, n)}`, random real subsets.
+  """
   name: str
   describe: Callable[[], str]
-  accuracies: Callable[..., np.ndarray]  # (images, labels, seeds=None) -> (seeds,) accuracies
-  random_subset_accuracies: Callable[..., np.ndarray]  # (key, per_class) -> (draws,)
+  predict: Callable[..., dict]
+  predict_random: Callable[..., dict]
   baseline_draws: int
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  def accuracies(self, images, labels, seeds=None) -> np.ndarray:
+    """(runs,) test accuracies of the support set (images, labels)."""
+    return self._accuracy(self.predict(images, labels, {"test": self.x_test}, seeds))
+
+  def random_subset_accuracies(self, key, per_class: int) -> np.ndarray:
+    """(draws,) test accuracies of random class-balanced real subsets of `per_class`."""
+    return self._accuracy(self.predict_random(key, per_class, {"test": self.x_test}))
+
+  def _accuracy(self, preds) -> np.ndarray:
+    return np.mean(preds["test"] == np.asarray(self.y_test)[None], axis=1)
 
 
 def make_evaluator(config: DistillConfig, x_train, y_train, x_test, y_test, *,
@@ -555,40 +839,43 @@ def make_evaluator(config: DistillConfig, x_train, y_train, x_test, y_test, *,
   if evaluator == "krr":
     kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
                                        w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+    krr_kw = dict(diag_reg=config.diag_reg, batch_size=config.kernel_batch)
 
-    def krr_accs(images, labels, seeds=None):
-      return np.asarray([evaluate.krr_accuracy(
-          kernel_fn, np.asarray(images), np.asarray(labels), x_test, y_test,
-          diag_reg=config.diag_reg, batch_size=config.kernel_batch)])
+    def krr_predict(images, labels, test_sets, seeds=None):
+      return evaluate.krr_label_predictions(kernel_fn, np.asarray(images), np.asarray(labels),
+                                            test_sets, **krr_kw)
 
-    def krr_baseline(key, per_class):
-      return evaluate.random_subset_krr_accuracy(
-          key, kernel_fn, x_train, y_train, x_test, y_test, per_class=per_class,
-          num_classes=num_classes, draws=config.baseline_draws, diag_reg=config.diag_reg,
-          batch_size=config.kernel_batch)
+    def krr_random(key, per_class, test_sets):
+      return evaluate.random_subset_predictions(
+          key, lambda _, x, y: krr_predict(x, data_lib.one_hot_centered(y, num_classes),
+                                           test_sets),
+          x_train, y_train, per_class=per_class, num_classes=num_classes,
+          draws=config.baseline_draws)
 
     return Evaluator("krr", lambda: f"KRR, {config.arch}{config.depth} {config.kernel}",
-                     krr_accs, krr_baseline, config.baseline_draws)
+                     krr_predict, krr_random, config.baseline_draws, x_test, y_test)
   if evaluator != "network":
     raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
   model = network_model(config, num_classes, x_train.shape[1:])
   settings = dict(model=model, epochs=config.eval_epochs, batch_size=config.eval_batch,
                   augment=config.eval_augment and x_train.ndim == 4)
 
-  def net_accs(images, labels, seeds=None):
-    return evaluate.network_accuracies(jax.random.key(config.seed), images, labels, x_test, y_test,
-                                       seeds=seeds or config.eval_seeds, **settings)
+  def net_predict(images, labels, test_sets, seeds=None, key=None):
+    key = jax.random.key(config.seed) if key is None else key
+    return evaluate.network_predictions(key, images, labels, test_sets,
+                                        seeds=seeds or config.eval_seeds, **settings)
 
-  def net_baseline(key, per_class):
-    return evaluate.random_subset_network_accuracies(
-        key, x_train, y_train, x_test, y_test, per_class=per_class, num_classes=num_classes,
-        draws=config.eval_seeds, **settings)
+  def net_random(key, per_class, test_sets):
+    return evaluate.random_subset_predictions(
+        key, lambda k, x, y: net_predict(x, y, test_sets, seeds=1, key=k), x_train, y_train,
+        per_class=per_class, num_classes=num_classes, draws=config.eval_seeds)
 
   def describe():
     return (f"{type(model).__name__}-{config.net_depth} w{config.net_width}, "
             f"{config.eval_epochs} epochs, DSA {'on' if settings['augment'] else 'off'}")
 
-  return Evaluator("network", describe, net_accs, net_baseline, config.eval_seeds)
+  return Evaluator("network", describe, net_predict, net_random, config.eval_seeds, x_test,
+                   y_test)
 
 
 def results_table(runs: list[dict[str, Any]]) -> str:
@@ -606,6 +893,37 @@ def results_table(runs: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def robustness_table(runs: list[dict[str, Any]]) -> str:
+  """A Markdown table of robustness metrics, runs grouped by (method, IPC, objective) and each
+  number the mean ± std over the group's runs (e.g. seeds): test accuracy, worst and mean test
+  cluster, rare subgroup, common samples, and the random real subsets' accuracy and rare-subgroup
+  accuracy under the same evaluator. Runs need `distilled_robustness` (`robust_eval`)."""
+  groups: dict[tuple, list] = {}
+  for m in runs:
+    c = m["config"]
+    objective = ("plain" if c.get("robust", "none") == "none" else
+                 f"CVaR α={c['tail_fraction']} λ={c['robust_weight']}")
+    groups.setdefault((c["method"], c["ipc"], objective), []).append(m)
+
+  def cell(values):
+    v = 100 * np.asarray([x for x in values if x is not None], np.float64)
+    return "-" if v.size == 0 else f"{v.mean():.1f} ± {v.std():.1f}"
+
+  lines = ["| method | IPC | objective | runs | steps | test acc | worst cluster | mean cluster | "
+           "rare subgroup | common | random subset acc | random subset rare |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for (method, ipc, objective), ms in sorted(groups.items(), key=lambda kv: kv[0]):
+    d = [m["distilled_robustness"] for m in ms]
+    r = [m.get("random_subset_robustness", {}) for m in ms]
+    lines.append(
+        f"| {method} | {ipc} | {objective} | {len(ms)} | {ms[0]['steps']} | "
+        f"{cell(x['accuracy'] for x in d)} | {cell(x['worst_cluster_accuracy'] for x in d)} | "
+        f"{cell(x['mean_cluster_accuracy'] for x in d)} | "
+        f"{cell(x.get('rare_accuracy') for x in d)} | {cell(x.get('common_accuracy') for x in d)} | "
+        f"{cell(x.get('accuracy') for x in r)} | {cell(x.get('rare_accuracy') for x in r)} |")
+  return "\n".join(lines)
+
+
 def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] = None,
                      baseline: bool = True, output: str = "evaluation.json",
                      log: Callable[[str], None] = print, **overrides) -> dict[str, Any]:
@@ -613,7 +931,7 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
 
   The dataset and split come from the run's config.json, the preprocessing from distilled.npz.
   `overrides` replace evaluation fields of the config (net, net_depth, net_width, eval_seeds,
-  eval_epochs, eval_batch, eval_augment). KRR (with the run's kernel) runs when `krr` is True, or
+  eval_epochs, eval_batch, eval_augment, robust_eval). KRR (with the run's kernel) runs when `krr` is True, or
   by default for KIP runs. Writes `workdir/output` and returns it as a dict.
   """
   config_path, set_path = (os.path.join(workdir, n) for n in ("config.json", "distilled.npz"))
@@ -630,8 +948,7 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   validate_config(config)
   arrays = io.load_npz(set_path)
   prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))
-  dataset = data_lib.load_dataset(config.dataset, data_dir=config.data_dir,
-                                  data_path=config.data_path, split_seed=config.split_seed)
+  dataset = load_config_dataset(config)
   config = resolve_config(config, dataset.num_classes)
   x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
   x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
@@ -639,20 +956,14 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   ipc = len(images) // dataset.num_classes
   krr = config.method == "kip" if krr is None else krr
   results = {"workdir": workdir, "config": dataclasses.asdict(config), "ipc": ipc}
+  robustness = robustness_data(dataset, prep, x_test) if config.robust_eval else None
   rows = []
   for name in (["network"] if network else []) + (["krr"] if krr else []):
     evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
                                num_classes=dataset.num_classes, evaluator=name)
     log(f"{name}: {evaluator.describe()} ...")
-    accs = evaluator.accuracies(images, labels)
-    entry = {"evaluator": evaluator.describe(), "distilled_test_accs": accs.tolist(),
-             "distilled_test_acc": float(accs.mean()),
-             "distilled_test_acc_std": float(accs.std())}
-    if baseline:
-      base = evaluator.random_subset_accuracies(jax.random.key(config.seed + 1), per_class=ipc)
-      entry.update(random_subset_test_acc=base.tolist(),
-                   random_subset_test_acc_mean=float(base.mean()),
-                   random_subset_test_acc_std=float(base.std()))
+    entry = evaluate_support_set(evaluator, images, labels, key=jax.random.key(config.seed + 1),
+                                 per_class=ipc, robustness=robustness, baseline=baseline, log=log)
     results[name] = entry
     rows.append(f"| {config.method} | {config.dataset} | {ipc} | {entry['evaluator']} | "
                 f"{100 * entry['distilled_test_acc']:.1f}% ± "

@@ -1,19 +1,25 @@
-"""Evaluation of distilled or selected sets: KRR and finite-network test accuracy, and the
-random-subset baselines under the same evaluators. Nothing is ever chosen on test data."""
+"""Evaluation of distilled or selected sets: KRR and finite-network test predictions and
+accuracy, the random-subset baselines under the same evaluators, and robustness: accuracy per
+test cluster (worst and mean), on a rare subgroup, and under corruptions. Nothing is ever chosen
+on test data."""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import ndimage  # scipy ships with jax.
 
 from robust_dd import augment as augment_lib
+from robust_dd import cluster
 from robust_dd import data as data_lib
 from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import models
+from robust_dd import risk
 from robust_dd import training
 
 # DSA with parameters drawn per sample: the augmentation used to train evaluation networks.
@@ -47,31 +53,26 @@ def random_subset_indices(key: jax.Array, labels: np.ndarray, *, per_class: int,
   return np.asarray(data_lib.sample_class_balanced(key, table, counts, per_class=per_class))
 
 
-def random_subset_krr_accuracy(key: jax.Array, kernel_fn, train_images, train_labels,
-                               test_images, test_labels, *, per_class: int, num_classes: int,
-                               draws: int = 5, diag_reg: float = 1e-6, batch_size: int = 256
-                               ) -> np.ndarray:
-  """KRR test accuracy of `draws` independent random class-balanced subsets (one value each)."""
-  accs = []
-  for i in range(draws):
-    idx = random_subset_indices(jax.random.fold_in(key, i), train_labels, per_class=per_class,
-                                num_classes=num_classes)
-    y = data_lib.one_hot_centered(train_labels[idx], num_classes)
-    accs.append(krr_accuracy(kernel_fn, train_images[idx], y, test_images, test_labels,
-                             diag_reg=diag_reg, batch_size=batch_size))
-  return np.asarray(accs)
-
-
 def _integer_labels(labels) -> np.ndarray:
   labels = np.asarray(labels)
   return np.argmax(labels, -1) if labels.ndim == 2 else labels.astype(np.int32)
 
 
-def network_accuracies(key: jax.Array, images, labels, test_images, test_labels, *, model,
-                       seeds: int = 3, epochs: int = 300, batch_size: int = 256,
-                       learning_rate: float = 0.01, momentum: float = 0.9,
-                       weight_decay: float = 5e-4, augment: bool = True) -> np.ndarray:
-  """Test accuracy of `seeds` fresh networks, each trained on (images, labels) (one value each).
+def krr_label_predictions(kernel_fn, support_images, support_labels, test_sets: dict, *,
+                          diag_reg: float = 1e-6, batch_size: int = 256) -> dict[str, np.ndarray]:
+  """Predicted classes (1, n) of KRR from the support set on each named test set."""
+  return {name: np.argmax(krr_predictions(kernel_fn, support_images, support_labels, x,
+                                          diag_reg=diag_reg, batch_size=batch_size), -1)[None]
+          for name, x in test_sets.items()}
+
+
+def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, model,
+                        seeds: int = 3, epochs: int = 300, batch_size: int = 256,
+                        learning_rate: float = 0.01, momentum: float = 0.9,
+                        weight_decay: float = 5e-4, augment: bool = True
+                        ) -> dict[str, np.ndarray]:
+  """Predicted classes (seeds, n) on each named test set of `seeds` fresh networks, each trained
+  on (images, labels).
 
   Seed i initialises the network and orders the batches with `fold_in(key, i)`. Training follows
   `training.train_network` (SGD, momentum, weight decay, lr x0.1 half-way, per-sample DSA when
@@ -85,14 +86,53 @@ def network_accuracies(key: jax.Array, images, labels, test_images, test_labels,
   y = _integer_labels(labels)
   apply_fn = models.logits_fn(model)
   init = models.init_fn(model, tuple(images.shape[1:]))
-  accs = []
+  preds = {name: [] for name in test_sets}
   for i in range(seeds):
     params, _ = training.train_network(
         jax.random.fold_in(key, i), images, y, apply_fn=apply_fn, init_fn=init, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, momentum=momentum,
         weight_decay=weight_decay, augment=dsa_per_sample if augment else None)
-    accs.append(training.accuracy(apply_fn, params, test_images, test_labels))
-  return np.asarray(accs)
+    for name, x in test_sets.items():
+      preds[name].append(np.argmax(training.predict(apply_fn, params, x), -1))
+  return {name: np.stack(p) for name, p in preds.items()}
+
+
+def network_accuracies(key: jax.Array, images, labels, test_images, test_labels, **kwargs
+                       ) -> np.ndarray:
+  """Test accuracy (one value per seed) of `network_predictions` (same arguments)."""
+  preds = network_predictions(key, images, labels, {"test": test_images}, **kwargs)["test"]
+  return np.mean(preds == np.asarray(test_labels)[None], axis=1)
+
+
+def random_subset_predictions(key: jax.Array, predict_fn, train_images, train_labels, *,
+                              per_class: int, num_classes: int, draws: int
+                              ) -> dict[str, np.ndarray]:
+  """Stacks `predict_fn(key_i, images_i, labels_i) -> {name: (1, n)}` over `draws` random
+  class-balanced subsets (subset i drawn and evaluated with `fold_in(key, i)`): {name: (draws, n)}.
+  """
+  out = {}
+  for i in range(draws):
+    k = jax.random.fold_in(key, i)
+    idx = random_subset_indices(k, train_labels, per_class=per_class, num_classes=num_classes)
+    for name, p in predict_fn(k, np.asarray(train_images)[idx],
+                              np.asarray(train_labels)[idx]).items():
+      out.setdefault(name, []).append(p[0])
+  return {name: np.stack(p) for name, p in out.items()}
+
+
+def random_subset_krr_accuracy(key: jax.Array, kernel_fn, train_images, train_labels,
+                               test_images, test_labels, *, per_class: int, num_classes: int,
+                               draws: int = 5, diag_reg: float = 1e-6, batch_size: int = 256
+                               ) -> np.ndarray:
+  """KRR test accuracy of `draws` independent random class-balanced subsets (one value each)."""
+
+  def predict(_, x, y):
+    return krr_label_predictions(kernel_fn, x, data_lib.one_hot_centered(y, num_classes),
+                                 {"test": test_images}, diag_reg=diag_reg, batch_size=batch_size)
+
+  preds = random_subset_predictions(key, predict, train_images, train_labels, per_class=per_class,
+                                    num_classes=num_classes, draws=draws)["test"]
+  return np.mean(preds == np.asarray(test_labels)[None], axis=1)
 
 
 def random_subset_network_accuracies(key: jax.Array, train_images, train_labels, test_images,
@@ -100,13 +140,90 @@ def random_subset_network_accuracies(key: jax.Array, train_images, train_labels,
                                      draws: int = 3, **network_kwargs) -> np.ndarray:
   """Finite-network accuracy of `draws` random class-balanced subsets (subset i, network seed i).
 
-  `network_kwargs` go to `network_accuracies` (model, epochs, batch_size, augment, ...).
+  `network_kwargs` go to `network_predictions` (model, epochs, batch_size, augment, ...).
   """
-  accs = []
-  for i in range(draws):
-    k = jax.random.fold_in(key, i)
-    idx = random_subset_indices(k, train_labels, per_class=per_class, num_classes=num_classes)
-    accs.append(network_accuracies(k, np.asarray(train_images)[idx],
-                                   np.asarray(train_labels)[idx], test_images, test_labels,
-                                   seeds=1, **network_kwargs)[0])
-  return np.asarray(accs)
+
+  def predict(k, x, y):
+    return network_predictions(k, x, y, {"test": test_images}, seeds=1, **network_kwargs)
+
+  preds = random_subset_predictions(key, predict, train_images, train_labels, per_class=per_class,
+                                    num_classes=num_classes, draws=draws)["test"]
+  return np.mean(preds == np.asarray(test_labels)[None], axis=1)
+
+
+# ------------------------------------------------------------------------------ robustness
+
+CORRUPTIONS = ("gaussian_noise", "blur", "invert")
+# Severities 1..5 as in CIFAR-10-C (Hendrycks & Dietterich, 2019), images in [0, 1].
+NOISE_SIGMAS = (0.08, 0.12, 0.18, 0.26, 0.38)
+BLUR_SIGMAS = (0.4, 0.6, 0.7, 0.8, 1.0)
+
+
+def corrupt(images, kind: str, *, severity: int = 3, seed: int = 0) -> np.ndarray:
+  """A corrupted copy of raw images in [0, 1]: 'gaussian_noise' (σ by severity, clipped),
+  'blur' (Gaussian blur over H and W, σ in pixels by severity; needs NHWC images) or 'invert'
+  (1 − x; the same at every severity)."""
+  x = np.asarray(images, np.float32)
+  if not 1 <= severity <= 5:
+    raise ValueError(f"severity must be in 1..5, got {severity}.")
+  if kind == "gaussian_noise":
+    noise = np.random.default_rng(seed).normal(size=x.shape).astype(np.float32)
+    return np.clip(x + NOISE_SIGMAS[severity - 1] * noise, 0.0, 1.0)
+  if kind == "blur":
+    if x.ndim != 4:
+      raise ValueError(f"blur needs images (n, H, W, C); got shape {x.shape}.")
+    sigma = BLUR_SIGMAS[severity - 1]
+    return ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode="reflect")
+  if kind == "invert":
+    return 1.0 - x
+  raise ValueError(f"Unknown corruption {kind!r}; choose one of {CORRUPTIONS}.")
+
+
+def corrupted_test_sets(raw_test, prep: data_lib.Preprocessing, *, severities=(1, 3, 5),
+                        seed: int = 0) -> dict[str, np.ndarray]:
+  """Preprocessed corrupted copies of the raw test images, named 'KIND_sS' ('invert' once);
+  corruptions that do not apply to the data's shape (blur of flat signals) are skipped."""
+  out = {}
+  for kind in CORRUPTIONS:
+    if kind == "blur" and np.ndim(raw_test) != 4:
+      continue
+    for s in (severities if kind != "invert" else (1,)):
+      name = kind if kind == "invert" else f"{kind}_s{s}"
+      out[name] = data_lib.apply_preprocessing(corrupt(raw_test, kind, severity=s, seed=seed),
+                                               prep)
+  return out
+
+
+def cluster_test_set(x_test, *, k: int = 10, seed: int = 0) -> np.ndarray:
+  """(n_test,) k-means cluster ids (k-means++, 3 restarts) of the test inputs, for per-cluster
+  accuracy. Deterministic in `seed`; uses no labels."""
+  x = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
+  return np.asarray(cluster.kmeans(jax.random.key(seed), x, k=k, restarts=3).assignment)
+
+
+def robustness_metrics(predictions: dict[str, np.ndarray], test_labels, *, clusters,
+                       num_clusters: int, groups=None) -> dict[str, Any]:
+  """Summaries of predicted classes (runs, n) on the clean test set ('test') and on any other
+  named test sets (corruptions). Every number is a mean over runs (seeds or random subsets):
+
+  accuracy; cluster_accuracies (per test cluster) with worst_cluster_accuracy (the mean over runs
+  of each run's worst cluster) and mean_cluster_accuracy; with `groups` (1 = rare subgroup),
+  rare_accuracy and common_accuracy; and `corruptions: {name: accuracy}`.
+  """
+  y = np.asarray(test_labels)
+  correct = predictions["test"] == y[None]
+  per_run = [risk.group_accuracies(c, clusters, num_groups=num_clusters) for c in correct]
+  accs = np.stack([a for a, _ in per_run])
+  counts = per_run[0][1]
+  out = {"accuracy": float(correct.mean()),
+         "cluster_accuracies": np.nanmean(accs, 0).round(4).tolist(),
+         "worst_cluster_accuracy": float(np.mean([risk.worst_group(a, counts=counts)
+                                                  for a in accs])),
+         "mean_cluster_accuracy": float(np.mean(np.nanmean(accs, 1)))}
+  if groups is not None:
+    groups = np.asarray(groups)
+    out["rare_accuracy"] = float(correct[:, groups == 1].mean())
+    out["common_accuracy"] = float(correct[:, groups == 0].mean())
+  out["corruptions"] = {name: float((p == y[None]).mean())
+                        for name, p in predictions.items() if name != "test"}
+  return out

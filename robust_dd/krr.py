@@ -16,6 +16,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from robust_dd import risk
+
 
 def regularize(k_ss: jax.Array, *, diag_reg: float) -> jax.Array:
   """K + diag_reg · tr(K)/m · I (neural-tangents' relative `diag_reg`)."""
@@ -46,6 +48,33 @@ def krr_loss(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, y_t: jax.Array, *
   """½ · mean over targets of ‖y_t − ŷ_t‖² for the KRR predictor fitted on the support set."""
   residual = y_t - krr_predict(k_ss, k_ts, y_s, diag_reg=diag_reg)
   return 0.5 * jnp.mean(jnp.sum(residual ** 2, axis=-1))
+
+
+def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
+                       target_images: jax.Array, target_labels: jax.Array, mask: jax.Array, *,
+                       kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                       diag_reg: float = 1e-6, use_vmap: bool = True) -> jax.Array:
+  """The (K,) KIP losses of one support set on K padded clusters of real targets.
+
+  K_ss is factored once; cluster k's loss is ½ · Σ_t mask_kt ‖y_kt − ŷ_kt‖² / Σ_t mask_kt (0 for
+  an empty cluster), computed for all clusters with one `vmap` (`robust_dd.risk`).
+
+  Args:
+    target_images: (K, S, ...) padded real targets of each cluster; target_labels: (K, S, C).
+    mask: (K, S) bool (or weights) marking real rows.
+  """
+  k_ss = kernel_fn(support_images, support_images)
+  factor = jax.scipy.linalg.cho_factor(regularize(k_ss, diag_reg=diag_reg), lower=True)
+  alpha = jax.scipy.linalg.cho_solve(factor, support_labels)
+
+  def cluster_loss(alpha, batch, mask):
+    images, labels = batch
+    residual = labels - kernel_fn(images, support_images) @ alpha
+    w = mask.astype(residual.dtype)
+    return 0.5 * jnp.sum(w * jnp.sum(residual ** 2, -1)) / jnp.maximum(jnp.sum(w), 1e-12)
+
+  return risk.map_clusters(cluster_loss, alpha, (target_images, target_labels), mask,
+                                 use_vmap=use_vmap)
 
 
 def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images: jax.Array,

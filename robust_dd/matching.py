@@ -22,7 +22,7 @@ from robust_dd import training
 METRICS = ("ours", "mse", "cos")
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
-# class_loss(net_params, x_syn, x_real, label) -> scalar: the matching loss of one class.
+# class_loss(net_params, x_syn, x_real, label, real_weights=None) -> scalar: one class's loss.
 ClassLoss = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -63,20 +63,52 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
   raise ValueError(f"Unknown matching metric {metric!r}; choose one of {METRICS}.")
 
 
-def class_loss_gradient(apply_fn: ApplyFn, net_params, images, label) -> Any:
-  """grad_theta of the mean cross-entropy of `images`, all labelled `label`."""
-  return jax.grad(lambda p: training.cross_entropy(apply_fn(p, images), label))(net_params)
+def class_loss_gradient(apply_fn: ApplyFn, net_params, images, label,
+                        weights: Optional[jax.Array] = None) -> Any:
+  """grad_theta of the (`weights`-weighted) mean cross-entropy of `images`, all labelled `label`."""
+  return jax.grad(lambda p: training.cross_entropy(apply_fn(p, images), label, weights))(
+      net_params)
 
 
 def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> ClassLoss:
-  """The DC matching loss of one class: D(G_S^c, G_T^c)."""
+  """The DC matching loss of one class: D(G_S^c, G_T^c).
 
-  def class_loss(net_params, x_syn, x_real, label):
+  The returned `class_loss(net_params, x_syn, x_real, label, real_weights=None)` weights the real
+  samples' cross-entropy by `real_weights` (a mask of padded rows, or importance weights).
+  """
+
+  def class_loss(net_params, x_syn, x_real, label, real_weights=None):
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
-    g_real = jax.lax.stop_gradient(class_loss_gradient(apply_fn, net_params, x_real, label))
+    g_real = jax.lax.stop_gradient(
+        class_loss_gradient(apply_fn, net_params, x_real, label, real_weights))
     return gradient_match_distance(g_syn, g_real, metric=metric)
 
   return class_loss
+
+
+def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_images,
+                  real_weights, keys, *, augment, use_vmap, group_batch) -> jax.Array:
+  """Shared core of `per_class_losses` and `per_cluster_match_losses`: one class loss per group."""
+
+  def one(label, x_syn, x_real, weights, k):
+    if augment is not None:
+      x_syn, x_real = augment(k, x_syn), augment(k, x_real)
+    return class_loss(net_params, x_syn, x_real, label, weights)
+
+  args = (labels, syn_images, real_images, real_weights, keys)
+  num = labels.shape[0]
+  if use_vmap and group_batch and group_batch < num:
+    return jax.lax.map(lambda a: one(*a), args, batch_size=group_batch)
+  if use_vmap:
+    return jax.vmap(one)(*args)
+  return jnp.stack([one(*jax.tree_util.tree_map(lambda a: a[g], args)) for g in range(num)])
+
+
+def _group_keys(key: Optional[jax.Array], num: int, augment) -> jax.Array:
+  if augment is not None and key is None:
+    raise ValueError("augment needs a key.")
+  key = jax.random.key(0) if key is None else key
+  return jax.vmap(lambda g: jax.random.fold_in(key, g))(jnp.arange(num))
 
 
 def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
@@ -100,24 +132,38 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
   num_classes = syn_images.shape[0]
   if real_images.shape[0] != num_classes:
     raise ValueError(f"{num_classes} synthetic classes but {real_images.shape[0]} real ones.")
-  if augment is not None and key is None:
-    raise ValueError("augment needs a key.")
-  key = jax.random.key(0) if key is None else key
-  keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
+  weights = jnp.ones(real_images.shape[:2], jnp.float32)
+  return _group_losses(class_loss, net_params, jnp.arange(num_classes), syn_images, real_images,
+                       weights, _group_keys(key, num_classes, augment), augment=augment,
+                       use_vmap=use_vmap, group_batch=class_batch)
 
-  def one(label, x_syn, x_real, k):
-    if augment is not None:
-      x_syn, x_real = augment(k, x_syn), augment(k, x_real)
-    return class_loss(net_params, x_syn, x_real, label)
 
-  labels = jnp.arange(num_classes)
-  if use_vmap and class_batch and class_batch < num_classes:
-    return jax.lax.map(lambda args: one(*args), (labels, syn_images, real_images, keys),
-                       batch_size=class_batch)
-  if use_vmap:
-    return jax.vmap(one)(labels, syn_images, real_images, keys)
-  return jnp.stack([one(labels[c], syn_images[c], real_images[c], keys[c])
-                    for c in range(num_classes)])
+def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
+                       real_images: jax.Array, mask: jax.Array, cluster_class: jax.Array, *,
+                       key: Optional[jax.Array] = None, augment: Optional[AugmentFn] = None,
+                       use_vmap: bool = True, cluster_batch: Optional[int] = None
+                       ) -> jax.Array:
+  """The (K,) matching losses of K real clusters, each inside one class, with one `vmap`.
+
+  Cluster k's loss is `class_loss` between the synthetic images of its class `cluster_class[k]`
+  and its own real samples (padded rows masked out of the real cross-entropy); an all-masked
+  (empty) cluster's real gradient is zero.
+
+  Args:
+    syn_images: (C, ipc, ...) synthetic images, class-major.
+    real_images: (K, S, ...) a padded batch of each cluster (`risk.sample_cluster_batch`).
+    mask: (K, S) bool or weights of the real rows.
+    cluster_class: (K,) int class of each cluster.
+    key, augment, use_vmap: as in `per_class_losses` (cluster k uses `fold_in(key, k)`).
+    cluster_batch: vmap over at most this many clusters at a time (bounds memory).
+  """
+  num = real_images.shape[0]
+  if mask.shape != real_images.shape[:2] or cluster_class.shape != (num,):
+    raise ValueError(f"mask {mask.shape} and cluster_class {cluster_class.shape} must match the "
+                     f"(K, S) = {real_images.shape[:2]} leading axes of real_images.")
+  return _group_losses(class_loss, net_params, cluster_class, syn_images[cluster_class],
+                       real_images, mask.astype(jnp.float32), _group_keys(key, num, augment),
+                       augment=augment, use_vmap=use_vmap, group_batch=cluster_batch)
 
 
 def gradient_match_loss(net_params, syn_images, real_images, *, apply_fn: ApplyFn,

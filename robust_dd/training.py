@@ -19,10 +19,19 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels (n,) or a single label () for all rows."""
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  weights: Optional[jax.Array] = None) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels (n,) or a single label () for all rows.
+
+  With `weights` (n,) (e.g. a 0/1 mask of padded rows): Σ w_i ℓ_i / max(Σ w_i, 1e-12), so an
+  all-zero mask gives 0, not NaN.
+  """
   labels = jnp.broadcast_to(labels, logits.shape[:1])
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if weights is None:
+    return losses.mean()
+  weights = jnp.asarray(weights, losses.dtype)
+  return jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1e-12)
 
 
 def network_loss(apply_fn: ApplyFn, params, images, labels, *, loss: str = "ce") -> jax.Array:

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts: mnist5k on device, XLA memory, formatting."""
 
 import resource
+import time
 
 import jax
 import jax.numpy as jnp
@@ -40,3 +41,20 @@ def memory_fields(compiled):
   """The memory columns every benchmark records for a compiled step."""
   return {"xla_step_bytes": compiled_bytes(compiled), "device_peak_bytes": device_peak_bytes(),
           "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def time_step(step, state, real, key, *, repeats: int):
+  """Compiles a jitted distillation step, then runs it `repeats` times (state threaded through).
+
+  Returns (compiled, compile seconds, per-run seconds, last metrics).
+  """
+  t0 = time.time()
+  compiled = step.lower(state, real, key).compile()
+  compile_seconds = time.time() - t0
+  times, metrics = [], None
+  for i in range(repeats):
+    t0 = time.time()
+    state, metrics = compiled(state, real, jax.random.fold_in(key, i))
+    jax.block_until_ready(metrics)
+    times.append(time.time() - t0)
+  return compiled, compile_seconds, times, metrics

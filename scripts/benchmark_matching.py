@@ -18,7 +18,6 @@ per outer iteration at IPC 1 with 256 real images per class on a 2-core machine 
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,16 +53,9 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
   step = distill.method_step(config, optimizer, num_classes=10, input_shape=x.shape[1:],
                              use_vmap=use_vmap)
-  key = jax.random.key(0)
-  t0 = time.time()
-  compiled = step.lower(state, real, key).compile()
-  compile_seconds = time.time() - t0
-  times = []
-  for i in range(FLAGS.repeats):
-    t0 = time.time()
-    state, metrics = compiled(state, real, jax.random.fold_in(key, i))
-    jax.block_until_ready(metrics)
-    times.append(time.time() - t0)
+  compiled, compile_seconds, times, metrics = _bench.time_step(step, state, real,
+                                                                jax.random.key(0),
+                                                                repeats=FLAGS.repeats)
   return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
           "real_per_class": FLAGS.real_per_class,
           "outer_loop": config.outer_loop, "inner_loop": config.inner_loop,

@@ -135,3 +135,30 @@ def test_class_balanced_sampling_exact_counts_and_uniform_frequencies():
 def test_check_per_class_message():
   with pytest.raises(ValueError, match="class 1 has only 2. Lower it to at most 2"):
     data.check_per_class(np.array([5, 2, 7]), 3, what="--ipc=3")
+
+
+def test_rare_subgroup_fractions_transform_and_seed():
+  ds = data.load_dataset("digits")
+  rare = data.make_rare_subgroup(ds, transform="invert", train_fraction=0.05,
+                                     test_fraction=0.5, seed=3)
+  for y, g, n_frac in ((ds.y_train, rare.group_train, 0.05), (ds.y_test, rare.group_test, 0.5)):
+    for c in range(10):
+      n = int(np.sum(y == c))
+      assert int(g[y == c].sum()) == max(int(round(n_frac * n)), 1)
+  g = rare.group_train.astype(bool)
+  np.testing.assert_array_equal(rare.x_train[g], 1.0 - ds.x_train[g])
+  np.testing.assert_array_equal(rare.x_train[~g], ds.x_train[~g])
+  np.testing.assert_array_equal(rare.y_train, ds.y_train)
+  again = data.make_rare_subgroup(ds, transform="invert", seed=3)
+  np.testing.assert_array_equal(again.group_test, rare.group_test)
+  assert rare.split["subgroup"]["seed"] == 3 and ds.group_train is None
+  rot = data.subgroup_transform(ds.x_test[:2], "rotate")
+  np.testing.assert_array_equal(rot[:, 0, :, 0], ds.x_test[:2, :, -1, 0])  # 90° anticlockwise.
+  np.testing.assert_allclose(data.subgroup_transform(ds.x_test[:2], "color"),
+                             0.5 + 0.5 * ds.x_test[:2])
+  rgb = np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32)
+  np.testing.assert_array_equal(data.subgroup_transform(rgb, "color")[..., 1], rgb[..., 0])
+  with pytest.raises(ValueError, match="square images"):
+    data.subgroup_transform(np.zeros((2, 10)), "rotate")
+  with pytest.raises(ValueError, match="train_fraction"):
+    data.make_rare_subgroup(ds, train_fraction=1.5)

@@ -179,3 +179,103 @@ def test_inner_loop_changes_the_network_between_updates():
   a, _ = step0(_copy(state), real, jax.random.key(1))
   b, _ = step5(_copy(state5), real, jax.random.key(1))
   assert not np.allclose(a.params["images"], b.params["images"])
+
+
+# ------------------------------------------------------------------------------- robust
+
+
+def _one_cluster_per_class(real, y, per_cluster):
+  """Cluster ids = class labels; returns the cluster batch and the same samples class-major."""
+  real = distill.with_clusters(real, y, np.arange(3), width=int(np.bincount(y).max()))
+  batch = distill.cluster_batch(jax.random.key(4), real, per_cluster=per_cluster)
+  flat = {k: batch[k].reshape(-1, *batch[k].shape[2:]) for k in ("images", "labels")}
+  return batch, flat
+
+
+def test_robust_kip_loss_reduces_to_plain_kip_and_to_the_worst_cluster():
+  x, y, real = _problem()
+  kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk")
+  batch, flat = _one_cluster_per_class(real, y, 5)
+  assert bool(batch["mask"].all()) and batch["images"].shape == (3, 5, 12)
+  params = {"images": jnp.asarray(x[[1, 21, 41]]),
+            "labels": data_lib.one_hot_centered(jnp.asarray([0, 1, 2]), 3)}
+  plain = jax.jit(distill.kip_loss_fn(kernel_fn=kernel_fn))(params, flat)
+  mean = jax.jit(distill.robust_kip_loss_fn(kernel_fn=kernel_fn, robust_weight=0.0))(params,
+                                                                                    batch)
+  np.testing.assert_allclose(mean, plain, rtol=1e-5)
+  from robust_dd import krr
+  per_cluster = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
+                                       batch["labels"], batch["mask"], kernel_fn=kernel_fn)
+  worst = jax.jit(distill.robust_kip_loss_fn(kernel_fn=kernel_fn, robust_weight=1.0,
+                                             tail_fraction=0.1))(params, batch)
+  np.testing.assert_allclose(worst, per_cluster.max(), rtol=1e-4)
+  # The robust gradient reaches the synthetic images.
+  g = jax.jit(jax.grad(distill.robust_kip_loss_fn(kernel_fn=kernel_fn)))(params, batch)
+  g = g["images"]
+  assert float(jnp.abs(g).max()) > 0
+
+
+def test_robust_matching_loss_reduces_to_plain_matching():
+  from robust_dd import augment, matching, models
+  state, _, real, loss_fn, network, _ = _matching_setup(1)
+  batch, flat = _one_cluster_per_class(real, np.repeat(np.arange(3), 8), 4)
+  net = network.init(jax.random.key(5))
+  model = models.make_network("convnet", num_classes=3, input_shape=(6, 6, 1), depth=1, width=3)
+  class_loss = matching.gradient_match_class_loss(models.logits_fn(model))
+  robust = distill.robust_matching_loss_fn(class_loss, num_classes=3, robust_weight=0.0,
+                                           augment=augment.dsa)
+  key = jax.random.key(6)
+  np.testing.assert_allclose(jax.jit(robust)(state.params, batch, net, key),
+                             jax.jit(loss_fn)(state.params, flat, net, key), rtol=1e-4)
+
+
+def test_cluster_real_ids_classes_and_counts():
+  x, y, _ = _problem(n_per_class=12)
+  syn = x[[0, 1, 12, 13, 24, 25]]  # IPC 2.
+  key = jax.random.key(0)
+  base = distill.DistillConfig(ipc=2, num_clusters=3)
+  ids, cc = distill.cluster_real(base, key, x, y, num_classes=3)
+  assert len(cc) == 9 and np.all(cc[ids] == y) and len(np.unique(ids)) == 9
+  glob = dataclasses.replace(base, cluster_scope="global")
+  ids, cc = distill.cluster_real(glob, key, x, y, num_classes=3)
+  assert cc.tolist() == [-1, -1, -1] and set(ids) <= {0, 1, 2}  # KIP: clusters may mix classes.
+  ids, cc = distill.cluster_real(dataclasses.replace(glob, method="dc"), key, x, y, num_classes=3)
+  assert len(cc) == 9 and np.all(cc[ids] == y)  # Matching: each global cluster split by class.
+  proto = dataclasses.replace(base, cluster_assignment="prototype")
+  ids, cc = distill.cluster_real(proto, key, x, y, num_classes=3, syn_images=syn)
+  assert len(cc) == 6 and np.all(cc[ids] == y)
+  d = ((x[:, None] - syn[None]) ** 2).sum(-1)
+  d[cc[None, :] != y[:, None]] = np.inf
+  np.testing.assert_array_equal(ids, d.argmin(1))
+  assert distill.resolve_config(proto, 3).recluster_every == 1
+  assert distill.resolve_config(base, 3).recluster_every == 0
+
+
+def test_reclusterer_is_a_function_of_the_step_and_follows_the_synthetic_set():
+  x, y, real = _problem(n_per_class=12)
+  config = distill.DistillConfig(ipc=1, cluster_assignment="prototype", cluster_scope="global",
+                                 cluster_features="random")
+  recluster = distill.make_reclusterer(config, real, x, y, num_classes=3,
+                                       key=jax.random.key(0))
+  optimizer = distill.make_optimizer()
+  state = distill.init_state(x[[0, 12, 24]], data_lib.one_hot_centered(jnp.arange(3), 3),
+                             optimizer)
+  a, b = recluster(state, 3), recluster(state, 3)
+  np.testing.assert_array_equal(a["cluster_table"], b["cluster_table"])
+  assert a["cluster_table"].shape == (3, 36)  # Global clusters: padded to all samples.
+  moved = state._replace(params=dict(state.params, images=state.params["images"][::-1]))
+  c = recluster(moved, 3)
+  assert int(c["cluster_counts"].sum()) == 36
+  assert not np.array_equal(a["cluster_counts"], c["cluster_counts"]) or not np.array_equal(
+      a["cluster_table"], c["cluster_table"])
+
+
+def test_robust_config_validation():
+  for bad, message in ((dict(robust="dro"), "--robust"), (dict(tail_fraction=0.0), "tail"),
+                       (dict(robust_weight=2.0), "robust_weight"),
+                       (dict(num_clusters=0), "num_clusters"),
+                       (dict(cluster_features="sift"), "cluster_features"),
+                       (dict(recluster_every=3, checkpoint_every=10), "multiple"),
+                       (dict(subgroup="blur"), "subgroup")):
+    with pytest.raises(ValueError, match=message):
+      distill.validate_config(distill.DistillConfig(**bad))

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from robust_dd import data as data_lib
 from robust_dd import evaluate
 from robust_dd import kernels
 
@@ -55,3 +56,45 @@ def test_network_accuracy_learns_separable_data_and_is_reproducible():
   assert base.shape == (3,) and np.all((0 <= base) & (base <= 1))
   with pytest.raises(ValueError, match="augment"):
     evaluate.network_accuracies(jax.random.key(0), x, y, xt, yt, model=model, augment=True)
+
+
+def test_corruptions():
+  rng = np.random.default_rng(0)
+  x = rng.random((20, 8, 8, 1)).astype(np.float32)
+  np.testing.assert_allclose(evaluate.corrupt(evaluate.corrupt(x, "invert"), "invert"), x,
+                             atol=1e-6)
+  flat = np.full((4, 8, 8, 1), 0.5, np.float32)
+  noisy = evaluate.corrupt(flat, "gaussian_noise", severity=1)
+  assert abs(float(np.std(noisy - flat)) - evaluate.NOISE_SIGMAS[0]) < 0.01
+  heavier = evaluate.corrupt(flat, "gaussian_noise", severity=5)
+  assert np.std(heavier) > np.std(noisy) and heavier.min() >= 0 and heavier.max() <= 1
+  np.testing.assert_allclose(evaluate.corrupt(flat, "blur", severity=5), flat, atol=1e-6)
+  blurred = evaluate.corrupt(x, "blur", severity=3)
+  np.testing.assert_allclose(blurred.mean(), x.mean(), atol=0.01)  # Reflect padding ~ keeps mass.
+  assert np.var(blurred) < np.var(x)
+  prep = data_lib.fit_preprocessing(x)
+  sets = evaluate.corrupted_test_sets(x, prep, severities=(1, 5))
+  assert sorted(sets) == ["blur_s1", "blur_s5", "gaussian_noise_s1", "gaussian_noise_s5",
+                          "invert"]
+  flat_x = x.reshape(20, -1)
+  assert "blur_s1" not in evaluate.corrupted_test_sets(flat_x,
+                                                       data_lib.fit_preprocessing(flat_x))
+  with pytest.raises(ValueError, match="Unknown corruption"):
+    evaluate.corrupt(x, "fog")
+
+
+def test_robustness_metrics_against_hand_computation():
+  y = np.array([0, 1, 1, 0, 2, 2])
+  clusters = np.array([0, 0, 1, 1, 2, 2])
+  groups = np.array([0, 0, 0, 1, 1, 0])
+  preds = {"test": np.array([[0, 1, 0, 0, 2, 1], [0, 0, 1, 0, 2, 2]]),
+           "invert": np.array([[1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 2, 2]])}
+  m = evaluate.robustness_metrics(preds, y, clusters=clusters, num_clusters=3, groups=groups)
+  # Run 1 per-cluster: [1, .5, .5]; run 2: [.5, 1, 1].
+  np.testing.assert_allclose(m["cluster_accuracies"], [0.75, 0.75, 0.75])
+  np.testing.assert_allclose(m["worst_cluster_accuracy"], 0.5)
+  np.testing.assert_allclose(m["mean_cluster_accuracy"], 0.75)
+  np.testing.assert_allclose(m["accuracy"], 9 / 12)
+  np.testing.assert_allclose(m["rare_accuracy"], 1.0)  # Samples 3 and 4, right in both runs.
+  np.testing.assert_allclose(m["common_accuracy"], 5 / 8)
+  np.testing.assert_allclose(m["corruptions"]["invert"], (2 + 6) / 12)

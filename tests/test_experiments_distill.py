@@ -141,3 +141,30 @@ def test_evaluate_driver_reproduces_the_run_and_adds_krr(dc_run):
   assert "| dc | digits | 1 |" in result.stdout
   missing = run("--workdir=/nonexistent", module="experiments.evaluate", check=False)
   assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+# Robust KIP on the rare-subgroup digits: prototype clusters (IPC 2 per class -> 20 clusters),
+# reclustered every step.
+ROBUST = [*FAST, "--robust=cvar", "--subgroup=invert", "--cluster_assignment=prototype"]
+
+
+def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
+  full, part = str(tmp_path / "full"), str(tmp_path / "part")
+  result = run(*ROBUST, "--steps=20", f"--workdir={full}")
+  assert "over 20 clusters (prototype on pixels, per class, reclustered every 1 steps)" in (
+      result.stdout)
+  metrics = json.load(open(os.path.join(full, "metrics.json")))
+  for name in ("distilled_robustness", "random_subset_robustness"):
+    r = metrics[name]
+    assert 0 <= r["worst_cluster_accuracy"] <= r["mean_cluster_accuracy"] <= 1
+    assert len(r["cluster_accuracies"]) == 10 and 0 <= r["rare_accuracy"] <= 1
+    assert set(r["corruptions"]) == {"gaussian_noise_s1", "gaussian_noise_s3", "gaussian_noise_s5",
+                                     "blur_s1", "blur_s3", "blur_s5", "invert"}
+    assert np.isclose(r["accuracy"], np.mean(metrics[
+        "distilled_test_accs" if name.startswith("distilled") else "random_subset_test_acc"]))
+  assert metrics["split"]["subgroup"]["transform"] == "invert"
+  run(*ROBUST, "--steps=10", f"--workdir={part}")
+  result = run(*ROBUST, "--steps=20", f"--workdir={part}")
+  assert "Resuming from step 10" in result.stdout
+  np.testing.assert_array_equal(np.load(os.path.join(part, "distilled.npz"))["images"],
+                                np.load(os.path.join(full, "distilled.npz"))["images"])

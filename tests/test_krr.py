@@ -67,3 +67,29 @@ def test_kip_loss_gradients_match_finite_differences():
     check_grads(loss, (xs, ys), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
   finally:
     jax.config.update("jax_enable_x64", False)
+
+
+def test_kip_cluster_losses_equal_a_numpy_loop_over_unmasked_targets():
+  rng = np.random.default_rng(5)
+  xs, ys = rng.normal(size=(6, 5)), rng.normal(size=(6, 3))
+  xt, yt = rng.normal(size=(4, 7, 5)), rng.normal(size=(4, 7, 3))
+  mask = rng.random((4, 7)) > 0.4
+  mask[3] = False  # An empty cluster: loss 0, not NaN.
+  kernel_fn = lambda a, b: a @ b.T + 1.0
+  got = krr.kip_cluster_losses(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                               jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.float32),
+                               jnp.asarray(mask), kernel_fn=kernel_fn, diag_reg=1e-2)
+  k_ss = xs @ xs.T + 1.0
+  reg = k_ss + 1e-2 * np.trace(k_ss) / 6 * np.eye(6)
+  alpha = np.linalg.solve(reg, ys)
+  expected = []
+  for k in range(4):
+    x, y = xt[k][mask[k]], yt[k][mask[k]]
+    expected.append(0.5 * np.mean(np.sum((y - (x @ xs.T + 1.0) @ alpha) ** 2, -1)) if len(x)
+                    else 0.0)
+  np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-6)
+  looped = krr.kip_cluster_losses(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                  jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.float32),
+                                  jnp.asarray(mask), kernel_fn=kernel_fn, diag_reg=1e-2,
+                                  use_vmap=False)
+  np.testing.assert_allclose(got, looped, rtol=1e-6)

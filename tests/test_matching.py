@@ -1,5 +1,7 @@
 """robust_dd.matching: the distance against NumPy, vmap equals a loop, gradients (order 2)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,3 +116,30 @@ def test_jitted_alias_equals_eager():
   kw = dict(apply_fn=apply_fn, key=jax.random.key(0), augment=augment.dsa)
   np.testing.assert_allclose(matching.gradient_match_loss_jit(params, syn, real, **kw),
                              matching.gradient_match_loss(params, syn, real, **kw), rtol=1e-4)
+
+
+def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
+  apply_fn, params = _tiny()
+  rng = np.random.default_rng(4)
+  syn = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 1)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(5, 4, 6, 6, 1)), jnp.float32)
+  mask = jnp.asarray([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 0, 0]], bool)
+  cluster_class = jnp.asarray([0, 0, 1, 2, 2])
+  class_loss = matching.gradient_match_class_loss(apply_fn)
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def losses(use_vmap, cluster_batch, syn, real, mask):
+    return matching.per_cluster_match_losses(class_loss, params, syn, real, mask, cluster_class,
+                                       use_vmap=use_vmap, cluster_batch=cluster_batch)
+
+  vmapped = losses(True, None, syn, real, mask)
+  np.testing.assert_allclose(vmapped, losses(False, None, syn, real, mask), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(vmapped, losses(True, 2, syn, real, mask), rtol=1e-5, atol=1e-6)
+  # Cluster k's loss is the class loss on its unmasked real rows only.
+  one = jax.jit(class_loss)
+  for k in range(4):
+    rows = np.asarray(mask[k])
+    expected = one(params, syn[int(cluster_class[k])], real[k][rows], cluster_class[k])
+    np.testing.assert_allclose(vmapped[k], expected, rtol=1e-4, atol=1e-6)
+  # An empty cluster has a zero real gradient: finite, not NaN.
+  assert np.isfinite(float(vmapped[4]))

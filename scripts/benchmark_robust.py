@@ -1,0 +1,115 @@
+r"""Benchmarks the robust objective: its overhead over the plain step, and vmap against a loop.
+
+  python scripts/benchmark_robust.py --out=runs/benchmark_robust.json
+
+On mnist5k, for each method (KIP: FC1 NTK, IPC 10, one update per step; DC: ConvNet-3 width 128,
+IPC 1, one outer iteration per step) it times the plain step (`--target_batch` class-balanced real
+samples) and the robust step (`--robust=cvar`) with K = 10, 100, 1000 k-means clusters (K / 10 per
+class; target_batch / K real samples per cluster, so every step sees the same number of real
+samples). For K <= `--loop_max_clusters` it also times the robust step with the per-cluster losses
+computed by a Python loop over clusters instead of one `vmap` (a loop of 1000 clusters unrolls
+into a program too large to compile in reasonable time). Records compile time, XLA's memory
+estimate and peak RSS; writes JSON and prints a Markdown table.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+
+from robust_dd import data as data_lib
+from robust_dd import distill
+from robust_dd import io
+import _bench  # scripts/_bench.py
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("methods", ["kip", "dc"], "kip and/or dc (dsa and lcmat share dc's path).")
+flags.DEFINE_list("clusters", ["10", "100", "1000"], "Total clusters K (K / 10 per class).")
+flags.DEFINE_integer("target_batch", 1000, "Real samples per update (split over the clusters).")
+flags.DEFINE_integer("repeats", 3, "Timed steps per configuration (median reported).")
+flags.DEFINE_integer("loop_max_clusters", 100, "Largest K also timed with a loop over clusters.")
+flags.DEFINE_string("out", "runs/benchmark_robust.json", "JSON output path.")
+
+IPC = {"kip": 10, "dc": 1}
+
+
+def bench_one(method, x, y, real, *, clusters=0, use_vmap=True):
+  """One configuration; clusters=0 is the plain step."""
+  config = distill.resolve_config(distill.DistillConfig(
+      method=method, ipc=IPC[method], target_batch=FLAGS.target_batch,
+      robust="cvar" if clusters else "none", num_clusters=max(clusters // 10, 1)), 10)
+  if method != "kip":  # Network methods take target_batch per class in resolve_config's default.
+    config = dataclasses.replace(config, target_batch=FLAGS.target_batch)
+  optimizer = distill.make_optimizer(learning_rate=config.learning_rate,
+                                     learn_labels=config.learn_labels, name=config.optimizer)
+  idx = np.concatenate([np.flatnonzero(y == c)[:config.ipc] for c in range(10)])
+  state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
+  cluster_seconds = 0.0
+  if clusters:
+    t0 = time.time()
+    real = distill.make_reclusterer(config, real, x, y, num_classes=10,
+                                    key=jax.random.key(1))(state, 0)
+    cluster_seconds = time.time() - t0
+  step = distill.method_step(config, optimizer, num_classes=10, input_shape=x.shape[1:],
+                             use_vmap=use_vmap, num_clusters=clusters or None)
+  compiled, compile_seconds, times, metrics = _bench.time_step(
+      step, state, real, jax.random.key(0), repeats=FLAGS.repeats)
+  return {"method": method, "ipc": config.ipc, "clusters": clusters, "vmap": use_vmap,
+          "per_cluster": FLAGS.target_batch // clusters if clusters else None,
+          "target_batch": FLAGS.target_batch, "seconds_per_step": float(np.median(times)),
+          "times": times, "compile_seconds": compile_seconds, "cluster_seconds": cluster_seconds,
+          "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
+
+
+def main(argv):
+  del argv
+  ds, x, real = _bench.mnist5k_real()
+  runs = []
+  for m in FLAGS.methods:
+    runs.append((m, 0, True))
+    for k in map(int, FLAGS.clusters):
+      runs.append((m, k, True))
+      if k <= FLAGS.loop_max_clusters:
+        runs.append((m, k, False))
+  results = []
+  for method, k, use_vmap in runs:
+    try:
+      r = bench_one(method, x, ds.y_train, real, clusters=k, use_vmap=use_vmap)
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
+      r = {"method": method, "clusters": k, "vmap": use_vmap, "error": repr(e)[:300]}
+    results.append(r)
+    print(json.dumps(r), flush=True)
+    io.save_json(FLAGS.out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
+                             "jax_version": jax.__version__, "results": results})
+  plain = {r["method"]: r.get("seconds_per_step") for r in results if r["clusters"] == 0}
+  print(f"\nRobust-objective benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
+        f"{FLAGS.target_batch} real samples per update\n")
+  print("| method | IPC | clusters K | per cluster | per-cluster losses | s per step | "
+        "× plain | compile s | XLA step MiB |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for r in results:
+    how = "-" if not r["clusters"] else ("vmap" if r["vmap"] else "Python loop")
+    k = r["clusters"] or "plain"
+    if "error" in r:
+      print(f"| {r['method']} | | {k} | | {how} | failed: {r['error'][:60]} ||||")
+      continue
+    ratio = (f"{r['seconds_per_step'] / plain[r['method']]:.2f}" if plain.get(r["method"])
+             else "n/a")
+    print(f"| {r['method']} | {r['ipc']} | {k} | {r['per_cluster'] or '-'} | {how} | "
+          f"{r['seconds_per_step']:.3f} | {ratio} | {r['compile_seconds']:.1f} | "
+          f"{_bench.mib(r['xla_step_bytes'])} |")
+  print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
+        f"JSON: {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
