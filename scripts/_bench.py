@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: mnist5k on device, XLA memory, formatting."""
 
+import json
 import resource
 import time
 
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from robust_dd import data as data_lib
+from robust_dd import io
 
 
 def mnist5k_real():
@@ -58,3 +60,20 @@ def time_step(step, state, real, key, *, repeats: int):
     jax.block_until_ready(metrics)
     times.append(time.time() - t0)
   return compiled, compile_seconds, times, metrics
+
+
+def run_all(bench_fn, configs, *, out: str) -> list[dict]:
+  """Runs `bench_fn(**config)` for each config dict, printing each result as a JSON line and
+  rewriting `out` after each (so a crash keeps what finished). A configuration that fails (e.g. out
+  of memory) is recorded as the config plus its `error`, and the others still run."""
+  results = []
+  for config in configs:
+    try:
+      r = bench_fn(**config)
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
+      r = {**config, "error": repr(e)[:300]}
+    results.append(r)
+    print(json.dumps(r), flush=True)
+    io.save_json(out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
+                       "jax_version": jax.__version__, "results": results})
+  return results

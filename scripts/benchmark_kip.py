@@ -13,7 +13,6 @@ per second; Conv (3×3, no pooling) is one to three orders of magnitude slower. 
 (--conv_pool) needs O((28·28)²) memory per image pair: expect it to fail or crawl on CPU.
 """
 
-import json
 import os
 import sys
 import time
@@ -28,7 +27,6 @@ import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import distill
-from robust_dd import io
 from robust_dd import kernels
 import _bench  # scripts/_bench.py
 
@@ -84,18 +82,11 @@ def bench_one(arch, ipc, batch, x, y, real):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  results = []
-  for arch in FLAGS.archs:
-    for ipc in map(int, FLAGS.ipcs):
-      for batch in map(int, FLAGS.batches):
-        try:
-          r = bench_one(arch, ipc, batch, x, ds.y_train, real)
-        except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
-          r = {"arch": arch, "ipc": ipc, "target_batch": batch, "error": repr(e)[:300]}
-        results.append(r)
-        print(json.dumps(r), flush=True)
-        io.save_json(FLAGS.out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-                                 "jax_version": jax.__version__, "results": results})
+  configs = [dict(arch=arch, ipc=ipc, target_batch=batch) for arch in FLAGS.archs
+             for ipc in map(int, FLAGS.ipcs) for batch in map(int, FLAGS.batches)]
+  results = _bench.run_all(
+      lambda arch, ipc, target_batch: bench_one(arch, ipc, target_batch, x, ds.y_train, real),
+      configs, out=FLAGS.out)
   print(f"\nKIP step benchmark on {jax.devices()[0]} (jax {jax.__version__})\n")
   print("| kernel | IPC | target batch | steps/s | ms/step | XLA step MiB | device peak MiB |")
   print("|---|---|---|---|---|---|---|")

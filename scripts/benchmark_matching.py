@@ -15,7 +15,6 @@ Reference point (from the issue): the PyTorch DC code (torch 2.13 CPU, 2 threads
 per outer iteration at IPC 1 with 256 real images per class on a 2-core machine like CI's.
 """
 
-import json
 import os
 import sys
 
@@ -29,7 +28,6 @@ import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import distill
-from robust_dd import io
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -68,21 +66,14 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  runs = [(m, int(i), True, int(b)) for m in FLAGS.methods for i in FLAGS.ipcs
-          for b in FLAGS.class_batches]
+  configs = [dict(method=m, ipc=int(i), vmap=True, class_batch=int(b)) for m in FLAGS.methods
+             for i in FLAGS.ipcs for b in FLAGS.class_batches]
   if FLAGS.compare_loop and "1" in FLAGS.ipcs:
-    runs += [(m, 1, False, 0) for m in FLAGS.methods]
-  results = []
-  for method, ipc, use_vmap, class_batch in runs:
-    try:
-      r = bench_one(method, ipc, x, ds.y_train, real, use_vmap=use_vmap, class_batch=class_batch)
-    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
-      r = {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
-           "error": repr(e)[:300]}
-    results.append(r)
-    print(json.dumps(r), flush=True)
-    io.save_json(FLAGS.out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-                             "jax_version": jax.__version__, "results": results})
+    configs += [dict(method=m, ipc=1, vmap=False, class_batch=0) for m in FLAGS.methods]
+  results = _bench.run_all(
+      lambda method, ipc, vmap, class_batch: bench_one(method, ipc, x, ds.y_train, real,
+                                                       use_vmap=vmap, class_batch=class_batch),
+      configs, out=FLAGS.out)
   print(f"\nMatching benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.real_per_class} real images per class per update\n")
   print("| method | IPC | classes | outer/inner loop | s per outer iteration | s per update | "

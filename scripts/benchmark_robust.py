@@ -13,7 +13,6 @@ estimate and peak RSS; writes JSON and prints a Markdown table.
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -28,7 +27,6 @@ import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import distill
-from robust_dd import io
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -73,23 +71,16 @@ def bench_one(method, x, y, real, *, clusters=0, use_vmap=True):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  runs = []
+  configs = []
   for m in FLAGS.methods:
-    runs.append((m, 0, True))
+    configs.append(dict(method=m, clusters=0, vmap=True))
     for k in map(int, FLAGS.clusters):
-      runs.append((m, k, True))
-      if k <= FLAGS.loop_max_clusters:
-        runs.append((m, k, False))
-  results = []
-  for method, k, use_vmap in runs:
-    try:
-      r = bench_one(method, x, ds.y_train, real, clusters=k, use_vmap=use_vmap)
-    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
-      r = {"method": method, "clusters": k, "vmap": use_vmap, "error": repr(e)[:300]}
-    results.append(r)
-    print(json.dumps(r), flush=True)
-    io.save_json(FLAGS.out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-                             "jax_version": jax.__version__, "results": results})
+      configs += [dict(method=m, clusters=k, vmap=v) for v in (True, False)
+                  if v or k <= FLAGS.loop_max_clusters]
+  results = _bench.run_all(
+      lambda method, clusters, vmap: bench_one(method, x, ds.y_train, real, clusters=clusters,
+                                               use_vmap=vmap),
+      configs, out=FLAGS.out)
   plain = {r["method"]: r.get("seconds_per_step") for r in results if r["clusters"] == 0}
   print(f"\nRobust-objective benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.target_batch} real samples per update\n")

@@ -144,3 +144,21 @@ def test_vmapped_curvature_loss_equals_a_loop_and_jit():
       curvature.curvature_match_loss(params, syn, real, apply_fn=apply_fn), rtol=1e-4)
   with pytest.raises(ValueError, match="hvp mode"):
     curvature.curvature_match_class_loss(apply_fn, hvp_mode="lanczos")
+
+
+def test_masked_real_rows_drop_out_of_the_curvature_loss():
+  # The robust LCMat path: per-cluster losses with padded real rows, one vmap over clusters.
+  apply_fn = lambda p, v: jnp.tanh(v.reshape(len(v), -1) @ p["w1"]) @ p["w2"]
+  k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+  params = {"w1": jax.random.normal(k1, (4, 5)), "w2": jax.random.normal(k2, (5, 3))}
+  syn = jax.random.normal(k3, (3, 2, 4))
+  real = jax.random.normal(k4, (2, 5, 4))
+  mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  cluster_class = jnp.asarray([1, 2])
+  class_loss = curvature.curvature_match_class_loss(apply_fn)
+  got = jax.jit(lambda s: matching.per_cluster_match_losses(class_loss, params, s, real, mask,
+                                                            cluster_class))(syn)
+  for k in range(2):
+    rows = np.asarray(mask[k])
+    expected = class_loss(params, syn[int(cluster_class[k])], real[k][rows], cluster_class[k])
+    np.testing.assert_allclose(got[k], expected, rtol=1e-4, atol=1e-6)
