@@ -261,8 +261,9 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
                      log: Callable[[str], None] = print) -> tuple[DistillState, list[dict]]:
   """Runs `step_fn` from `state.step` up to `num_steps`, logging and checkpointing.
 
-  `refresh_real(state, step) -> real` (e.g. reclustering) replaces the real data before the first
-  step and then before every step that is a multiple of `refresh_every` (0: only the first).
+  `refresh_real(state, step) -> real` (e.g. reclustering) replaces the real data before every
+  later step that is a multiple of `refresh_every` (0: never); the caller passes `real` for the
+  first step (e.g. `refresh_real(state, state.step)`).
 
   Every `log_every` steps (and at the end) it records the loss and `eval_fn(params)`, prints a
   progress line with the time left, and calls `on_log(history)`. Every `checkpoint_every` steps
@@ -275,8 +276,7 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   start = int(state.step)
   t_start, steps_timed, t_first = time.time(), 0, None
   for step in range(start, num_steps):
-    if refresh_real is not None and (step == start or (refresh_every
-                                                       and step % refresh_every == 0)):
+    if refresh_real is not None and refresh_every and step > start and step % refresh_every == 0:
       real = refresh_real(state, step)
     state, metrics = step_fn(state, real, jax.random.fold_in(key, step))
     done = step + 1
@@ -710,7 +710,8 @@ def distill_experiment(config: DistillConfig, workdir: str,
   if config.robust != "none":
     refresh = make_reclusterer(config, real, x_train, dataset.y_train, num_classes=num_classes,
                                key=jax.random.fold_in(key, 3))
-    num_clusters = int(refresh(state, int(state.step))["cluster_class"].shape[0])
+    real = refresh(state, int(state.step))
+    num_clusters = int(real["cluster_class"].shape[0])
     log(f"Robust objective: CVaR(tail_fraction={config.tail_fraction}) with robust_weight "
         f"{config.robust_weight} over {num_clusters} clusters ({config.cluster_assignment} on "
         f"{config.cluster_features}, per {config.cluster_scope}"
@@ -785,7 +786,7 @@ def evaluate_support_set(evaluator: "Evaluator", images, labels, *, key: jax.Arr
 
   def summarise(preds, keys):
     list_key, mean_key, std_key, robust_key = keys
-    accs = np.mean(preds["test"] == np.asarray(evaluator.y_test)[None], axis=1)
+    accs = np.mean(preds["test"] == np.asarray(evaluator.y_test)[None], axis=1)  # (runs,)
     out = {list_key: accs.tolist(), mean_key: float(accs.mean()), std_key: float(accs.std())}
     if robustness:
       out[robust_key] = evaluate.robustness_metrics(
@@ -822,14 +823,8 @@ class Evaluator(NamedTuple):
 
   def accuracies(self, images, labels, seeds=None) -> np.ndarray:
     """(runs,) test accuracies of the support set (images, labels)."""
-    return self._accuracy(self.predict(images, labels, {"test": self.x_test}, seeds))
-
-  def random_subset_accuracies(self, key, per_class: int) -> np.ndarray:
-    """(draws,) test accuracies of random class-balanced real subsets of `per_class`."""
-    return self._accuracy(self.predict_random(key, per_class, {"test": self.x_test}))
-
-  def _accuracy(self, preds) -> np.ndarray:
-    return np.mean(preds["test"] == np.asarray(self.y_test)[None], axis=1)
+    preds = self.predict(images, labels, {"test": self.x_test}, seeds)["test"]
+    return np.mean(preds == np.asarray(self.y_test)[None], axis=1)
 
 
 def make_evaluator(config: DistillConfig, x_train, y_train, x_test, y_test, *,
@@ -912,7 +907,8 @@ def robustness_table(runs: list[dict[str, Any]]) -> str:
   lines = ["| method | IPC | objective | runs | steps | test acc | worst cluster | mean cluster | "
            "rare subgroup | common | random subset acc | random subset rare |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for (method, ipc, objective), ms in sorted(groups.items(), key=lambda kv: kv[0]):
+  for (method, ipc, objective), ms in sorted(groups.items(),
+                                             key=lambda kv: (*kv[0][:2], kv[0][2] != "plain")):
     d = [m["distilled_robustness"] for m in ms]
     r = [m.get("random_subset_robustness", {}) for m in ms]
     lines.append(

@@ -279,3 +279,20 @@ def test_robust_config_validation():
                        (dict(subgroup="blur"), "subgroup")):
     with pytest.raises(ValueError, match=message):
       distill.validate_config(distill.DistillConfig(**bad))
+
+
+def test_robustness_table_groups_runs_and_averages_over_seeds():
+  def run(robust, seed_acc):
+    rob = {"accuracy": seed_acc, "worst_cluster_accuracy": seed_acc / 2,
+           "mean_cluster_accuracy": seed_acc, "rare_accuracy": seed_acc / 4,
+           "common_accuracy": seed_acc}
+    return {"config": {"method": "kip", "ipc": 1, "robust": robust, "tail_fraction": 0.2,
+                       "robust_weight": 0.5}, "steps": 10, "distilled_robustness": rob,
+            "random_subset_robustness": rob}
+
+  table = distill.robustness_table([run("cvar", 0.6), run("cvar", 0.8), run("none", 0.5)])
+  lines = table.splitlines()
+  assert len(lines) == 4
+  assert lines[2].startswith("| kip | 1 | plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 |")
+  assert lines[3].startswith("| kip | 1 | CVaR α=0.2 λ=0.5 | 2 | 10 | 70.0 ± 10.0 | 35.0 ± 5.0 |")
+  assert "| 17.5 ± 2.5 |" in lines[3]
