@@ -14,18 +14,15 @@ for seed in 0 1 2; do
     done
   done
 done
-for seed in 0 1 2; do
-  for robust in none cvar; do
-    $PY -m experiments.distill --subgroup=invert --method=dc --ipc=1 --steps=100 \
-      --target_batch=640 --robust=$robust --seed=$seed \
-      --workdir=runs/rare_dc_ipc1_${robust}_seed${seed}
-  done
-done
-for seed in 0 1 2; do
-  for robust in none cvar; do
-    $PY -m experiments.distill --subgroup=invert --method=dc --ipc=10 --steps=2 \
-      --target_batch=640 --robust=$robust --seed=$seed \
-      --workdir=runs/rare_dc_ipc10_${robust}_seed${seed}
+# DC: IPC 1 with 100 outer iterations, IPC 10 with 2 (sized to a 2-core CPU).
+for ipc_steps in "1 100" "10 2"; do
+  read -r ipc steps <<< "$ipc_steps"
+  for seed in 0 1 2; do
+    for robust in none cvar; do
+      $PY -m experiments.distill --subgroup=invert --method=dc --ipc=$ipc --steps=$steps \
+        --target_batch=640 --robust=$robust --seed=$seed \
+        --workdir=runs/rare_dc_ipc${ipc}_${robust}_seed${seed}
+    done
   done
 done
 $PY scripts/robust_table.py runs/rare_*
