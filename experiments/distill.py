@@ -114,6 +114,26 @@ flags.DEFINE_integer("eval_batch", _D.eval_batch, "Batch size of finite-network 
 flags.DEFINE_bool("eval_augment", _D.eval_augment, "DSA while training evaluation networks.")
 flags.DEFINE_bool("robust_eval", _D.robust_eval, "Also report accuracy per test cluster, on the "
                   "rare subgroup and under corruptions (noise, blur, invert).")
+flags.DEFINE_enum("init", _D.init, list(distill.INIT_METHODS), "Initial synthetic images, per "
+                  "class: random real ones, the real ones nearest to k-means centres (k = IPC), "
+                  "or drawn by k-means sensitivity or by ridge leverage of the kernel "
+                  "(METHODS.md §4).")
+flags.DEFINE_float("init_ridge", _D.init_ridge, "sensitivity_krr: ridge, relative to the mean "
+                   "kernel diagonal.")
+flags.DEFINE_integer("init_rank", _D.init_rank, "sensitivity_krr: Nyström landmarks per class "
+                     "(0: the exact class kernel).")
+flags.DEFINE_float("dedup_quantile", _D.dedup_quantile, "Sensitivity inits: never draw points "
+                   "closer to a kept one than this quantile of nearest-neighbour distances "
+                   "(default: only exact duplicates are removed).")
+flags.DEFINE_enum("sampler", _D.sampler, list(distill.SAMPLERS), "Real batches: uniform, or "
+                  "importance-sampled by each real sample's loss under the synthetic set's model.")
+flags.DEFINE_integer("sampler_every", _D.sampler_every, "Importance: steps between rescorings.")
+flags.DEFINE_float("sampler_beta", _D.sampler_beta, "Importance: uniform share beta of "
+                   "p = (1 - beta) loss / sum + beta / n_c.")
+flags.DEFINE_bool("sampler_unbiased", _D.sampler_unbiased, "Importance: reweight drawn samples "
+                  "by 1 / (n_c p) (self-normalised).")
+flags.DEFINE_integer("sampler_train_steps", _D.sampler_train_steps, "Importance, matching "
+                     "methods: SGD steps on the synthetic set of the network that scores.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines.")
 flags.DEFINE_integer("checkpoint_every", _D.checkpoint_every, "Steps between checkpoints.")
 flags.DEFINE_bool("eval_during", _D.eval_during, "Report test accuracy at each progress line "

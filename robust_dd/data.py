@@ -336,9 +336,10 @@ def check_per_class(counts: np.ndarray, per_class: int, *, what: str) -> None:
                      f"{int(counts[c])}. Lower it to at most {int(counts.min())}.")
 
 
-def sample_class_balanced(key: jax.Array, table: jax.Array, counts: jax.Array, *, per_class: int
-                          ) -> jax.Array:
-  """Draws `per_class` distinct indices from each class, uniformly without replacement.
+def sample_class_balanced(key: jax.Array, table: jax.Array, counts: jax.Array, *, per_class: int,
+                          logits: Optional[jax.Array] = None) -> jax.Array:
+  """Draws `per_class` distinct indices from each class, without replacement: uniformly, or with
+  probability ∝ exp(logits) (C, width) (successive sampling) when `logits` are given.
 
   Jittable (Gumbel top-k over each padded row of `table`). Returns (C * per_class,) indices,
   class-major: the first `per_class` belong to class 0.
@@ -346,6 +347,8 @@ def sample_class_balanced(key: jax.Array, table: jax.Array, counts: jax.Array, *
   num_classes, width = table.shape
   valid = jnp.arange(width)[None, :] < counts[:, None]
   gumbel = jax.random.gumbel(key, (num_classes, width))
+  if logits is not None:
+    gumbel = gumbel + logits
   scores = jnp.where(valid, gumbel, -jnp.inf)
   _, pos = jax.lax.top_k(scores, per_class)
   return jnp.take_along_axis(table, pos, axis=1).reshape(-1)

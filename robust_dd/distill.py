@@ -38,6 +38,8 @@ from robust_dd import krr
 from robust_dd import matching
 from robust_dd import models
 from robust_dd import risk
+from robust_dd import select
+from robust_dd import sensitivity
 from robust_dd import training
 
 Params = dict[str, jax.Array]
@@ -46,10 +48,12 @@ LossFn = Callable[[Params, Batch], jax.Array]
 
 
 class DistillState(NamedTuple):
-  """The synthetic set, its optimiser state and the number of steps taken."""
+  """The synthetic set, its optimiser state, the number of steps taken and the real-batch
+  sampler's state (None: uniform batches; importance sampling: (n,) per-sample probabilities)."""
   params: Params
   opt_state: optax.OptState
   step: jax.Array
+  sampler: Any = None
 
 
 OPTIMIZERS = ("adam", "sgd")
@@ -68,15 +72,35 @@ def make_optimizer(*, learning_rate: float = 0.01, learn_labels: bool = True,
                                {"images": "learn", "labels": "fixed"})
 
 
-def init_state(images, labels, optimizer: optax.GradientTransformation) -> DistillState:
+def init_state(images, labels, optimizer: optax.GradientTransformation, *,
+               num_real: Optional[int] = None) -> DistillState:
+  """The initial state; `num_real` (the number of real training samples) gives an importance
+  sampler's state, uniform probabilities until the first scoring."""
   params = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.float32)}
-  return DistillState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+  sampler = None if num_real is None else jnp.ones(num_real, jnp.float32)
+  return DistillState(params, optimizer.init(params), jnp.zeros((), jnp.int32), sampler)
 
 
-def class_balanced_batch(key: jax.Array, real: dict[str, jax.Array], *, per_class: int) -> Batch:
-  """Draws a class-balanced real batch from `real = {images, labels, table, counts}` on device."""
-  idx = data_lib.sample_class_balanced(key, real["table"], real["counts"], per_class=per_class)
-  return {"images": real["images"][idx], "labels": real["labels"][idx]}
+def _log_probs(probs: Optional[jax.Array], table: jax.Array) -> Optional[jax.Array]:
+  return None if probs is None else jnp.log(jnp.maximum(probs[table], 1e-30))
+
+
+def class_balanced_batch(key: jax.Array, real: dict[str, jax.Array], *, per_class: int,
+                         probs: Optional[jax.Array] = None, unbiased: bool = False) -> Batch:
+  """Draws a class-balanced real batch from `real = {images, labels, table, counts}` on device.
+
+  With `probs` (n,) each class's samples are drawn ∝ probs without replacement (importance
+  sampling); `unbiased` adds `weights` (b,), 1 / (n_c · p_i) with p_i the probability within the
+  class, for a self-normalised weighted loss.
+  """
+  idx = data_lib.sample_class_balanced(key, real["table"], real["counts"], per_class=per_class,
+                                       logits=_log_probs(probs, real["table"]))
+  batch = {"images": real["images"][idx], "labels": real["labels"][idx]}
+  if unbiased and probs is not None:
+    batch["weights"] = sensitivity.group_unbiasing_weights(
+        probs, idx.reshape(real["table"].shape[0], per_class), real["table"],
+        real["counts"]).reshape(-1)
+  return batch
 
 
 class Network(NamedTuple):
@@ -89,15 +113,21 @@ class Network(NamedTuple):
   train: Callable[[Any, Params, jax.Array], Any]
 
 
-def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: int) -> Batch:
+def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: int,
+                  probs: Optional[jax.Array] = None, unbiased: bool = False) -> Batch:
   """Draws up to `per_cluster` real samples of every cluster, on device.
 
   `real` holds `cluster_table`, `cluster_counts` and `cluster_class` (see `cluster_real`).
   Returns images (K, S, ...), labels (K, S, C), mask (K, S), cluster_class (K,) and weights (K,):
-  uniform masses over the non-empty clusters.
+  uniform masses over the non-empty clusters. With `probs` (n,), each cluster's members are drawn
+  ∝ probs (importance sampling); `unbiased` multiplies the mask by 1 / (n_k · p_i), p_i the
+  probability within the cluster, so the masked cluster means become self-normalised estimates.
   """
-  idx, mask = risk.sample_cluster_batch(key, real["cluster_table"], real["cluster_counts"],
-                                        per_cluster=per_cluster)
+  table, counts = real["cluster_table"], real["cluster_counts"]
+  idx, mask = risk.sample_cluster_batch(key, table, counts, per_cluster=per_cluster,
+                                        logits=_log_probs(probs, table))
+  if unbiased and probs is not None:
+    mask = mask * sensitivity.group_unbiasing_weights(probs, idx, table, counts)
   return {"images": real["images"][idx], "labels": real["labels"][idx], "mask": mask,
           "cluster_class": real["cluster_class"],
           "weights": (real["cluster_counts"] > 0).astype(jnp.float32)}
@@ -105,16 +135,23 @@ def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: in
 
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
               per_class: Optional[int] = None,
-              sample_batch: Optional[Callable[[jax.Array, dict], Batch]] = None,
-              network: Optional[Network] = None, updates_per_network: int = 1):
+              sample_batch: Optional[Callable[..., Batch]] = None,
+              network: Optional[Network] = None, updates_per_network: int = 1,
+              rescore: Optional[Callable[[Params, dict, jax.Array], jax.Array]] = None,
+              rescore_every: int = 50):
   """Returns the jitted `step(state, real, key) -> (state, metrics)`; `state` is donated.
 
-  Each update draws its real batch with `sample_batch(key, real)` (default: `per_class` samples
-  of each class, `class_balanced_batch`; robust methods pass `cluster_batch`). Without
-  `network`: one update of the set on `loss_fn(params, batch)`. With `network`: a fresh
-  network, then `updates_per_network` updates on `loss_fn(params, batch, net_params, key)`, each
-  on a new real batch, with `network.train` between consecutive updates. `metrics['loss']` is
-  the mean loss of the step's updates.
+  Each update draws its real batch with `sample_batch(key, real, probs=state.sampler)` (default:
+  `per_class` samples of each class, `class_balanced_batch`; robust methods pass
+  `cluster_batch`). Without `network`: one update of the set on `loss_fn(params, batch)`. With
+  `network`: a fresh network, then `updates_per_network` updates on
+  `loss_fn(params, batch, net_params, key)`, each on a new real batch, with `network.train`
+  between consecutive updates. `metrics['loss']` is the mean loss of the step's updates.
+
+  Importance sampling: with `rescore(params, real, key) -> probs (n,)`, the sampler state
+  `state.sampler` is recomputed from the current synthetic set at every step that is a multiple of
+  `rescore_every` (step 0 included; `lax.cond`, so other steps skip it) and carried in the state,
+  so a resumed run samples exactly as an uninterrupted one.
   """
   if updates_per_network < 1:
     raise ValueError(f"updates_per_network must be >= 1, got {updates_per_network}.")
@@ -123,33 +160,42 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       raise ValueError("make_step needs per_class or sample_batch.")
     sample_batch = functools.partial(class_balanced_batch, per_class=per_class)
 
-  def update(params, opt_state, real, key, *net):
+  if rescore is not None and rescore_every < 1:
+    raise ValueError(f"rescore_every must be >= 1, got {rescore_every}.")
+
+  def update(params, opt_state, real, key, probs, *net):
     k_batch, k_loss = jax.random.split(key)
-    batch = sample_batch(k_batch, real)
+    batch = sample_batch(k_batch, real, probs=probs)
     extra = (net[0], k_loss) if net else ()
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, *extra)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   def step(state: DistillState, real: dict[str, jax.Array], key: jax.Array):
+    probs = state.sampler
+    if rescore is not None:
+      k_score, key = jax.random.split(key)
+      probs = jax.lax.cond(state.step % rescore_every == 0,
+                           lambda: rescore(state.params, real, k_score).astype(probs.dtype),
+                           lambda: probs)
     if network is None:
-      params, opt_state, loss = update(state.params, state.opt_state, real, key)
-      return DistillState(params, opt_state, state.step + 1), {"loss": loss}
+      params, opt_state, loss = update(state.params, state.opt_state, real, key, probs)
+      return DistillState(params, opt_state, state.step + 1, probs), {"loss": loss}
     k_net, k_loop = jax.random.split(key)
     net = network.init(k_net)
     params, opt_state, loss = update(state.params, state.opt_state, real,
-                                     jax.random.fold_in(k_loop, 0), net)
+                                     jax.random.fold_in(k_loop, 0), probs, net)
 
     def body(i, carry):
       params, opt_state, net, total = carry
       k_train, k_update = jax.random.split(jax.random.fold_in(k_loop, i))
       net = network.train(net, params, k_train)
-      params, opt_state, loss = update(params, opt_state, real, k_update, net)
+      params, opt_state, loss = update(params, opt_state, real, k_update, probs, net)
       return params, opt_state, net, total + loss
 
     params, opt_state, _, total = jax.lax.fori_loop(1, updates_per_network, body,
                                                     (params, opt_state, net, loss))
-    return (DistillState(params, opt_state, state.step + 1),
+    return (DistillState(params, opt_state, state.step + 1, probs),
             {"loss": total / updates_per_network})
 
   return jax.jit(step, donate_argnums=0)
@@ -160,7 +206,8 @@ def kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6) -> LossFn:
 
   def loss_fn(params: Params, batch: Batch) -> jax.Array:
     return krr.kip_loss(params["images"], params["labels"], batch["images"], batch["labels"],
-                        kernel_fn=kernel_fn, diag_reg=diag_reg)
+                        kernel_fn=kernel_fn, diag_reg=diag_reg,
+                        target_weights=batch.get("weights"))
 
   return loss_fn
 
@@ -173,7 +220,7 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
   The synthetic images and the real batch are class-major (class c in the c-th block of rows);
   `class_loss` is vmapped over classes (`matching.per_class_losses`; `use_vmap=False` loops over
   them instead, for benchmarks; `class_batch` bounds how many classes are vmapped at once) and
-  the losses summed.
+  the losses summed. A batch's `weights` (importance weights) weight the real cross-entropies.
   """
 
   def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
@@ -182,7 +229,8 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
     real = real.reshape(num_classes, -1, *real.shape[1:])
     return matching.per_class_losses(class_loss, net_params, syn, real, key=key,
                                      augment=augment, use_vmap=use_vmap,
-                                     class_batch=class_batch).sum()
+                                     class_batch=class_batch,
+                                     real_weights=batch.get("weights")).sum()
 
   return loss_fn
 
@@ -243,6 +291,47 @@ def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
                               augment=augment)
 
   return Network(init=models.init_fn(model, tuple(input_shape)), train=train)
+
+
+def importance_rescorer(sample_losses: Callable[[Params, dict, jax.Array], jax.Array], *,
+                        beta: float = 0.5) -> Callable[[Params, dict, jax.Array], jax.Array]:
+  """`rescore(params, real, key) -> (n,) probabilities` for `make_step`: every real sample's loss
+  `sample_losses(params, real, key)` under the model the synthetic set defines, made per-class
+  probabilities p_i = (1 − β) ℓ_i / Σ_c ℓ + β / n_c (`sensitivity.importance_probabilities`)."""
+
+  def rescore(params, real, key):
+    return sensitivity.importance_probabilities(sample_losses(params, real, key), real["table"],
+                                                real["counts"], beta=beta)
+
+  return rescore
+
+
+def kip_sample_losses(*, kernel_fn, diag_reg: float = 1e-6):
+  """Per-real-sample squared errors of the KRR predictor of the synthetic set."""
+
+  def sample_losses(params, real, key):
+    del key
+    return krr.krr_sample_losses(params["images"], params["labels"], real["images"],
+                                 real["labels"], kernel_fn=kernel_fn, diag_reg=diag_reg)
+
+  return sample_losses
+
+
+def network_sample_losses(network: Network, apply_fn, *, train_steps: int,
+                          learning_rate: float):
+  """Per-real-sample cross-entropy of a network defined by the synthetic set: a fresh network
+  trained by `train_steps` full-batch SGD steps on it (the current synthetic set's network)."""
+
+  def sample_losses(params, real, key):
+    k_init, k_train = jax.random.split(key)
+    net = training.sgd_steps(apply_fn, network.init(k_init),
+                             jax.lax.stop_gradient(params["images"]),
+                             jnp.argmax(params["labels"], -1), key=k_train, steps=train_steps,
+                             learning_rate=learning_rate)
+    return training.sample_cross_entropy(apply_fn, net, real["images"],
+                                         jnp.argmax(real["labels"], -1))
+
+  return sample_losses
 
 
 def _format_seconds(seconds: float) -> str:
@@ -377,6 +466,16 @@ class DistillConfig:
   eval_batch: int = 256
   eval_augment: bool = True
   robust_eval: bool = True
+  # Provable subset selection (METHODS.md §4): initialisation and importance-sampled batches.
+  init: str = "random"
+  init_ridge: float = 1e-2
+  init_rank: int = 0
+  dedup_quantile: Optional[float] = None
+  sampler: str = "uniform"
+  sampler_every: int = 50
+  sampler_beta: float = 0.5
+  sampler_unbiased: bool = False
+  sampler_train_steps: int = 100
   # Run length and logging.
   log_every: Optional[int] = None
   checkpoint_every: Optional[int] = None
@@ -387,6 +486,10 @@ METHODS = ("kip", "dc", "dsa", "lcmat")
 ROBUST = ("none", "cvar")
 CLUSTER_ASSIGNMENTS = ("kmeans", "prototype")
 CLUSTER_SCOPES = ("class", "global")
+SAMPLERS = ("uniform", "importance")
+# --init choices and the `select` method each runs (random keeps the original class-balanced draw).
+INIT_METHODS = {"random": None, "kmeans_centers": "kmeans_centers",
+                "sensitivity_kmeans": "sensitivity", "sensitivity_krr": "sensitivity_krr"}
 NETWORK_METHODS = ("dc", "dsa", "lcmat")
 # Per-method defaults of the fields left None. target_batch of network methods is per class here
 # (DC: 256 real images per class) and becomes 256 * C in `resolve_config`.
@@ -465,7 +568,9 @@ def validate_config(config: DistillConfig) -> None:
                                ("cluster_assignment", config.cluster_assignment,
                                 CLUSTER_ASSIGNMENTS),
                                ("cluster_scope", config.cluster_scope, CLUSTER_SCOPES),
-                               ("subgroup", config.subgroup, ("none",) + data_lib.SUBGROUPS)):
+                               ("subgroup", config.subgroup, ("none",) + data_lib.SUBGROUPS),
+                               ("init", config.init, tuple(INIT_METHODS)),
+                               ("sampler", config.sampler, SAMPLERS)):
     if value not in choices:
       raise ValueError(f"Unknown --{name}={value}; choose one of {choices}.")
   if not 0 < config.tail_fraction <= 1 or not 0 <= config.robust_weight <= 1:
@@ -473,6 +578,13 @@ def validate_config(config: DistillConfig) -> None:
                      f"{config.tail_fraction} and {config.robust_weight}.")
   if config.num_clusters < 1:
     raise ValueError(f"--num_clusters must be >= 1, got {config.num_clusters}.")
+  if config.sampler_every < 1 or not 0 <= config.sampler_beta <= 1:
+    raise ValueError(f"--sampler_every must be >= 1 and --sampler_beta in [0, 1], got "
+                     f"{config.sampler_every} and {config.sampler_beta}.")
+  if config.sampler_train_steps < 0 or config.init_ridge <= 0 or config.init_rank < 0:
+    raise ValueError("--sampler_train_steps and --init_rank must be >= 0, --init_ridge > 0.")
+  if config.dedup_quantile is not None and not 0 <= config.dedup_quantile <= 1:
+    raise ValueError(f"--dedup_quantile must be in [0, 1], got {config.dedup_quantile}.")
   every = config.recluster_every
   if every is not None and every < 0:
     raise ValueError(f"--recluster_every must be >= 0 (0: cluster once), got {every}.")
@@ -584,6 +696,28 @@ def with_clusters(real: dict[str, jax.Array], ids, cluster_class, *, width: int)
               cluster_class=jnp.asarray(cluster_class, jnp.int32))
 
 
+def initial_indices(config: DistillConfig, key: jax.Array, x_train, y_train, *,
+                    num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (class-major) and importance weights of the real samples that initialise the set.
+
+  random: a class-balanced uniform draw. kmeans_centers / sensitivity_kmeans / sensitivity_krr:
+  `select.select_indices` with k = IPC per class on the preprocessed inputs (sensitivity_krr with
+  the config's kernel, exact or Nyström with `init_rank` landmarks).
+  """
+  method = INIT_METHODS[config.init]
+  if method is None:
+    idx = evaluate.random_subset_indices(key, y_train, per_class=config.ipc,
+                                         num_classes=num_classes)
+    return idx, np.ones(len(idx), np.float32)
+  kernel_fn = None
+  if method == "sensitivity_krr":
+    kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
+                                       w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+  return select.select_indices(method, key, x_train, y_train, num_classes=num_classes,
+                               budget=config.ipc, kernel_fn=kernel_fn, ridge=config.init_ridge,
+                               rank=config.init_rank, dedup_quantile=config.dedup_quantile)
+
+
 def network_model(config: DistillConfig, num_classes: int, input_shape):
   """The Flax network of a config (matching and finite-network evaluation)."""
   return models.make_network(config.net, num_classes=num_classes, input_shape=input_shape,
@@ -597,8 +731,12 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
   classes (or clusters) inside the losses (for benchmarks). Robust configs (`robust='cvar'`)
   need `num_clusters`, the K of `cluster_real`; their real data must carry the cluster table
   (`with_clusters`) and each update draws target_batch // K samples per cluster.
+  `sampler='importance'` rescores every real sample every `sampler_every` steps (the state must
+  carry the sampler, `init_state(..., num_real=n)`).
   """
   robust = config.robust != "none"
+  importance = config.sampler == "importance"
+  draw_kw = dict(unbiased=config.sampler_unbiased)
   if robust:
     if not num_clusters:
       raise ValueError("A robust step needs num_clusters (the K of cluster_real).")
@@ -606,9 +744,11 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
     if per_cluster < 1:
       raise ValueError(f"--target_batch={config.target_batch} is smaller than the {num_clusters} "
                        "clusters; raise it or lower --num_clusters.")
-    sampler = dict(sample_batch=functools.partial(cluster_batch, per_cluster=per_cluster))
+    draw = functools.partial(cluster_batch, per_cluster=per_cluster, **draw_kw)
   else:
-    sampler = dict(per_class=config.target_batch // num_classes)
+    draw = functools.partial(class_balanced_batch, per_class=config.target_batch // num_classes,
+                             **draw_kw)
+  sampler = dict(sample_batch=draw, rescore_every=config.sampler_every)
   risk_kw = dict(tail_fraction=config.tail_fraction, robust_weight=config.robust_weight)
   if config.method == "kip":
     kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
@@ -616,6 +756,10 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
     loss_fn = (robust_kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg,
                                   use_vmap=use_vmap, **risk_kw)
                if robust else kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg))
+    if importance:
+      sampler["rescore"] = importance_rescorer(
+          kip_sample_losses(kernel_fn=kernel_fn, diag_reg=config.diag_reg),
+          beta=config.sampler_beta)
     return make_step(loss_fn, optimizer, **sampler)
   model = network_model(config, num_classes, input_shape)
   apply_fn = models.logits_fn(model)
@@ -632,6 +776,11 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
   network = inner_loop_network(model, input_shape=input_shape, steps=config.inner_loop,
                                learning_rate=config.net_learning_rate,
                                augment=evaluate.dsa_per_sample if config.augment else None)
+  if importance:
+    sampler["rescore"] = importance_rescorer(
+        network_sample_losses(network, apply_fn, train_steps=config.sampler_train_steps,
+                              learning_rate=config.net_learning_rate),
+        beta=config.sampler_beta)
   return make_step(loss_fn, optimizer, network=network, updates_per_network=config.outer_loop,
                    **sampler)
 
@@ -686,12 +835,15 @@ def distill_experiment(config: DistillConfig, workdir: str,
 
   key = jax.random.key(config.seed)
   init_key, loop_key, baseline_key = jax.random.split(key, 3)
-  init_idx = evaluate.random_subset_indices(init_key, dataset.y_train, per_class=config.ipc,
-                                            num_classes=num_classes)
+  init_idx, init_weights = initial_indices(config, init_key, x_train, dataset.y_train,
+                                           num_classes=num_classes)
+  if config.init != "random":
+    log(f"Initialised with --init={config.init}: {len(init_idx)} real samples.")
   optimizer = make_optimizer(learning_rate=config.learning_rate, learn_labels=config.learn_labels,
                              name=config.optimizer, momentum=config.momentum)
   state = init_state(x_train[init_idx], data_lib.one_hot_centered(dataset.y_train[init_idx],
-                                                                  num_classes), optimizer)
+                                                                  num_classes), optimizer,
+                     num_real=len(x_train) if config.sampler == "importance" else None)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   restored, restored_step = io.restore_checkpoint(ckpt_dir, state)
   progress_path = os.path.join(workdir, "progress.json")
@@ -717,6 +869,10 @@ def distill_experiment(config: DistillConfig, workdir: str,
         f"{config.cluster_features}, per {config.cluster_scope}"
         + (f", reclustered every {config.recluster_every} steps" if config.recluster_every
            else "") + f"), {config.target_batch // num_clusters} real samples per cluster.")
+  if config.sampler == "importance":
+    log(f"Importance-sampled real batches: rescored every {config.sampler_every} steps, "
+        f"beta {config.sampler_beta}" + (", unbiased weights" if config.sampler_unbiased else "")
+        + ".")
   step_fn = method_step(config, optimizer, num_classes=num_classes, input_shape=x_train.shape[1:],
                         num_clusters=num_clusters)
   evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
@@ -749,6 +905,8 @@ def distill_experiment(config: DistillConfig, workdir: str,
       "steps": int(state.step),
       "distill_seconds_this_run": round(distill_seconds, 2),
       "split": dataset.split,
+      "init": {"method": config.init, "indices": [int(i) for i in init_idx],
+               "weights": [float(w) for w in init_weights]},
       "history": history,
       "jax_version": jax.__version__,
       "backend": jax.default_backend(),

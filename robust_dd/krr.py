@@ -11,12 +11,13 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from robust_dd import risk
+from robust_dd import training
 
 
 def regularize(k_ss: jax.Array, *, diag_reg: float) -> jax.Array:
@@ -44,10 +45,29 @@ def krr_predict(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, *, diag_reg: f
 
 
 def krr_loss(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, y_t: jax.Array, *,
-             diag_reg: float = 1e-6) -> jax.Array:
-  """½ · mean over targets of ‖y_t − ŷ_t‖² for the KRR predictor fitted on the support set."""
+             diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:
+  """½ · mean over targets of ‖y_t − ŷ_t‖² for the KRR predictor fitted on the support set
+  (with `target_weights` (n_t,): the weighted mean Σ w_t ℓ_t / Σ w_t)."""
   residual = y_t - krr_predict(k_ss, k_ts, y_s, diag_reg=diag_reg)
-  return 0.5 * jnp.mean(jnp.sum(residual ** 2, axis=-1))
+  losses = 0.5 * jnp.sum(residual ** 2, axis=-1)
+  if target_weights is None:
+    return jnp.mean(losses)
+  w = jnp.asarray(target_weights, losses.dtype)
+  return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
+                      target_images: jax.Array, target_labels: jax.Array, *,
+                      kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
+                      diag_reg: float = 1e-6, batch_size: int = 500) -> jax.Array:
+  """(n_t,) per-target losses ½‖y_t − ŷ_t‖² of the KRR predictor of the support set, the cross
+  kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
+  k_ss = kernel_fn(support_images, support_images)
+  factor = jax.scipy.linalg.cho_factor(regularize(k_ss, diag_reg=diag_reg), lower=True)
+  alpha = jax.scipy.linalg.cho_solve(factor, support_labels)
+  preds = training.map_batches(lambda xb: kernel_fn(xb, support_images) @ alpha, target_images,
+                               batch_size=batch_size)
+  return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
 
 
 def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
@@ -79,7 +99,7 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
 
 def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images: jax.Array,
              target_labels: jax.Array, *, kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
-             diag_reg: float = 1e-6) -> jax.Array:
+             diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:
   """The KIP loss of a support set (images, labels) on a batch of real targets.
 
   Args:
@@ -87,10 +107,12 @@ def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images
     target_images: (b, ...) real images; target_labels: (b, C).
     kernel_fn: `k(x1, x2) -> (n1, n2)`, e.g. from `robust_dd.make_kernel_fn`.
     diag_reg: relative ridge (see module docstring).
+    target_weights: optional (b,) weights of the targets (e.g. importance weights).
   """
   k_ss = kernel_fn(support_images, support_images)
   k_ts = kernel_fn(target_images, support_images)
-  return krr_loss(k_ss, k_ts, support_labels, target_labels, diag_reg=diag_reg)
+  return krr_loss(k_ss, k_ts, support_labels, target_labels, diag_reg=diag_reg,
+                  target_weights=target_weights)
 
 
 krr_loss_jit = jax.jit(krr_loss, static_argnames=("diag_reg",))

@@ -114,7 +114,8 @@ def _group_keys(key: Optional[jax.Array], num: int, augment) -> jax.Array:
 def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
                      real_images: jax.Array, *, key: Optional[jax.Array] = None,
                      augment: Optional[AugmentFn] = None, use_vmap: bool = True,
-                     class_batch: Optional[int] = None) -> jax.Array:
+                     class_batch: Optional[int] = None,
+                     real_weights: Optional[jax.Array] = None) -> jax.Array:
   """The (C,) matching losses of all classes.
 
   Args:
@@ -128,11 +129,13 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
       benchmarking the vmap).
     class_batch: vmap over at most this many classes at a time (`lax.map` with `batch_size`),
       to bound memory; None or >= C: all classes in one vmap.
+    real_weights: optional (C, n) weights of the real samples' cross-entropy (importance weights).
   """
   num_classes = syn_images.shape[0]
   if real_images.shape[0] != num_classes:
     raise ValueError(f"{num_classes} synthetic classes but {real_images.shape[0]} real ones.")
-  weights = jnp.ones(real_images.shape[:2], jnp.float32)
+  weights = (jnp.ones(real_images.shape[:2], jnp.float32) if real_weights is None
+             else jnp.asarray(real_weights, jnp.float32).reshape(real_images.shape[:2]))
   return _group_losses(class_loss, net_params, jnp.arange(num_classes), syn_images, real_images,
                        weights, _group_keys(key, num_classes, augment), augment=augment,
                        use_vmap=use_vmap, group_batch=class_batch)

@@ -118,8 +118,10 @@ def cluster_index_table(cluster_ids, num_clusters: int, *, width: Optional[int] 
 
 
 def sample_cluster_batch(key: jax.Array, table: jax.Array, counts: jax.Array, *,
-                         per_cluster: int) -> tuple[jax.Array, jax.Array]:
-  """Draws up to `per_cluster` distinct members of every cluster (Gumbel top-k), on device.
+                         per_cluster: int, logits: Optional[jax.Array] = None
+                         ) -> tuple[jax.Array, jax.Array]:
+  """Draws up to `per_cluster` distinct members of every cluster (Gumbel top-k), on device:
+  uniformly, or ∝ exp(logits) (K, width) when given.
 
   Returns (idx, mask), both (K, per_cluster): a cluster with fewer members than `per_cluster`
   gives all of them, the rest of its row masked out (mask False, index 0).
@@ -128,7 +130,10 @@ def sample_cluster_batch(key: jax.Array, table: jax.Array, counts: jax.Array, *,
   if per_cluster > width:
     raise ValueError(f"per_cluster={per_cluster} exceeds the table width {width}.")
   valid = jnp.arange(width)[None, :] < counts[:, None]
-  scores = jnp.where(valid, jax.random.gumbel(key, (num, width)), -jnp.inf)
+  gumbel = jax.random.gumbel(key, (num, width))
+  if logits is not None:
+    gumbel = gumbel + logits
+  scores = jnp.where(valid, gumbel, -jnp.inf)
   _, pos = jax.lax.top_k(scores, per_cluster)
   mask = jnp.arange(per_cluster)[None, :] < counts[:, None]
   return jnp.where(mask, jnp.take_along_axis(table, pos, axis=1), 0), mask

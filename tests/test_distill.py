@@ -1,6 +1,7 @@
 """robust_dd.distill: the step, label freezing, resume equivalence, determinism, NaN guard."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,8 @@ from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import io
 from robust_dd import kernels
+from robust_dd import krr
+from robust_dd import sensitivity
 
 
 def _problem(seed=0, n_per_class=20, classes=3, dim=12):
@@ -296,3 +299,95 @@ def test_robustness_table_groups_runs_and_averages_over_seeds():
   assert lines[2].startswith("| kip | 1 | plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 |")
   assert lines[3].startswith("| kip | 1 | CVaR α=0.2 λ=0.5 | 2 | 10 | 70.0 ± 10.0 | 35.0 ± 5.0 |")
   assert "| 17.5 ± 2.5 |" in lines[3]
+
+
+# ------------------------------------------------------------ provable subset selection (§4)
+
+
+def test_importance_batches_follow_the_probabilities_and_uniform_ones_change_nothing():
+  _, y, real = _problem()
+  key = jax.random.key(0)
+  plain = distill.class_balanced_batch(key, real, per_class=5)
+  same = distill.class_balanced_batch(key, real, per_class=5, probs=jnp.ones(len(y)))
+  np.testing.assert_array_equal(plain["images"], same["images"])
+  # All mass of class c on its first 5 members: exactly those are drawn.
+  probs = jnp.asarray(np.tile(np.r_[np.ones(5), np.full(15, 1e-9)], 3), jnp.float32)
+  batch = distill.class_balanced_batch(key, real, per_class=5, probs=probs, unbiased=True)
+  first = np.concatenate([np.arange(5) + 20 * c for c in range(3)])
+  np.testing.assert_array_equal(np.sort(np.asarray(batch["images"]).reshape(3, 5, -1), 1),
+                                np.sort(np.asarray(real["images"])[first].reshape(3, 5, -1), 1))
+  # Unbiasing weights 1 / (n_c p_i), p normalised within the class.
+  np.testing.assert_allclose(batch["weights"], (5 + 15e-9) / 20, rtol=1e-5)
+
+
+def test_krr_sample_losses_match_numpy():
+  x, y, real = _problem()
+  kernel_fn = kernels.make_kernel_fn("fc")
+  s_idx = np.array([0, 1, 20, 21, 40, 41])
+  ys = np.asarray(data_lib.one_hot_centered(y[s_idx], 3))
+  got = np.asarray(krr.krr_sample_losses(x[s_idx], ys, x, real["labels"], kernel_fn=kernel_fn,
+                                         diag_reg=1e-6, batch_size=7))
+  k_ss = np.asarray(kernel_fn(x[s_idx], x[s_idx]), np.float64)
+  k_ts = np.asarray(kernel_fn(x, x[s_idx]), np.float64)
+  reg = k_ss + 1e-6 * np.trace(k_ss) / len(k_ss) * np.eye(len(k_ss))
+  pred = k_ts @ np.linalg.solve(reg, ys)
+  want = 0.5 * np.sum((np.asarray(real["labels"]) - pred) ** 2, -1)
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5)
+
+
+def _importance_setup(every):
+  x, y, real = _problem()
+  kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk")
+  optimizer = distill.make_optimizer(learning_rate=0.01)
+  idx = np.array([0, 20, 40])
+  state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 3), optimizer,
+                             num_real=len(y))
+  sample_losses = distill.kip_sample_losses(kernel_fn=kernel_fn)
+  step = distill.make_step(distill.kip_loss_fn(kernel_fn=kernel_fn), optimizer,
+                           sample_batch=functools.partial(distill.class_balanced_batch,
+                                                          per_class=5, unbiased=True),
+                           rescore=distill.importance_rescorer(sample_losses, beta=0.5),
+                           rescore_every=every)
+  return state, step, real, sample_losses
+
+
+def test_importance_sampler_state_is_rescored_every_r_steps_and_resumes_exactly(tmp_path):
+  state, step, real, sample_losses = _importance_setup(every=3)
+  params0 = _copy(state).params
+  s1, _ = step(_copy(state), real, jax.random.key(0))
+  want = sensitivity.importance_probabilities(sample_losses(params0, real, None), real["table"],
+                                              real["counts"], beta=0.5)
+  np.testing.assert_allclose(s1.sampler, want, rtol=1e-4)
+  s2, _ = step(_copy(s1), real, jax.random.key(1))  # Step 1: not a multiple of 3, kept.
+  np.testing.assert_array_equal(s2.sampler, s1.sampler)
+  s3, _ = step(_copy(s2), real, jax.random.key(2))
+  s4, _ = step(_copy(s3), real, jax.random.key(3))  # Step 3: rescored with the current set.
+  want = sensitivity.importance_probabilities(sample_losses(s3.params, real, None),
+                                              real["table"], real["counts"], beta=0.5)
+  np.testing.assert_allclose(s4.sampler, want, rtol=1e-4)
+  assert not np.allclose(s4.sampler, s1.sampler, rtol=1e-3)
+  key = jax.random.key(7)
+  straight, _ = distill.run_distillation(step, _copy(state), real, key=key, num_steps=8,
+                                         log=lambda s: None)
+  ckpt = str(tmp_path / "ckpt")
+  distill.run_distillation(step, _copy(state), real, key=key, num_steps=4, checkpoint_dir=ckpt,
+                           checkpoint_every=4, log=lambda s: None)
+  restored, _ = io.restore_checkpoint(ckpt, state)
+  resumed, _ = distill.run_distillation(step, jax.tree_util.tree_map(jnp.asarray, restored),
+                                        real, key=key, num_steps=8, log=lambda s: None)
+  np.testing.assert_array_equal(resumed.params["images"], straight.params["images"])
+  np.testing.assert_array_equal(resumed.sampler, straight.sampler)
+
+
+@pytest.mark.parametrize("init", list(distill.INIT_METHODS))
+def test_initial_indices_per_class(init):
+  x, y, _ = _problem()
+  config = distill.DistillConfig(ipc=2, init=init, dedup_quantile=0.1)
+  idx, w = distill.initial_indices(config, jax.random.key(0), x, y, num_classes=3)
+  assert len(set(idx.tolist())) == 6
+  np.testing.assert_array_equal(y[idx], np.repeat(np.arange(3), 2))
+  assert np.all(w > 0)
+  with pytest.raises(ValueError, match="init"):
+    distill.validate_config(distill.DistillConfig(init="best"))
+  with pytest.raises(ValueError, match="sampler_every"):
+    distill.validate_config(distill.DistillConfig(sampler="importance", sampler_every=0))
