@@ -8,6 +8,8 @@ from robust_dd.curvature import curvature_match_loss
 from robust_dd.curvature import curvature_match_loss_jit
 from robust_dd.curvature import hvp
 from robust_dd.curvature import hvp_finite_difference
+from robust_dd.coreset import select_experiment
+from robust_dd.coreset import SelectConfig
 from robust_dd.data import apply_preprocessing
 from robust_dd.data import class_index_table
 from robust_dd.data import Dataset
@@ -21,6 +23,7 @@ from robust_dd.distill import distill_experiment
 from robust_dd.distill import DistillConfig
 from robust_dd.distill import DistillState
 from robust_dd.distill import evaluate_workdir
+from robust_dd.distill import importance_rescorer
 from robust_dd.distill import init_state
 from robust_dd.distill import kip_loss_fn
 from robust_dd.distill import make_optimizer
@@ -44,6 +47,7 @@ from robust_dd.krr import kip_loss_jit
 from robust_dd.krr import krr_loss
 from robust_dd.krr import krr_loss_jit
 from robust_dd.krr import krr_predict
+from robust_dd.krr import krr_sample_losses
 from robust_dd.krr import make_krr_predictor
 from robust_dd.matching import gradient_match_distance
 from robust_dd.matching import gradient_match_loss
@@ -60,6 +64,17 @@ from robust_dd.risk import robust_objective
 from robust_dd.risk import robust_objective_jit
 from robust_dd.risk import sample_cluster_batch
 from robust_dd.risk import worst_group
+from robust_dd.select import facility_location
+from robust_dd.select import last_layer_grad_hessian
+from robust_dd.select import select_indices
+from robust_dd.sensitivity import dedup_mask
+from robust_dd.sensitivity import feature_leverage_scores
+from robust_dd.sensitivity import importance_probabilities
+from robust_dd.sensitivity import kmeans_sensitivity
+from robust_dd.sensitivity import nystrom_features
+from robust_dd.sensitivity import nystrom_leverage_scores
+from robust_dd.sensitivity import ridge_leverage_scores
+from robust_dd.sensitivity import weighted_sample
 from robust_dd.training import train_network
 
 __version__ = "0.1.0"
