@@ -30,34 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (imported by NT
 from absl import app
 from absl import flags
 
+from experiments import _common
 from robust_dd import data as data_lib
 from robust_dd import distill
 
 _D = distill.DistillConfig()
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", _D.method, list(distill.METHODS), "Distillation method.")
-flags.DEFINE_string("dataset", _D.dataset,
-                    f"One of {', '.join(data_lib.ALL_DATASETS)}, or tfds:NAME.")
-flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-flags.DEFINE_string("data_path", None, "With --dataset=npz: a .npz with x_train, y_train, "
-                    "x_test, y_test.")
-flags.DEFINE_integer("split_seed", _D.split_seed, "Seed of the train/test split we make.")
+_common.define_shared_flags(_D)
 flags.DEFINE_integer("ipc", _D.ipc, "Synthetic images per class.")
-flags.DEFINE_enum("arch", _D.arch, ["fc", "conv"], "Kernel architecture.")
-flags.DEFINE_enum("kernel", _D.kernel, ["ntk", "nngp"], "Infinite-width kernel.")
-flags.DEFINE_integer("depth", _D.depth, "Hidden layers (fc) or conv blocks (conv).")
-flags.DEFINE_float("w_std", _D.w_std, "Weight standard deviation.")
-flags.DEFINE_float("b_std", _D.b_std, "Bias standard deviation.")
-flags.DEFINE_bool("pool", _D.pool, "conv: AvgPool 2x2 after each block (memory O((HW)^2)).")
-flags.DEFINE_bool("zca", _D.zca, "ZCA-whiten (fitted on training data) after standardising.")
-flags.DEFINE_float("zca_reg", _D.zca_reg, "ZCA regularisation (times the mean eigenvalue).")
-flags.DEFINE_float("diag_reg", _D.diag_reg, "KRR ridge, relative to the mean kernel diagonal.")
-flags.DEFINE_enum("net", _D.net, ["auto", "convnet", "mlp"], "Network of matching methods and of "
-                  "finite-network evaluation (auto: ConvNet for images, MLP for flat inputs).")
-flags.DEFINE_integer("net_depth", _D.net_depth, "ConvNet blocks / MLP hidden layers.")
-flags.DEFINE_integer("net_width", _D.net_width, "ConvNet channels / MLP units.")
-flags.DEFINE_enum("conv_impl", _D.conv_impl, ["patches", "lax"], "Convolution as one matmul "
-                  "(patches, faster under vmap on CPU) or lax.conv.")
 flags.DEFINE_integer("outer_loop", _D.outer_loop, "Set updates per fresh network (DC default by "
                      "IPC: 1 -> 1, 10 -> 10, 50 -> 50).")
 flags.DEFINE_integer("inner_loop", _D.inner_loop, "Network SGD steps on the set between updates "
@@ -105,13 +86,6 @@ flags.DEFINE_integer("target_batch", _D.target_batch, "Real samples per update, 
 flags.DEFINE_integer("steps", _D.steps, "Steps (kip: updates; matching: outer iterations, each "
                      "with a fresh network). Default 2000 kip, 1000 matching.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of initialisation, batches and baselines.")
-flags.DEFINE_integer("baseline_draws", _D.baseline_draws, "Random subsets for the KRR baseline.")
-flags.DEFINE_integer("kernel_batch", _D.kernel_batch, "Block size of evaluation kernels.")
-flags.DEFINE_integer("eval_seeds", _D.eval_seeds, "Finite-network evaluation seeds (and random "
-                     "subsets of its baseline).")
-flags.DEFINE_integer("eval_epochs", _D.eval_epochs, "Epochs of finite-network evaluation.")
-flags.DEFINE_integer("eval_batch", _D.eval_batch, "Batch size of finite-network evaluation.")
-flags.DEFINE_bool("eval_augment", _D.eval_augment, "DSA while training evaluation networks.")
 flags.DEFINE_bool("robust_eval", _D.robust_eval, "Also report accuracy per test cluster, on the "
                   "rare subgroup and under corruptions (noise, blur, invert).")
 flags.DEFINE_enum("init", _D.init, list(distill.INIT_METHODS), "Initial synthetic images, per "

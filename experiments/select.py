@@ -8,11 +8,15 @@ kmeans_centers, herding, kcenter, sensitivity (k-means sensitivity sampling), se
 (ridge leverage) and lcmat (LCMat-S). See METHODS.md §3-4.
 """
 
+import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (imported by NT) is noisy.
 
 from absl import app
 from absl import flags
 
+from experiments import _common
 from robust_dd import coreset
 from robust_dd import distill
 from robust_dd import select
@@ -35,34 +39,17 @@ flags.DEFINE_integer("num_coords", _D.num_coords, "lcmat: Hessian coordinates ke
 flags.DEFINE_float("lcmat_eps", _D.lcmat_eps, "lcmat: weight of the Hessian L1 distance.")
 flags.DEFINE_integer("class_batch", _D.class_batch, "lcmat: classes vmapped at once (0: all).")
 flags.DEFINE_list("evaluators", list(_D.evaluators), "network and/or krr.")
-flags.DEFINE_string("dataset", _B.dataset, "digits, mnist5k, mnist1d, npz or a TFDS name.")
-flags.DEFINE_string("data_dir", _B.data_dir, "TFDS data_dir.")
-flags.DEFINE_string("data_path", _B.data_path, "Path of an .npz dataset (--dataset=npz).")
-flags.DEFINE_integer("split_seed", _B.split_seed, "Seed of the train/test split.")
-flags.DEFINE_bool("zca", _B.zca, "ZCA-whiten the inputs.")
-flags.DEFINE_enum("arch", _B.arch, ["fc", "conv"], "KRR evaluation / leverage kernel.")
-flags.DEFINE_enum("kernel", _B.kernel, ["ntk", "nngp"], "KRR kernel.")
-flags.DEFINE_integer("depth", _B.depth, "Kernel depth.")
-flags.DEFINE_float("diag_reg", _B.diag_reg, "KRR ridge (relative).")
-flags.DEFINE_string("net", _B.net, "Evaluation network: auto, convnet or mlp.")
-flags.DEFINE_integer("net_depth", _B.net_depth, "Network depth.")
-flags.DEFINE_integer("net_width", _B.net_width, "Network width.")
-flags.DEFINE_integer("eval_seeds", _B.eval_seeds, "Finite-network evaluation seeds.")
-flags.DEFINE_integer("eval_epochs", _B.eval_epochs, "Epochs of finite-network evaluation.")
-flags.DEFINE_integer("eval_batch", _B.eval_batch, "Batch size of finite-network evaluation.")
-flags.DEFINE_bool("eval_augment", _B.eval_augment, "DSA while training evaluation networks.")
+_common.define_shared_flags(_B)
 flags.DEFINE_string("workdir", None, "Output directory (default: runs/select_<method>_<dataset>_"
                     "<fraction>_seed<S>).")
 
-BASE_FLAGS = ("dataset", "data_dir", "data_path", "split_seed", "zca", "arch", "kernel", "depth",
-              "diag_reg", "net", "net_depth", "net_width", "eval_seeds", "eval_epochs",
-              "eval_batch", "eval_augment", "seed")
 SELECT_FLAGS = ("method", "fraction", "seed", "ridge", "rank", "dedup_quantile", "warmup_epochs",
                 "num_coords", "lcmat_eps", "class_batch")
 
 
 def config_from_flags() -> coreset.SelectConfig:
-  base = distill.DistillConfig(method="dc", **{n: FLAGS[n].value for n in BASE_FLAGS})
+  base = distill.DistillConfig(method="dc", seed=FLAGS.seed,
+                               **{n: FLAGS[n].value for n in _common.SHARED_FLAGS})
   return coreset.SelectConfig(**{n: FLAGS[n].value for n in SELECT_FLAGS},
                               evaluators=tuple(FLAGS.evaluators), base=base)
 
