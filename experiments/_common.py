@@ -1,6 +1,9 @@
 """Flags shared by the drivers (`experiments.distill`, `experiments.select`): data, kernel,
 network and evaluation settings, each a field of `robust_dd.DistillConfig`."""
 
+import sys
+
+from absl import app
 from absl import flags
 
 from robust_dd import data as data_lib
@@ -41,3 +44,16 @@ def define_shared_flags(d) -> None:
   flags.DEFINE_integer("eval_epochs", d.eval_epochs, "Epochs of finite-network evaluation.")
   flags.DEFINE_integer("eval_batch", d.eval_batch, "Batch size of finite-network evaluation.")
   flags.DEFINE_bool("eval_augment", d.eval_augment, "DSA while training evaluation networks.")
+
+
+def run_experiment(argv, experiment, *, workdir: str, errors=(ValueError,)) -> None:
+  """The drivers' `main`: `experiment(workdir, log)` with progress printed as it comes; the
+  `errors` (bad input) end the process with exit code 2 and the message, not a traceback."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    experiment(workdir, lambda s: print(s, flush=True))
+  except errors as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"Outputs in {workdir}/", flush=True)

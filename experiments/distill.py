@@ -23,7 +23,6 @@ a different config is refused.
 
 import dataclasses
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (imported by NT) is noisy.
 
@@ -122,18 +121,11 @@ def config_from_flags() -> distill.DistillConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = config_from_flags()
   workdir = FLAGS.workdir or (f"runs/{config.method}_{config.dataset}_ipc{config.ipc}"
                               f"_seed{config.seed}")
-  try:
-    distill.distill_experiment(config, workdir, log=lambda s: print(s, flush=True))
-  except (ValueError, FloatingPointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"Outputs in {workdir}/", flush=True)
-
+  _common.run_experiment(argv, lambda w, log: distill.distill_experiment(config, w, log=log),
+                         workdir=workdir, errors=(ValueError, FloatingPointError))
 
 if __name__ == "__main__":
   app.run(main)

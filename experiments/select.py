@@ -9,7 +9,6 @@ kmeans_centers, herding, kcenter, sensitivity (k-means sensitivity sampling), se
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (imported by NT) is noisy.
 
@@ -55,18 +54,11 @@ def config_from_flags() -> coreset.SelectConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = config_from_flags()
   workdir = FLAGS.workdir or (f"runs/select_{config.method}_{config.base.dataset}_"
                               f"{config.fraction:g}_seed{config.seed}")
-  try:
-    coreset.select_experiment(config, workdir, log=lambda s: print(s, flush=True))
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(f"Outputs in {workdir}/", flush=True)
-
+  _common.run_experiment(argv, lambda w, log: coreset.select_experiment(config, w, log=log),
+                         workdir=workdir)
 
 if __name__ == "__main__":
   app.run(main)
