@@ -391,3 +391,27 @@ def test_initial_indices_per_class(init):
     distill.validate_config(distill.DistillConfig(init="best"))
   with pytest.raises(ValueError, match="sampler_every"):
     distill.validate_config(distill.DistillConfig(sampler="importance", sampler_every=0))
+
+
+def test_importance_cluster_batches_weight_the_mask():
+  _, y, real = _problem()
+  ids = 2 * y + (np.arange(len(y)) % 2)  # Two clusters per class: even and odd positions.
+  real = distill.with_clusters(real, ids, np.repeat(np.arange(3), 2), width=10)
+  key = jax.random.key(2)
+  plain = distill.cluster_batch(key, real, per_cluster=4)
+  uniform = distill.cluster_batch(key, real, per_cluster=4, probs=jnp.ones(len(y)),
+                                  unbiased=True)
+  np.testing.assert_array_equal(plain["images"], uniform["images"])
+  np.testing.assert_allclose(uniform["mask"], 1.0, rtol=1e-6)  # 1 / (n_k p_i) = 1 when uniform.
+  probs = jnp.asarray(np.where(np.arange(len(y)) % 4 < 2, 1.0, 3.0), jnp.float32)
+  batch = distill.cluster_batch(key, real, per_cluster=4, probs=probs, unbiased=True)
+  idx = np.asarray(real["cluster_table"])[:, :10]
+  drawn = np.asarray(batch["images"])[:, :, 0]
+  x0 = np.asarray(real["images"])[:, 0]
+  for k in range(6):
+    members = idx[k][: int(real["cluster_counts"][k])]
+    p = np.asarray(probs)[members] / np.asarray(probs)[members].sum()
+    for j in range(4):
+      i = members[np.flatnonzero(x0[members] == drawn[k, j])[0]]
+      expected = 1.0 / (len(members) * p[list(members).index(i)])
+      assert batch["mask"][k, j] == pytest.approx(expected, rel=1e-5)
