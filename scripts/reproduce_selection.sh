@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Provable subset selection on mnist5k, seeds 0-2 (METHODS.md §4, issue 5):
-#  1. KIP at IPC 1 and 10 with each --init and each --sampler (48 runs, about half a minute each
-#     on a 2-core CPU);
+#  1. KIP at IPC 1 and 10 with each --init and each --sampler (48 runs; 32 minutes on a 2-core CPU
+#     while part 2 ran beside it);
 #  2. coresets at 0.2%, 1% and 5% by each selection method, the random subset alongside (seed s
-#     selects and trains evaluation network s: 3 networks per cell; 45 runs);
+#     selects and trains evaluation network s: 3 networks per cell; 45 runs; 87 minutes, shared
+#     with part 1 for its first half hour);
 #  then both tables (scripts/selection_table.py). Pass "kip" or "coreset" to run one part only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
