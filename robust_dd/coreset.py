@@ -10,7 +10,6 @@ during evaluation does not lose the selection), metrics.json.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable, Optional
@@ -22,7 +21,6 @@ import numpy as np
 from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import io
-from robust_dd import kernels
 from robust_dd import models
 from robust_dd import select
 from robust_dd import training
@@ -88,9 +86,7 @@ def run_selection(config: SelectConfig, key: jax.Array, x_train, y_train, *, num
     kwargs["lcmat_inputs"] = lcmat_warmup(k_warm, model, x_train, y_train,
                                           epochs=config.warmup_epochs)
   if config.method == "sensitivity_krr":
-    kwargs["kernel_fn"] = kernels.make_kernel_fn(base.arch, kernel=base.kernel, depth=base.depth,
-                                                 w_std=base.w_std, b_std=base.b_std,
-                                                 pool=base.pool)
+    kwargs["kernel_fn"] = distill.config_kernel_fn(base)
   log(f"Selecting {budget} per class ({budget * num_classes} of {len(x_train)}) by "
       f"{config.method} ...")
   return select.select_indices(config.method, k_select, x_train, y_train,
@@ -117,12 +113,8 @@ def select_experiment(config: SelectConfig, workdir: str,
   prep = data_lib.fit_preprocessing(dataset.x_train, zca=base.zca, zca_reg=base.zca_reg)
   x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
   x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
-  config_path = os.path.join(workdir, "config.json")
-  if os.path.exists(config_path) and io.load_json(config_path) != json.loads(
-      json.dumps(_config_dict(config))):
-    raise ValueError(f"--workdir={workdir} holds a selection with a different config. Use a new "
-                     "--workdir, or delete that one to start over.")
-  io.save_json(config_path, _config_dict(config))
+  distill.check_workdir_config(workdir, config)
+  io.save_json(os.path.join(workdir, "config.json"), _config_dict(config))
   num_classes = dataset.num_classes
   y_train = np.asarray(dataset.y_train)
   log(f"{base.dataset}: {len(x_train)} train / {len(x_test)} test samples; coreset "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -595,12 +596,14 @@ def validate_config(config: DistillConfig) -> None:
                      "uninterrupted one.")
 
 
-def _check_workdir_config(workdir: str, config: DistillConfig) -> None:
+def check_workdir_config(workdir: str, config) -> None:
+  """Raises ValueError if `workdir` holds a run (config.json) of a different config dataclass
+  (RESUMABLE_KEYS may differ)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   saved = io.load_json(path)
-  current = dataclasses.asdict(config)
+  current = json.loads(json.dumps(dataclasses.asdict(config)))  # Tuples as saved: lists.
   diffs = sorted(k for k in set(saved) | set(current)
                  if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k))
   if diffs:
@@ -711,11 +714,16 @@ def initial_indices(config: DistillConfig, key: jax.Array, x_train, y_train, *,
     return idx, np.ones(len(idx), np.float32)
   kernel_fn = None
   if method == "sensitivity_krr":
-    kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
-                                       w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+    kernel_fn = config_kernel_fn(config)
   return select.select_indices(method, key, x_train, y_train, num_classes=num_classes,
                                budget=config.ipc, kernel_fn=kernel_fn, ridge=config.init_ridge,
                                rank=config.init_rank, dedup_quantile=config.dedup_quantile)
+
+
+def config_kernel_fn(config: DistillConfig):
+  """The infinite-width kernel of a config (KIP's loss, KRR evaluation, leverage scores)."""
+  return kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
+                                w_std=config.w_std, b_std=config.b_std, pool=config.pool)
 
 
 def network_model(config: DistillConfig, num_classes: int, input_shape):
@@ -751,8 +759,7 @@ def method_step(config: DistillConfig, optimizer, *, num_classes: int, input_sha
   sampler = dict(sample_batch=draw, rescore_every=config.sampler_every)
   risk_kw = dict(tail_fraction=config.tail_fraction, robust_weight=config.robust_weight)
   if config.method == "kip":
-    kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
-                                       w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+    kernel_fn = config_kernel_fn(config)
     loss_fn = (robust_kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg,
                                   use_vmap=use_vmap, **risk_kw)
                if robust else kip_loss_fn(kernel_fn=kernel_fn, diag_reg=config.diag_reg))
@@ -823,7 +830,7 @@ def distill_experiment(config: DistillConfig, workdir: str,
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   dataset, prep, x_train, x_test, config = prepare_data(config)
-  _check_workdir_config(workdir, config)
+  check_workdir_config(workdir, config)
   io.save_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
   num_classes = dataset.num_classes
   log(f"{config.dataset}: {len(x_train)} train / {len(x_test)} test samples of shape "
@@ -990,8 +997,7 @@ def make_evaluator(config: DistillConfig, x_train, y_train, x_test, y_test, *,
   """KRR with the config's kernel ('krr', KIP's default) or the finite network ('network')."""
   evaluator = evaluator or ("krr" if config.method == "kip" else "network")
   if evaluator == "krr":
-    kernel_fn = kernels.make_kernel_fn(config.arch, kernel=config.kernel, depth=config.depth,
-                                       w_std=config.w_std, b_std=config.b_std, pool=config.pool)
+    kernel_fn = config_kernel_fn(config)
     krr_kw = dict(diag_reg=config.diag_reg, batch_size=config.kernel_batch)
 
     def krr_predict(images, labels, test_sets, seeds=None):

@@ -62,10 +62,9 @@ def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
                       diag_reg: float = 1e-6, batch_size: int = 500) -> jax.Array:
   """(n_t,) per-target losses ½‖y_t − ŷ_t‖² of the KRR predictor of the support set, the cross
   kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
-  k_ss = kernel_fn(support_images, support_images)
-  factor = jax.scipy.linalg.cho_factor(regularize(k_ss, diag_reg=diag_reg), lower=True)
-  alpha = jax.scipy.linalg.cho_solve(factor, support_labels)
-  preds = training.map_batches(lambda xb: kernel_fn(xb, support_images) @ alpha, target_images,
+  predict = make_krr_predictor(kernel_fn(support_images, support_images), support_labels,
+                               diag_reg=diag_reg)
+  preds = training.map_batches(lambda xb: predict(kernel_fn(xb, support_images)), target_images,
                                batch_size=batch_size)
   return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
 
@@ -83,17 +82,16 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
     target_images: (K, S, ...) padded real targets of each cluster; target_labels: (K, S, C).
     mask: (K, S) bool (or weights) marking real rows.
   """
-  k_ss = kernel_fn(support_images, support_images)
-  factor = jax.scipy.linalg.cho_factor(regularize(k_ss, diag_reg=diag_reg), lower=True)
-  alpha = jax.scipy.linalg.cho_solve(factor, support_labels)
+  predict = make_krr_predictor(kernel_fn(support_images, support_images), support_labels,
+                               diag_reg=diag_reg)
 
-  def cluster_loss(alpha, batch, mask):
+  def cluster_loss(_, batch, mask):
     images, labels = batch
-    residual = labels - kernel_fn(images, support_images) @ alpha
+    residual = labels - predict(kernel_fn(images, support_images))
     w = mask.astype(residual.dtype)
     return 0.5 * jnp.sum(w * jnp.sum(residual ** 2, -1)) / jnp.maximum(jnp.sum(w), 1e-12)
 
-  return risk.map_clusters(cluster_loss, alpha, (target_images, target_labels), mask,
+  return risk.map_clusters(cluster_loss, None, (target_images, target_labels), mask,
                                  use_vmap=use_vmap)
 
 
