@@ -1,59 +1,87 @@
-"""Flags shared by the drivers (`experiments.distill`, `experiments.select`): data, kernel,
-network and evaluation settings, each a field of `robust_dd.DistillConfig`."""
+"""What the drivers share: absl flags generated from a config dataclass, and one `main`.
 
+Every leaf field of a config (`robust_dd.config`) becomes one flag, with its type, default,
+choices and help text taken from the field (`config.flag_specs`), so no flag is written twice.
+The flags a user sets first are attributed to the driver module itself, so `--help` (which lists
+only the main module's flags) shows them, and `--helpfull` lists them first, then the other config
+flags, then absl's.
+"""
+
+from __future__ import annotations
+
+import os
 import sys
+from typing import Any, Callable, Iterable
 
-from absl import app
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow, if a TFDS load imports it.
+
+from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+from absl import logging
 
-from robust_dd import data as data_lib
-
-SHARED_FLAGS = ("dataset", "data_dir", "data_path", "split_seed", "arch", "kernel", "depth", "w_std",
-                "b_std", "pool", "zca", "zca_reg", "diag_reg", "net", "net_depth", "net_width",
-                "conv_impl", "baseline_draws", "kernel_batch", "eval_seeds", "eval_epochs",
-                "eval_batch", "eval_augment")
-
-
-def define_shared_flags(d) -> None:
-  """Defines SHARED_FLAGS with the defaults of the DistillConfig `d`."""
-  flags.DEFINE_string("dataset", d.dataset,
-                      f"One of {', '.join(data_lib.ALL_DATASETS)}, or tfds:NAME.")
-  flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-  flags.DEFINE_string("data_path", None, "With --dataset=npz: a .npz with x_train, y_train, "
-                      "x_test, y_test.")
-  flags.DEFINE_integer("split_seed", d.split_seed, "Seed of the train/test split we make.")
-  flags.DEFINE_enum("arch", d.arch, ["fc", "conv"], "Kernel architecture.")
-  flags.DEFINE_enum("kernel", d.kernel, ["ntk", "nngp"], "Infinite-width kernel.")
-  flags.DEFINE_integer("depth", d.depth, "Hidden layers (fc) or conv blocks (conv).")
-  flags.DEFINE_float("w_std", d.w_std, "Weight standard deviation.")
-  flags.DEFINE_float("b_std", d.b_std, "Bias standard deviation.")
-  flags.DEFINE_bool("pool", d.pool, "conv: AvgPool 2x2 after each block (memory O((HW)^2)).")
-  flags.DEFINE_bool("zca", d.zca, "ZCA-whiten (fitted on training data) after standardising.")
-  flags.DEFINE_float("zca_reg", d.zca_reg, "ZCA regularisation (times the mean eigenvalue).")
-  flags.DEFINE_float("diag_reg", d.diag_reg, "KRR ridge, relative to the mean kernel diagonal.")
-  flags.DEFINE_enum("net", d.net, ["auto", "convnet", "mlp"], "Network of matching methods and of "
-                    "finite-network evaluation (auto: ConvNet for images, MLP for flat inputs).")
-  flags.DEFINE_integer("net_depth", d.net_depth, "ConvNet blocks / MLP hidden layers.")
-  flags.DEFINE_integer("net_width", d.net_width, "ConvNet channels / MLP units.")
-  flags.DEFINE_enum("conv_impl", d.conv_impl, ["patches", "lax"], "Convolution as one matmul "
-                    "(patches, faster under vmap on CPU) or lax.conv.")
-  flags.DEFINE_integer("baseline_draws", d.baseline_draws, "Random subsets for the KRR baseline.")
-  flags.DEFINE_integer("kernel_batch", d.kernel_batch, "Block size of evaluation kernels.")
-  flags.DEFINE_integer("eval_seeds", d.eval_seeds, "Finite-network evaluation seeds (and random "
-                       "subsets of its baseline).")
-  flags.DEFINE_integer("eval_epochs", d.eval_epochs, "Epochs of finite-network evaluation.")
-  flags.DEFINE_integer("eval_batch", d.eval_batch, "Batch size of finite-network evaluation.")
-  flags.DEFINE_bool("eval_augment", d.eval_augment, "DSA while training evaluation networks.")
+FLAGS = flags.FLAGS
+# The heading of the other config flags in --helpfull; absl sorts headings, and an upper-case
+# first letter puts these before absl's own flags.
+OTHER_FLAGS = "Config flags (robust_dd.config)"
 
 
-def run_experiment(argv, experiment, *, workdir: str, errors=(ValueError,)) -> None:
-  """The drivers' `main`: `experiment(workdir, log)` with progress printed as it comes; the
-  `errors` (bad input) end the process with exit code 2 and the message, not a traceback."""
+def _module_name(name: str) -> str:
+  return sys.argv[0] if name == "__main__" else name
+
+
+def define_config_flags(config_cls, *, main: Iterable[str], main_module: str) -> list[str]:
+  """Defines one flag per leaf field of `config_cls`; those named in `main` belong to
+  `main_module` (pass the driver's `__name__`), the others to OTHER_FLAGS. Returns the names."""
+  from robust_dd import config as config_lib  # pylint: disable=g-import-not-at-top
+  main = set(main)
+  names = []
+  for spec in config_lib.flag_specs(config_cls):
+    module = _module_name(main_module) if spec.name in main else OTHER_FLAGS
+    help_text = spec.help
+    if spec.kind == "bool":
+      flags.DEFINE_boolean(spec.name, spec.default, help_text, module_name=module)
+    elif spec.kind == "enum":
+      flags.DEFINE_enum(spec.name, spec.default, list(spec.choices), help_text,
+                        module_name=module)
+    else:
+      parser = {"int": flags.IntegerParser, "float": flags.FloatParser,
+                "str": flags.ArgumentParser, "list": flags.ListParser}[spec.kind]()
+      serializer = flags.CsvListSerializer(",") if spec.kind == "list" else None
+      default = list(spec.default) if spec.kind == "list" else spec.default
+      flags.DEFINE(parser, spec.name, default, help_text, serializer=serializer,
+                   module_name=module)
+    names.append(spec.name)
+  return names
+
+
+def config_from_flags(config_cls, names: Iterable[str]):
+  """The config of the parsed flags `names` (lists become tuples)."""
+  values = {n: FLAGS[n].value for n in names}
+  return config_cls.make(**{n: tuple(v) if isinstance(v, list) else v
+                            for n, v in values.items()})
+
+
+def quiet_logs() -> None:
+  """Keeps a CPU run's stderr to our own messages: JAX logs, at INFO, that it found no TPU or
+  GPU backend; absl's default verbosity would print that."""
+  logging.set_verbosity(logging.WARNING)
+
+
+def run_experiment(argv, experiment: Callable[[str, Callable[[str], None]], Any], *,
+                   workdir: str, errors=(ValueError,)) -> None:
+  """The drivers' `main`: `experiment(workdir, log)` with progress printed as it comes. Bad input
+  (`errors`, and a workdir that cannot be written) ends the process with exit code 2 and a
+  one-line message, not a traceback."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  quiet_logs()
   try:
     experiment(workdir, lambda s: print(s, flush=True))
   except errors as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except PermissionError as e:
+    print(f"error: cannot write {e.filename}: {e.strerror}. Choose another --workdir.",
+          file=sys.stderr)
     sys.exit(2)
   print(f"Outputs in {workdir}/", flush=True)

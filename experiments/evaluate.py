@@ -10,48 +10,39 @@ accuracy per test cluster (worst and mean), on the rare subgroup of --subgroup r
 corruptions. Writes <workdir>/evaluation.json.
 """
 
-import os
-import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app
 from absl import flags
 
-from robust_dd import distill
+from experiments import _common
+from robust_dd import config as config_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A directory written by experiments.distill.", required=True)
-flags.DEFINE_enum("net", None, ["auto", "convnet", "mlp"], "Evaluation network (default: the "
-                  "run's).")
-flags.DEFINE_integer("net_depth", None, "Evaluation network depth (default: the run's).")
-flags.DEFINE_integer("net_width", None, "Evaluation network width (default: the run's).")
-flags.DEFINE_integer("eval_seeds", None, "Network seeds and random subsets (default: the run's).")
-flags.DEFINE_integer("eval_epochs", None, "Training epochs (default: the run's).")
-flags.DEFINE_integer("eval_batch", None, "Training batch size (default: the run's).")
-flags.DEFINE_bool("eval_augment", None, "DSA while training (default: the run's).")
-flags.DEFINE_bool("robust_eval", None, "Per-cluster, subgroup and corruption accuracy (default: "
-                  "the run's).")
 flags.DEFINE_bool("network", True, "Evaluate with the finite network.")
-flags.DEFINE_bool("krr", None, "Evaluate with KRR and the run's kernel (default: for kip runs).")
+flags.DEFINE_bool("krr", None, "Evaluate with KRR and the run's kernel (default: for methods "
+                  "evaluated by KRR, such as kip).")
 flags.DEFINE_bool("baseline", True, "Also evaluate random real subsets of the same size.")
 flags.DEFINE_string("output", "evaluation.json", "File name written in --workdir.")
-
+# The evaluation fields a re-evaluation may change, generated from the config (default: the run's).
 OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
              "eval_augment", "robust_eval")
+for _spec in config_lib.flag_specs(config_lib.DistillConfig):
+  if _spec.name in OVERRIDES:
+    (flags.DEFINE_enum(_spec.name, None, list(_spec.choices), _spec.help + " Default: the run's.")
+     if _spec.kind == "enum" else
+     flags.DEFINE_bool(_spec.name, None, _spec.help + " Default: the run's.")
+     if _spec.kind == "bool" else
+     flags.DEFINE_integer(_spec.name, None, _spec.help + " Default: the run's."))
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   overrides = {k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}
-  try:
-    distill.evaluate_workdir(FLAGS.workdir, network=FLAGS.network, krr=FLAGS.krr,
-                             baseline=FLAGS.baseline, output=FLAGS.output,
-                             log=lambda s: print(s, flush=True), **overrides)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from robust_dd import experiment  # pylint: disable=g-import-not-at-top
+  _common.run_experiment(
+      argv, lambda w, log: experiment.evaluate_workdir(
+          w, network=FLAGS.network, krr=FLAGS.krr, baseline=FLAGS.baseline, output=FLAGS.output,
+          log=log, **overrides),
+      workdir=FLAGS.workdir, errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

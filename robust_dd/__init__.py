@@ -1,80 +1,95 @@
-"""robust_dd: dataset distillation in JAX (KIP, gradient matching, robust and provable variants)."""
+"""robust_dd: dataset distillation in JAX (KIP, gradient matching, robust and provable variants).
 
-from robust_dd.augment import dsa
-from robust_dd.cluster import kmeans
-from robust_dd.cluster import kmeans_per_class
-from robust_dd.cluster import nearest_prototype
-from robust_dd.curvature import curvature_match_loss
-from robust_dd.curvature import curvature_match_loss_jit
-from robust_dd.curvature import hvp
-from robust_dd.curvature import hvp_finite_difference
-from robust_dd.coreset import select_experiment
-from robust_dd.coreset import SelectConfig
-from robust_dd.data import apply_preprocessing
-from robust_dd.data import class_index_table
-from robust_dd.data import Dataset
-from robust_dd.data import fit_preprocessing
-from robust_dd.data import load_dataset
-from robust_dd.data import make_rare_subgroup
-from robust_dd.data import one_hot_centered
-from robust_dd.data import Preprocessing
-from robust_dd.data import sample_class_balanced
-from robust_dd.distill import distill_experiment
-from robust_dd.distill import DistillConfig
-from robust_dd.distill import DistillState
-from robust_dd.distill import evaluate_workdir
-from robust_dd.distill import importance_rescorer
-from robust_dd.distill import init_state
-from robust_dd.distill import kip_loss_fn
-from robust_dd.distill import make_optimizer
-from robust_dd.distill import make_step
-from robust_dd.distill import robust_kip_loss_fn
-from robust_dd.distill import robust_matching_loss_fn
-from robust_dd.distill import run_distillation
-from robust_dd.evaluate import corrupt
-from robust_dd.evaluate import krr_accuracy
-from robust_dd.evaluate import krr_predictions
-from robust_dd.evaluate import network_accuracies
-from robust_dd.evaluate import network_predictions
-from robust_dd.evaluate import random_subset_indices
-from robust_dd.evaluate import robustness_metrics
-from robust_dd.kernels import kernel_matrix
-from robust_dd.kernels import make_architecture
-from robust_dd.kernels import make_kernel_fn
-from robust_dd.krr import kip_cluster_losses
-from robust_dd.krr import kip_loss
-from robust_dd.krr import kip_loss_jit
-from robust_dd.krr import krr_loss
-from robust_dd.krr import krr_loss_jit
-from robust_dd.krr import krr_predict
-from robust_dd.krr import krr_sample_losses
-from robust_dd.krr import make_krr_predictor
-from robust_dd.matching import gradient_match_distance
-from robust_dd.matching import gradient_match_loss
-from robust_dd.matching import gradient_match_loss_jit
-from robust_dd.matching import per_class_losses
-from robust_dd.matching import per_cluster_match_losses
-from robust_dd.models import ConvNet
-from robust_dd.models import make_network
-from robust_dd.models import MLP
-from robust_dd.risk import cluster_index_table
-from robust_dd.risk import cvar
-from robust_dd.risk import cvar_jit
-from robust_dd.risk import robust_objective
-from robust_dd.risk import robust_objective_jit
-from robust_dd.risk import sample_cluster_batch
-from robust_dd.risk import worst_group
-from robust_dd.select import facility_location
-from robust_dd.select import last_layer_grad_hessian
-from robust_dd.select import select_indices
-from robust_dd.sensitivity import dedup_mask
-from robust_dd.sensitivity import feature_leverage_scores
-from robust_dd.sensitivity import importance_probabilities
-from robust_dd.sensitivity import kmeans_sensitivity
-from robust_dd.sensitivity import nystrom_features
-from robust_dd.sensitivity import nystrom_leverage_scores
-from robust_dd.sensitivity import ridge_leverage_scores
-from robust_dd.sensitivity import weighted_sample
-from robust_dd.training import train_network
+Public names, grouped as in `__all__`, are loaded on first use (PEP 562), so `import robust_dd`
+is cheap and a submodule that needs neural-tangents or Flax is imported only when one of its
+names is touched. `robust_dd.<module>` (e.g. `robust_dd.models`) also works.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+# name -> module that defines it, grouped as in the README's "Using the library".
+_GROUPS: dict[str, dict[str, str]] = {
+    "losses": {
+        "krr_loss": "krr", "krr_loss_jit": "krr", "kip_loss": "krr", "kip_loss_jit": "krr",
+        "krr_predict": "krr", "make_krr_predictor": "krr", "krr_sample_losses": "krr",
+        "kip_cluster_losses": "krr",
+        "gradient_match_distance": "matching", "gradient_match_class_loss": "matching",
+        "gradient_match_loss": "matching", "gradient_match_loss_jit": "matching",
+        "per_class_losses": "matching", "per_cluster_match_losses": "matching",
+        "curvature_match_class_loss": "curvature", "curvature_match_loss": "curvature",
+        "curvature_match_loss_jit": "curvature", "hvp": "curvature",
+        "hvp_finite_difference": "curvature",
+    },
+    "kernels": {
+        "make_kernel_fn": "kernels", "make_architecture": "kernels", "kernel_matrix": "kernels",
+    },
+    "networks": {
+        "ConvNet": "models", "MLP": "models", "make_network": "models", "dsa": "augment",
+        "train_network": "training",
+    },
+    "robustness": {
+        "cvar": "risk", "cvar_jit": "risk", "robust_objective": "risk",
+        "robust_objective_jit": "risk", "worst_group": "risk", "per_cluster_losses": "risk",
+        "cluster_index_table": "risk", "sample_cluster_batch": "risk", "kmeans": "cluster",
+        "kmeans_per_class": "cluster", "nearest_prototype": "cluster",
+        "make_rare_subgroup": "data", "corrupt": "evaluate", "robustness_metrics": "evaluate",
+    },
+    "selection": {
+        "kmeans_sensitivity": "sensitivity", "ridge_leverage_scores": "sensitivity",
+        "nystrom_leverage_scores": "sensitivity", "nystrom_features": "sensitivity",
+        "feature_leverage_scores": "sensitivity", "weighted_sample": "sensitivity",
+        "dedup_mask": "sensitivity", "importance_probabilities": "sensitivity",
+        "select_indices": "select", "facility_location": "select",
+        "last_layer_grad_hessian": "select",
+    },
+    "data": {
+        "Dataset": "data", "load_dataset": "data", "fit_preprocessing": "data",
+        "apply_preprocessing": "data", "Preprocessing": "data", "one_hot_centered": "data",
+        "class_index_table": "data", "sample_class_balanced": "data",
+    },
+    "evaluation": {
+        "krr_predictions": "evaluate", "krr_accuracy": "evaluate",
+        "network_predictions": "evaluate", "network_accuracies": "evaluate",
+        "random_subset_indices": "evaluate",
+    },
+    "loop": {
+        "DistillState": "distill", "Network": "distill", "init_state": "distill",
+        "make_optimizer": "distill", "make_step": "distill", "run_distillation": "distill",
+        "class_balanced_batch": "distill", "cluster_batch": "distill",
+        "importance_rescorer": "distill",
+        "METHODS": "methods", "Method": "methods", "build_step": "methods",
+        "kip_loss_fn": "methods", "matching_loss_fn": "methods",
+        "robust_kip_loss_fn": "methods", "robust_matching_loss_fn": "methods",
+        "inner_loop_network": "methods",
+    },
+    "experiments": {
+        "DistillConfig": "config", "SelectConfig": "config", "resolve_config": "config",
+        "validate_config": "config", "distill_experiment": "experiment",
+        "evaluate_workdir": "experiment", "select_experiment": "coreset",
+    },
+}
+_WHERE = {name: module for group in _GROUPS.values() for name, module in group.items()}
+_SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
+               "evaluate", "experiment", "io", "kernels", "krr", "matching", "methods",
+               "models", "reporting", "risk", "select", "sensitivity", "training")
+
+__all__ = [name for group in _GROUPS.values() for name in group]
+
+
+def __getattr__(name: str) -> Any:
+  if name in _WHERE:
+    value = getattr(importlib.import_module(f"robust_dd.{_WHERE[name]}"), name)
+    globals()[name] = value  # Later look-ups skip this function.
+    return value
+  if name in _SUBMODULES:
+    return importlib.import_module(f"robust_dd.{name}")
+  raise AttributeError(f"module 'robust_dd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

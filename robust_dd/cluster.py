@@ -106,7 +106,8 @@ def kmeans(key: jax.Array, x: jax.Array, *, k: int, iters: int = 50, restarts: i
   return jax.tree_util.tree_map(lambda a: a[best], runs)
 
 
-def _check_k(k: int, counts) -> None:
+def check_k(k: int, counts) -> None:
+  """Raises ValueError unless every class (counts) has at least k >= 1 samples."""
   counts = np.asarray(counts)
   if k < 1:
     raise ValueError(f"The number of clusters must be at least 1, got {k}.")
@@ -121,7 +122,7 @@ def kmeans_per_class(key: jax.Array, x, labels, *, num_classes: int, k: int, ite
   `label · k + j`."""
   x = np.asarray(x, np.float32).reshape(len(x), -1)
   table, counts = data_lib.class_index_table(np.asarray(labels), num_classes)
-  _check_k(k, counts)
+  check_k(k, counts)
   mask = np.arange(table.shape[1])[None, :] < counts[:, None]
   per_class = jax.vmap(lambda kk, xc, m: kmeans(kk, xc, k=k, iters=iters, restarts=restarts,
                                                 mask=m).assignment)

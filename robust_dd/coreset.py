@@ -1,61 +1,34 @@
 """The coreset-selection experiment: select a fraction of the real training set per class, then
 evaluate it with the finite network and with KRR (what `python -m experiments.select` runs).
 
-The selection algorithms are in `robust_dd.select`; this module adds the LCMat-S warm-up network,
-the shared data preparation and evaluation of `robust_dd.distill`, and the outputs:
-config.json, selection.npz (indices, importance weights; written before evaluation, so a crash
-during evaluation does not lose the selection), metrics.json.
+The selection algorithms are in `robust_dd.select`; this module adds the inputs some methods need
+(`EXTRA_INPUTS`: LCMat-S's warm-up network, the kernel of ridge leverage), the data preparation
+and evaluators of `robust_dd.experiment`, and the outputs: config.json, selection.npz (indices,
+importance weights; written before evaluation, so a crash during evaluation does not lose the
+selection), metrics.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_dd import config as config_lib
 from robust_dd import data as data_lib
-from robust_dd import distill
+from robust_dd import experiment
 from robust_dd import io
+from robust_dd import methods as methods_lib
 from robust_dd import models
+from robust_dd import reporting
 from robust_dd import select
 from robust_dd import training
 
-
-@dataclasses.dataclass(frozen=True)
-class SelectConfig:
-  """A coreset selection run: the method, the fraction, and (in `base`'s fields) the dataset,
-  kernel, network and evaluation settings shared with distillation."""
-  method: str = "random"
-  fraction: float = 0.01
-  seed: int = 0
-  ridge: float = 1e-2
-  rank: int = 0
-  dedup_quantile: Optional[float] = None
-  warmup_epochs: int = 5
-  num_coords: int = 100
-  lcmat_eps: float = 0.01
-  class_batch: int = 0
-  evaluators: tuple[str, ...] = ("network", "krr")
-  base: distill.DistillConfig = distill.DistillConfig(method="dc")
-
-
-def validate_config(config: SelectConfig) -> None:
-  if config.method not in select.METHODS:
-    raise ValueError(f"Unknown --method={config.method}; choose one of {select.METHODS}.")
-  if not 0 < config.fraction <= 1:
-    raise ValueError(f"--fraction must be in (0, 1], got {config.fraction}.")
-  if config.warmup_epochs < 1 or config.num_coords < 1 or config.lcmat_eps < 0:
-    raise ValueError("--warmup_epochs and --num_coords must be >= 1, --lcmat_eps >= 0.")
-  unknown = set(config.evaluators) - {"network", "krr"}
-  if unknown or not config.evaluators:
-    raise ValueError(f"--evaluators must be a non-empty subset of network,krr; got "
-                     f"{','.join(config.evaluators)}.")
-  distill.validate_config(config.base)
+SelectConfig = config_lib.SelectConfig
 
 
 def lcmat_warmup(key: jax.Array, model, x_train, y_train, *, epochs: int,
@@ -72,21 +45,31 @@ def lcmat_warmup(key: jax.Array, model, x_train, y_train, *, epochs: int,
   return np.asarray(z), np.asarray(jax.nn.softmax(logits, -1))
 
 
+def _lcmat_inputs(config: SelectConfig, key, x_train, y_train, num_classes, log):
+  log(f"LCMat-S warm-up: {config.warmup_epochs} epochs on {len(x_train)} training samples ...")
+  model = methods_lib.network_model(config, num_classes, x_train.shape[1:])
+  return {"lcmat_inputs": lcmat_warmup(key, model, x_train, y_train,
+                                       epochs=config.warmup_epochs)}
+
+
+def _kernel_inputs(config: SelectConfig, key, x_train, y_train, num_classes, log):
+  del key, x_train, y_train, num_classes, log
+  return {"kernel_fn": methods_lib.config_kernel_fn(config)}
+
+
+# Selection methods that need more than the data: what `run_selection` computes for them.
+EXTRA_INPUTS: dict[str, Callable[..., dict[str, Any]]] = {"lcmat": _lcmat_inputs,
+                                                          "sensitivity_krr": _kernel_inputs}
+
+
 def run_selection(config: SelectConfig, key: jax.Array, x_train, y_train, *, num_classes: int,
                   log: Callable[[str], None] = print) -> tuple[np.ndarray, np.ndarray]:
   """Selects `select.budget_per_class(fraction)` samples per class by `config.method`."""
-  base = config.base
   _, counts = data_lib.class_index_table(y_train, num_classes)
   budget = select.budget_per_class(config.fraction, counts)
   k_warm, k_select = jax.random.split(key)
-  kwargs = {}
-  if config.method == "lcmat":
-    log(f"LCMat-S warm-up: {config.warmup_epochs} epochs on {len(x_train)} training samples ...")
-    model = distill.network_model(base, num_classes, x_train.shape[1:])
-    kwargs["lcmat_inputs"] = lcmat_warmup(k_warm, model, x_train, y_train,
-                                          epochs=config.warmup_epochs)
-  if config.method == "sensitivity_krr":
-    kwargs["kernel_fn"] = distill.config_kernel_fn(base)
+  extra = EXTRA_INPUTS.get(config.method)
+  kwargs = extra(config, k_warm, x_train, y_train, num_classes, log) if extra else {}
   log(f"Selecting {budget} per class ({budget * num_classes} of {len(x_train)}) by "
       f"{config.method} ...")
   return select.select_indices(config.method, k_select, x_train, y_train,
@@ -96,28 +79,22 @@ def run_selection(config: SelectConfig, key: jax.Array, x_train, y_train, *, num
                                class_batch=config.class_batch, **kwargs)
 
 
-def _config_dict(config: SelectConfig) -> dict[str, Any]:
-  return dataclasses.asdict(config)
-
-
 def select_experiment(config: SelectConfig, workdir: str,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
   """Selects, saves and evaluates a coreset; writes config.json, selection.npz, metrics.json.
 
   A workdir that already holds this config's selection.npz is evaluated without selecting again.
+  Nothing is written until the config, the data and the workdir have passed every check.
   """
-  validate_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  base = config.base
-  dataset = distill.load_config_dataset(base)
-  prep = data_lib.fit_preprocessing(dataset.x_train, zca=base.zca, zca_reg=base.zca_reg)
-  x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
-  x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
-  distill.check_workdir_config(workdir, config)
-  io.save_json(os.path.join(workdir, "config.json"), _config_dict(config))
+  config_lib.validate_select_config(config)
+  dataset = experiment.load_config_dataset(config)
+  _, x_train, x_test = experiment.preprocess(config, dataset)
+  config_lib.check_workdir(workdir, config)
+  io.make_dirs(workdir)
+  io.save_json(os.path.join(workdir, "config.json"), config.to_dict())
   num_classes = dataset.num_classes
   y_train = np.asarray(dataset.y_train)
-  log(f"{base.dataset}: {len(x_train)} train / {len(x_test)} test samples; coreset "
+  log(f"{config.data.dataset}: {len(x_train)} train / {len(x_test)} test samples; coreset "
       f"{config.method} at fraction {config.fraction}")
   selection_path = os.path.join(workdir, "selection.npz")
   key = jax.random.key(config.seed)
@@ -134,39 +111,18 @@ def select_experiment(config: SelectConfig, workdir: str,
                 seconds=np.float64(seconds))
   log(f"Selected {len(idx)} samples in {seconds:.1f} s.")
   images, labels = x_train[idx], data_lib.one_hot_centered(y_train[idx], num_classes)
-  metrics: dict[str, Any] = {"config": _config_dict(config), "num_selected": int(len(idx)),
+  metrics: dict[str, Any] = {"config": config.to_dict(), "flags": config.flat(),
+                             "num_selected": int(len(idx)),
                              "per_class": int(len(idx) // num_classes),
                              "selection_seconds": round(seconds, 2), "split": dataset.split,
                              "jax_version": jax.__version__, "backend": jax.default_backend()}
   for name in config.evaluators:
-    evaluator = distill.make_evaluator(base, x_train, y_train, x_test, dataset.y_test,
-                                       num_classes=num_classes, evaluator=name)
+    evaluator = experiment.make_evaluator(config, x_train, y_train, x_test, dataset.y_test,
+                                          num_classes=num_classes, evaluator=name)
     log(f"Evaluating the coreset ({evaluator.describe()}) ...")
     accs = evaluator.accuracies(images, labels)
     metrics[name] = {"evaluator": evaluator.describe(), "test_accs": accs.tolist(),
                      "test_acc": float(accs.mean()), "test_acc_std": float(accs.std())}
   io.save_json(os.path.join(workdir, "metrics.json"), metrics)
-  log(coreset_table([metrics]))
+  log(reporting.coreset_table([metrics]))
   return metrics
-
-
-def coreset_table(runs: list[dict[str, Any]]) -> str:
-  """Markdown table of coreset runs grouped by (fraction, method): mean ± std over runs (seeds)
-  of each evaluator's mean test accuracy, and the mean selection time."""
-  groups: dict[tuple, list] = {}
-  for m in runs:
-    c = m["config"]
-    groups.setdefault((c["fraction"], m["num_selected"], c["method"]), []).append(m)
-  lines = ["| fraction | selected | method | runs | network acc | KRR acc | selection s |",
-           "|---|---|---|---|---|---|---|"]
-  for (fraction, num, method), ms in sorted(groups.items(),
-                                            key=lambda kv: (kv[0][0], select.METHODS.index(
-                                                kv[0][2]))):
-    cells = []
-    for name in ("network", "krr"):
-      vals = [m[name]["test_acc"] * 100 for m in ms if name in m]
-      cells.append(f"{np.mean(vals):.1f} ± {np.std(vals):.1f}" if vals else "–")
-    secs = np.mean([m["selection_seconds"] for m in ms])
-    lines.append(f"| {fraction * 100:g}% | {num} | {method} | {len(ms)} | {cells[0]} | "
-                 f"{cells[1]} | {secs:.1f} |")
-  return "\n".join(lines)

@@ -81,6 +81,6 @@ def curvature_match_loss(net_params, syn_images, real_images, *, apply_fn: match
                                    augment=augment).sum()
 
 
+# Jitted alias for users: callables and mode names static; rho and gamma traced.
 curvature_match_loss_jit = jax.jit(
-    curvature_match_loss, static_argnames=("apply_fn", "augment", "rho", "gamma", "metric",
-                                           "hvp_mode"))
+    curvature_match_loss, static_argnames=("apply_fn", "augment", "metric", "hvp_mode"))

@@ -18,12 +18,14 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+_TMP_PREFIX = ".tmp-"  # Temporary files of atomic writes.
+
 
 @contextlib.contextmanager
 def _atomic_open(path: str):
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=os.path.basename(path))
   try:
     with os.fdopen(fd, "wb") as f:
       yield f
@@ -37,6 +39,21 @@ def _atomic_open(path: str):
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def make_dirs(*directories: str) -> list[str]:
+  """Creates the directories and removes the temporary files (`.tmp-*`) a killed run left in
+  them: a write interrupted by a crash never finished, so nothing reads them. Returns the paths
+  removed."""
+  removed = []
+  for directory in directories:
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+      path = os.path.join(directory, name)
+      if name.startswith(_TMP_PREFIX) and os.path.isfile(path):
+        os.remove(path)
+        removed.append(path)
+  return removed
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

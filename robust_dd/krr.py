@@ -72,7 +72,7 @@ def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
 def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
                        target_images: jax.Array, target_labels: jax.Array, mask: jax.Array, *,
                        kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                       diag_reg: float = 1e-6, use_vmap: bool = True) -> jax.Array:
+                       diag_reg: float = 1e-6) -> jax.Array:
   """The (K,) KIP losses of one support set on K padded clusters of real targets.
 
   K_ss is factored once; cluster k's loss is ½ · Σ_t mask_kt ‖y_kt − ŷ_kt‖² / Σ_t mask_kt (0 for
@@ -91,8 +91,7 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
     w = mask.astype(residual.dtype)
     return 0.5 * jnp.sum(w * jnp.sum(residual ** 2, -1)) / jnp.maximum(jnp.sum(w), 1e-12)
 
-  return risk.map_clusters(cluster_loss, None, (target_images, target_labels), mask,
-                                 use_vmap=use_vmap)
+  return risk.map_clusters(cluster_loss, None, (target_images, target_labels), mask)
 
 
 def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images: jax.Array,
@@ -113,5 +112,7 @@ def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images
                   target_weights=target_weights)
 
 
-krr_loss_jit = jax.jit(krr_loss, static_argnames=("diag_reg",))
-kip_loss_jit = jax.jit(kip_loss, static_argnames=("kernel_fn", "diag_reg"))
+# Jitted aliases for users: only the kernel function is static; diag_reg stays traced, so a new
+# value does not recompile.
+krr_loss_jit = jax.jit(krr_loss)
+kip_loss_jit = jax.jit(kip_loss, static_argnames=("kernel_fn",))

@@ -87,7 +87,7 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> Cla
 
 
 def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_images,
-                  real_weights, keys, *, augment, use_vmap, group_batch) -> jax.Array:
+                  real_weights, keys, *, augment, group_batch) -> jax.Array:
   """Shared core of `per_class_losses` and `per_cluster_match_losses`: one class loss per group."""
 
   def one(label, x_syn, x_real, weights, k):
@@ -97,11 +97,9 @@ def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_im
 
   args = (labels, syn_images, real_images, real_weights, keys)
   num = labels.shape[0]
-  if use_vmap and group_batch and group_batch < num:
+  if group_batch and group_batch < num:
     return jax.lax.map(lambda a: one(*a), args, batch_size=group_batch)
-  if use_vmap:
-    return jax.vmap(one)(*args)
-  return jnp.stack([one(*jax.tree_util.tree_map(lambda a: a[g], args)) for g in range(num)])
+  return jax.vmap(one)(*args)
 
 
 def _group_keys(key: Optional[jax.Array], num: int, augment) -> jax.Array:
@@ -113,8 +111,7 @@ def _group_keys(key: Optional[jax.Array], num: int, augment) -> jax.Array:
 
 def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
                      real_images: jax.Array, *, key: Optional[jax.Array] = None,
-                     augment: Optional[AugmentFn] = None, use_vmap: bool = True,
-                     class_batch: Optional[int] = None,
+                     augment: Optional[AugmentFn] = None, class_batch: Optional[int] = None,
                      real_weights: Optional[jax.Array] = None) -> jax.Array:
   """The (C,) matching losses of all classes.
 
@@ -125,10 +122,8 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
     real_images: (C, n, ...) real images, class c in row c.
     key: PRNG key for `augment`; class c uses `fold_in(key, c)` for both of its batches.
     augment: `(key, images) -> images`, e.g. siamese DSA; None for none.
-    use_vmap: False computes the same losses with a Python loop over classes (for testing and
-      benchmarking the vmap).
     class_batch: vmap over at most this many classes at a time (`lax.map` with `batch_size`),
-      to bound memory; None or >= C: all classes in one vmap.
+      to bound memory; 1 computes one class at a time; None or >= C: all classes in one vmap.
     real_weights: optional (C, n) weights of the real samples' cross-entropy (importance weights).
   """
   num_classes = syn_images.shape[0]
@@ -138,14 +133,14 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
              else jnp.asarray(real_weights, jnp.float32).reshape(real_images.shape[:2]))
   return _group_losses(class_loss, net_params, jnp.arange(num_classes), syn_images, real_images,
                        weights, _group_keys(key, num_classes, augment), augment=augment,
-                       use_vmap=use_vmap, group_batch=class_batch)
+                       group_batch=class_batch)
 
 
 def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
-                       real_images: jax.Array, mask: jax.Array, cluster_class: jax.Array, *,
-                       key: Optional[jax.Array] = None, augment: Optional[AugmentFn] = None,
-                       use_vmap: bool = True, cluster_batch: Optional[int] = None
-                       ) -> jax.Array:
+                             real_images: jax.Array, mask: jax.Array, cluster_class: jax.Array,
+                             *, key: Optional[jax.Array] = None,
+                             augment: Optional[AugmentFn] = None,
+                             cluster_batch: Optional[int] = None) -> jax.Array:
   """The (K,) matching losses of K real clusters, each inside one class, with one `vmap`.
 
   Cluster k's loss is `class_loss` between the synthetic images of its class `cluster_class[k]`
@@ -157,7 +152,7 @@ def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.
     real_images: (K, S, ...) a padded batch of each cluster (`risk.sample_cluster_batch`).
     mask: (K, S) bool or weights of the real rows.
     cluster_class: (K,) int class of each cluster.
-    key, augment, use_vmap: as in `per_class_losses` (cluster k uses `fold_in(key, k)`).
+    key, augment: as in `per_class_losses` (cluster k uses `fold_in(key, k)`).
     cluster_batch: vmap over at most this many clusters at a time (bounds memory).
   """
   num = real_images.shape[0]
@@ -166,7 +161,7 @@ def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.
                      f"(K, S) = {real_images.shape[:2]} leading axes of real_images.")
   return _group_losses(class_loss, net_params, cluster_class, syn_images[cluster_class],
                        real_images, mask.astype(jnp.float32), _group_keys(key, num, augment),
-                       augment=augment, use_vmap=use_vmap, group_batch=cluster_batch)
+                       augment=augment, group_batch=cluster_batch)
 
 
 def gradient_match_loss(net_params, syn_images, real_images, *, apply_fn: ApplyFn,
@@ -177,5 +172,6 @@ def gradient_match_loss(net_params, syn_images, real_images, *, apply_fn: ApplyF
                           syn_images, real_images, key=key, augment=augment).sum()
 
 
+# Jitted alias for users: the callables and the metric's name are static, arrays traced.
 gradient_match_loss_jit = jax.jit(gradient_match_loss,
                                   static_argnames=("apply_fn", "augment", "metric"))

@@ -90,9 +90,10 @@ def group_accuracies(correct, groups, *, num_groups: int) -> tuple[np.ndarray, n
     return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan), counts
 
 
-cvar_jit = jax.jit(cvar, static_argnames=("tail_fraction",))
-robust_objective_jit = jax.jit(robust_objective, static_argnames=("tail_fraction",
-                                                                  "robust_weight"))
+# Jitted aliases for users: tail_fraction and robust_weight stay traced (a new value does not
+# recompile); their range is checked only when they are Python numbers.
+cvar_jit = jax.jit(cvar)
+robust_objective_jit = jax.jit(robust_objective)
 
 
 # ----------------------------------------------------------------------- per-cluster losses
@@ -139,8 +140,8 @@ def sample_cluster_batch(key: jax.Array, table: jax.Array, counts: jax.Array, *,
   return jnp.where(mask, jnp.take_along_axis(table, pos, axis=1), 0), mask
 
 
-def map_clusters(loss_fn: Callable[..., jax.Array], params: Any, batch: Any, mask: jax.Array, *,
-                 use_vmap: bool = True) -> jax.Array:
+def map_clusters(loss_fn: Callable[..., jax.Array], params: Any, batch: Any, mask: jax.Array
+                 ) -> jax.Array:
   """The (K,) losses `loss_fn(params, batch_k, mask_k)` of every cluster, with one `vmap`.
 
   Args:
@@ -149,18 +150,12 @@ def map_clusters(loss_fn: Callable[..., jax.Array], params: Any, batch: Any, mas
     params: shared by all clusters (not vmapped), e.g. the synthetic set.
     batch: pytree with a leading (K, S, ...) cluster axis, e.g. from `sample_cluster_batch`.
     mask: (K, S) bool.
-    use_vmap: False loops over clusters in Python (for testing and benchmarking the vmap).
   """
-  if use_vmap:
-    return jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, batch, mask)
-  num = mask.shape[0]
-  return jnp.stack([loss_fn(params, jax.tree_util.tree_map(lambda a: a[k], batch), mask[k])
-                    for k in range(num)])
+  return jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, batch, mask)
 
 
 def per_cluster_losses(loss_fn: Callable[..., jax.Array], params: Any, data: Any, cluster_ids,
-                       *, num_clusters: int, width: Optional[int] = None,
-                       use_vmap: bool = True) -> jax.Array:
+                       *, num_clusters: int, width: Optional[int] = None) -> jax.Array:
   """The (K,) losses of all the samples of every cluster: pads each cluster's rows of `data` (a
   pytree of (n, ...) arrays) to `width` (default: the largest cluster) with a mask, then
   `map_clusters(loss_fn, params, padded, mask)`. `loss_fn(params, data_k, mask_k)` is the masked
@@ -170,4 +165,4 @@ def per_cluster_losses(loss_fn: Callable[..., jax.Array], params: Any, data: Any
   table, counts = cluster_index_table(ids, num_clusters, width=width)
   mask = jnp.arange(width)[None, :] < counts[:, None]
   padded = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[table], data)
-  return map_clusters(loss_fn, params, padded, mask, use_vmap=use_vmap)
+  return map_clusters(loss_fn, params, padded, mask)

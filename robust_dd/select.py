@@ -34,7 +34,6 @@ from robust_dd import sensitivity
 
 METHODS = ("random", "kmeans_centers", "herding", "kcenter", "sensitivity", "sensitivity_krr",
            "lcmat")
-INITS = ("random", "kmeans_centers", "sensitivity_kmeans", "sensitivity_krr")
 
 
 def _flat(x) -> jax.Array:

@@ -27,6 +27,7 @@ import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import distill
+from robust_dd import methods
 from robust_dd import kernels
 import _bench  # scripts/_bench.py
 
@@ -51,7 +52,7 @@ def bench_one(arch, ipc, batch, x, y, real):
   optimizer = distill.make_optimizer(learning_rate=0.01, learn_labels=True)
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
-  step = distill.make_step(distill.kip_loss_fn(kernel_fn=kernel_fn), optimizer,
+  step = distill.make_step(methods.kip_loss_fn(kernel_fn=kernel_fn), optimizer,
                            per_class=batch // 10)
   key = jax.random.key(0)
   t0 = time.time()

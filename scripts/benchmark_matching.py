@@ -2,7 +2,7 @@ r"""Benchmarks DC and LCMat outer iterations: seconds per outer iteration and pe
 
   python scripts/benchmark_matching.py --out=runs/benchmark_matching.json
 
-For each method x IPC it compiles `robust_dd.distill.method_step` on mnist5k (28x28, ConvNet-3
+For each method x IPC it compiles `robust_dd.methods.build_step` on mnist5k (28x28, ConvNet-3
 width 128, DC's outer/inner loops for that IPC, `--real_per_class` real images per class per
 update, `--class_batches` classes vmapped at once), then times `--repeats` outer iterations (each: a fresh network, outer_loop set updates,
 inner training between them). With `--compare_loop` (IPC 1 only, where one outer iteration is one
@@ -27,7 +27,9 @@ import jax
 import numpy as np
 
 from robust_dd import data as data_lib
+from robust_dd import config as config_lib
 from robust_dd import distill
+from robust_dd import methods
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -42,23 +44,23 @@ flags.DEFINE_string("out", "runs/benchmark_matching.json", "JSON output path.")
 
 
 def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
-  config = distill.resolve_config(distill.DistillConfig(
-      method=method, ipc=ipc, target_batch=10 * FLAGS.real_per_class,
-      conv_impl=FLAGS.conv_impl, class_batch=class_batch), 10)
-  optimizer = distill.make_optimizer(learning_rate=config.learning_rate, learn_labels=False,
-                                     name=config.optimizer)
+  # "Loop" rows (use_vmap=False) compute one class at a time (lax.map, class_batch=1).
+  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+      method=method, ipc=ipc, real_per_class=FLAGS.real_per_class, conv_impl=FLAGS.conv_impl,
+      class_batch=class_batch if use_vmap else 1), 10)
+  optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, learn_labels=False,
+                                     name=config.optim.optimizer)
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
-  step = distill.method_step(config, optimizer, num_classes=10, input_shape=x.shape[1:],
-                             use_vmap=use_vmap)
+  step = methods.build_step(config, optimizer, num_classes=10, input_shape=x.shape[1:])
   compiled, compile_seconds, times, metrics = _bench.time_step(step, state, real,
                                                                 jax.random.key(0),
                                                                 repeats=FLAGS.repeats)
   return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
           "real_per_class": FLAGS.real_per_class,
-          "outer_loop": config.outer_loop, "inner_loop": config.inner_loop,
+          "outer_loop": config.matching.outer_loop, "inner_loop": config.matching.inner_loop,
           "conv_impl": FLAGS.conv_impl, "seconds_per_outer_iteration": float(np.median(times)),
-          "seconds_per_update": float(np.median(times)) / config.outer_loop,
+          "seconds_per_update": float(np.median(times)) / config.matching.outer_loop,
           "times": times, "compile_seconds": compile_seconds,
           "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
 

@@ -12,7 +12,6 @@ into a program too large to compile in reasonable time). Records compile time, X
 estimate and peak RSS; writes JSON and prints a Markdown table.
 """
 
-import dataclasses
 import os
 import sys
 import time
@@ -26,7 +25,10 @@ import jax
 import numpy as np
 
 from robust_dd import data as data_lib
+from robust_dd import config as config_lib
 from robust_dd import distill
+from robust_dd import experiment
+from robust_dd import methods
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -42,23 +44,24 @@ IPC = {"kip": 10, "dc": 1}
 
 def bench_one(method, x, y, real, *, clusters=0, use_vmap=True):
   """One configuration; clusters=0 is the plain step."""
-  config = distill.resolve_config(distill.DistillConfig(
-      method=method, ipc=IPC[method], target_batch=FLAGS.target_batch,
-      robust="cvar" if clusters else "none", num_clusters=max(clusters // 10, 1)), 10)
-  if method != "kip":  # Network methods take target_batch per class in resolve_config's default.
-    config = dataclasses.replace(config, target_batch=FLAGS.target_batch)
-  optimizer = distill.make_optimizer(learning_rate=config.learning_rate,
-                                     learn_labels=config.learn_labels, name=config.optimizer)
+  # "Loop" rows (use_vmap=False) compute one cluster at a time (lax.map, class_batch=1).
+  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+      method=method, ipc=IPC[method], real_per_class=FLAGS.target_batch // 10,
+      robust="cvar" if clusters else "none", num_clusters=max(clusters // 10, 1),
+      class_batch=0 if use_vmap else 1), 10)
+  o = config.optim
+  optimizer = distill.make_optimizer(learning_rate=o.learning_rate, learn_labels=o.learn_labels,
+                                     name=o.optimizer)
   idx = np.concatenate([np.flatnonzero(y == c)[:config.ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
   cluster_seconds = 0.0
   if clusters:
     t0 = time.time()
-    real = distill.make_reclusterer(config, real, x, y, num_classes=10,
+    real = experiment.make_reclusterer(config, real, x, y, num_classes=10,
                                     key=jax.random.key(1))(state, 0)
     cluster_seconds = time.time() - t0
-  step = distill.method_step(config, optimizer, num_classes=10, input_shape=x.shape[1:],
-                             use_vmap=use_vmap, num_clusters=clusters or None)
+  step = methods.build_step(config, optimizer, num_classes=10, input_shape=x.shape[1:],
+                            num_clusters=clusters or None)
   compiled, compile_seconds, times, metrics = _bench.time_step(
       step, state, real, jax.random.key(0), repeats=FLAGS.repeats)
   return {"method": method, "ipc": config.ipc, "clusters": clusters, "vmap": use_vmap,
@@ -76,7 +79,7 @@ def main(argv):
     configs.append(dict(method=m, clusters=0, vmap=True))
     for k in map(int, FLAGS.clusters):
       configs += [dict(method=m, clusters=k, vmap=v) for v in (True, False)
-                  if v or k <= FLAGS.loop_max_clusters]
+                  if v or (k <= FLAGS.loop_max_clusters and m != "kip")]
   results = _bench.run_all(
       lambda method, clusters, vmap: bench_one(method, x, ds.y_train, real, clusters=clusters,
                                                use_vmap=vmap),

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 from robust_dd import coreset
-from robust_dd import distill
+from robust_dd import config as config_lib
+from robust_dd import methods
 from robust_dd import io
 from robust_dd import kernels
 from robust_dd import select
@@ -48,7 +49,7 @@ def bench_one(method: str, rank: int) -> dict:
   kwargs, warmup_seconds = {}, 0.0
   if method == "lcmat":
     t0 = time.time()
-    model = distill.network_model(distill.DistillConfig(method="dc"), 10, x.shape[1:])
+    model = methods.network_model(config_lib.SelectConfig(), 10, x.shape[1:])
     kwargs["lcmat_inputs"] = coreset.lcmat_warmup(jax.random.key(0), model, x, y,
                                                   epochs=FLAGS.warmup_epochs)
     warmup_seconds = time.time() - t0

@@ -6,44 +6,25 @@ Reads each workdir's metrics.json (distillation runs have `init`/`sampler` in th
 coreset runs have `num_selected`) and prints mean ± std over the runs of each cell.
 """
 
-import json
 import os
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from robust_dd import coreset
-
-
-def kip_table(runs):
-  groups = {}
-  for m in runs:
-    c = m["config"]
-    groups.setdefault((c["ipc"], c["init"], c["sampler"]), []).append(m)
-  lines = ["| IPC | init | sampler | runs | KIP test acc (KRR) | random subset |",
-           "|---|---|---|---|---|---|"]
-  for (ipc, init, sampler), ms in sorted(groups.items()):
-    acc = [100 * m["distilled_test_acc"] for m in ms]
-    rnd = [100 * m["random_subset_test_acc_mean"] for m in ms]
-    lines.append(f"| {ipc} | {init} | {sampler} | {len(ms)} | {np.mean(acc):.1f} ± "
-                 f"{np.std(acc):.1f} | {np.mean(rnd):.1f} |")
-  return "\n".join(lines)
+from robust_dd import reporting  # pylint: disable=g-import-not-at-top
 
 
 def main(paths):
-  distilled, coresets = [], []
-  for path in paths:
-    f = os.path.join(path, "metrics.json")
-    if not os.path.exists(f):
-      print(f"skipping {path}: no metrics.json (unfinished?)", file=sys.stderr)
-      continue
-    m = json.load(open(f))
-    (coresets if "num_selected" in m else distilled).append(m)
+  runs, missing = reporting.load_runs(paths)
+  for path in missing:
+    print(f"skipping {path}: no metrics.json (unfinished?)", file=sys.stderr)
+  distilled = [m for m in runs if "num_selected" not in m]
+  coresets = [m for m in runs if "num_selected" in m]
   if distilled:
-    print(kip_table(distilled))
+    print(reporting.init_sampler_table(distilled))
     print()
   if coresets:
-    print(coreset.coreset_table(coresets))
+    print(reporting.coreset_table(coresets))
 
 
 if __name__ == "__main__":

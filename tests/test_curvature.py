@@ -137,7 +137,7 @@ def test_vmapped_curvature_loss_equals_a_loop_and_jit():
   kw = dict(key=jax.random.key(3), augment=augment.dsa)
   np.testing.assert_allclose(matching.per_class_losses(class_loss, params, syn, real, **kw),
                              matching.per_class_losses(class_loss, params, syn, real,
-                                                       use_vmap=False, **kw),
+                                                       class_batch=1, **kw),
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(
       curvature.curvature_match_loss_jit(params, syn, real, apply_fn=apply_fn),

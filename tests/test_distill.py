@@ -1,6 +1,5 @@
 """robust_dd.distill: the step, label freezing, resume equivalence, determinism, NaN guard."""
 
-import dataclasses
 import functools
 
 import jax
@@ -8,11 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from robust_dd import config as config_lib
 from robust_dd import data as data_lib
 from robust_dd import distill
+from robust_dd import experiment
 from robust_dd import io
 from robust_dd import kernels
 from robust_dd import krr
+from robust_dd import methods
+from robust_dd import reporting
 from robust_dd import sensitivity
 
 
@@ -33,7 +36,7 @@ def _setup(learn_labels=True, learning_rate=0.01):
   optimizer = distill.make_optimizer(learning_rate=learning_rate, learn_labels=learn_labels)
   idx = np.array([0, 20, 40])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 3), optimizer)
-  step = distill.make_step(distill.kip_loss_fn(kernel_fn=kernel_fn, diag_reg=1e-6), optimizer,
+  step = distill.make_step(methods.kip_loss_fn(kernel_fn=kernel_fn, diag_reg=1e-6), optimizer,
                            per_class=5)
   return state, step, real
 
@@ -45,7 +48,7 @@ def _copy(state):
 def test_steps_reduce_the_loss_on_held_batches():
   state, step, real = _setup()
   key = jax.random.key(0)
-  loss_fn = distill.kip_loss_fn(kernel_fn=kernels.make_kernel_fn("fc"), diag_reg=1e-6)
+  loss_fn = methods.kip_loss_fn(kernel_fn=kernels.make_kernel_fn("fc"), diag_reg=1e-6)
   everything = {"images": real["images"], "labels": real["labels"]}
   before = float(loss_fn(state.params, everything))
   state, _ = distill.run_distillation(step, state, real, key=key, num_steps=60, log_every=1000,
@@ -103,28 +106,32 @@ def test_nan_loss_stops_with_advice():
 
 def test_config_validation_messages():
   with pytest.raises(ValueError, match="--ipc"):
-    distill.validate_config(distill.DistillConfig(ipc=0))
+    config_lib.validate_config(config_lib.DistillConfig.make(ipc=0))
   with pytest.raises(ValueError, match="method"):
-    distill.validate_config(dataclasses.replace(distill.DistillConfig(), method="mtt"))
+    config_lib.validate_config(config_lib.DistillConfig.make().replace(method="mtt"))
   with pytest.raises(ValueError, match="--metric"):
-    distill.validate_config(distill.DistillConfig(method="dc", metric="l2"))
+    config_lib.validate_config(config_lib.DistillConfig.make(method="dc", metric="l2"))
   with pytest.raises(ValueError, match="outer_loop"):
-    distill.validate_config(distill.DistillConfig(method="dc", outer_loop=0))
+    config_lib.validate_config(config_lib.DistillConfig.make(method="dc", outer_loop=0))
 
 
 def test_method_defaults_follow_dc_by_ipc_and_keep_explicit_values():
-  dc10 = distill.resolve_config(distill.DistillConfig(method="dc", ipc=10), 10)
-  assert (dc10.outer_loop, dc10.inner_loop, dc10.target_batch) == (10, 50, 2560)
-  assert (dc10.optimizer, dc10.learning_rate, dc10.learn_labels, dc10.augment) == (
-      "sgd", 0.1, False, False)
-  assert distill.resolve_config(distill.DistillConfig(method="dsa", ipc=1), 10).augment
-  lc = distill.resolve_config(distill.DistillConfig(method="lcmat", ipc=50, inner_loop=3,
-                                                    target_batch=100), 10)
-  assert (lc.outer_loop, lc.inner_loop, lc.target_batch) == (50, 3, 100)
-  kip = distill.resolve_config(distill.DistillConfig(), 10)
-  assert (kip.optimizer, kip.learning_rate, kip.target_batch, kip.steps) == ("adam", 0.01, 500,
-                                                                              2000)
-  assert distill.dc_loops(7) == (10, 50) and distill.dc_loops(2) == (1, 1)
+  dc10 = config_lib.resolve_config(config_lib.DistillConfig.make(method="dc", ipc=10), 10)
+  assert (dc10.matching.outer_loop, dc10.matching.inner_loop, dc10.optim.real_per_class) == (
+      10, 50, 256)
+  assert (dc10.optim.optimizer, dc10.optim.learning_rate, dc10.optim.learn_labels,
+          dc10.matching.augment) == ("sgd", 0.1, False, False)
+  assert config_lib.resolve_config(config_lib.DistillConfig.make(method="dsa", ipc=1),
+                                   10).matching.augment
+  lc = config_lib.resolve_config(config_lib.DistillConfig.make(method="lcmat", ipc=50,
+                                                               inner_loop=3, target_batch=100), 10)
+  assert (lc.get("outer_loop"), lc.get("inner_loop"), lc.get("real_per_class")) == (50, 3, 10)
+  assert lc.optim.target_batch is None  # The deprecated total became real_per_class.
+  kip = config_lib.resolve_config(config_lib.DistillConfig.make(), 10)
+  assert (kip.optim.optimizer, kip.optim.learning_rate, kip.optim.real_per_class,
+          kip.steps) == ("adam", 0.01, 50, 2000)
+  assert methods.dc_loops(7) == {"outer_loop": 10, "inner_loop": 50}
+  assert methods.dc_loops(2) == {"outer_loop": 1, "inner_loop": 1}
 
 
 def _matching_setup(updates_per_network, inner_steps=2):
@@ -137,9 +144,9 @@ def _matching_setup(updates_per_network, inner_steps=2):
           "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
   model = models.make_network("convnet", num_classes=3, input_shape=(6, 6, 1), depth=1, width=3)
   apply_fn = models.logits_fn(model)
-  loss_fn = distill.matching_loss_fn(matching.gradient_match_class_loss(apply_fn), num_classes=3,
+  loss_fn = methods.matching_loss_fn(matching.gradient_match_class_loss(apply_fn), num_classes=3,
                                      augment=augment.dsa)
-  network = distill.inner_loop_network(model, input_shape=(6, 6, 1), steps=inner_steps,
+  network = methods.inner_loop_network(model, input_shape=(6, 6, 1), steps=inner_steps,
                                        learning_rate=0.01)
   optimizer = distill.make_optimizer(name="sgd", learning_rate=0.1, learn_labels=False)
   state = distill.init_state(x[[0, 8, 16]], data_lib.one_hot_centered(y[[0, 8, 16]], 3),
@@ -189,7 +196,7 @@ def test_inner_loop_changes_the_network_between_updates():
 
 def _one_cluster_per_class(real, y, per_cluster):
   """Cluster ids = class labels; returns the cluster batch and the same samples class-major."""
-  real = distill.with_clusters(real, y, np.arange(3), width=int(np.bincount(y).max()))
+  real = experiment.with_clusters(real, y, np.arange(3), width=int(np.bincount(y).max()))
   batch = distill.cluster_batch(jax.random.key(4), real, per_cluster=per_cluster)
   flat = {k: batch[k].reshape(-1, *batch[k].shape[2:]) for k in ("images", "labels")}
   return batch, flat
@@ -202,18 +209,17 @@ def test_robust_kip_loss_reduces_to_plain_kip_and_to_the_worst_cluster():
   assert bool(batch["mask"].all()) and batch["images"].shape == (3, 5, 12)
   params = {"images": jnp.asarray(x[[1, 21, 41]]),
             "labels": data_lib.one_hot_centered(jnp.asarray([0, 1, 2]), 3)}
-  plain = jax.jit(distill.kip_loss_fn(kernel_fn=kernel_fn))(params, flat)
-  mean = jax.jit(distill.robust_kip_loss_fn(kernel_fn=kernel_fn, robust_weight=0.0))(params,
+  plain = jax.jit(methods.kip_loss_fn(kernel_fn=kernel_fn))(params, flat)
+  mean = jax.jit(methods.robust_kip_loss_fn(kernel_fn=kernel_fn, robust_weight=0.0))(params,
                                                                                     batch)
   np.testing.assert_allclose(mean, plain, rtol=1e-5)
-  from robust_dd import krr
   per_cluster = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
                                        batch["labels"], batch["mask"], kernel_fn=kernel_fn)
-  worst = jax.jit(distill.robust_kip_loss_fn(kernel_fn=kernel_fn, robust_weight=1.0,
+  worst = jax.jit(methods.robust_kip_loss_fn(kernel_fn=kernel_fn, robust_weight=1.0,
                                              tail_fraction=0.1))(params, batch)
   np.testing.assert_allclose(worst, per_cluster.max(), rtol=1e-4)
   # The robust gradient reaches the synthetic images.
-  g = jax.jit(jax.grad(distill.robust_kip_loss_fn(kernel_fn=kernel_fn)))(params, batch)
+  g = jax.jit(jax.grad(methods.robust_kip_loss_fn(kernel_fn=kernel_fn)))(params, batch)
   g = g["images"]
   assert float(jnp.abs(g).max()) > 0
 
@@ -225,7 +231,7 @@ def test_robust_matching_loss_reduces_to_plain_matching():
   net = network.init(jax.random.key(5))
   model = models.make_network("convnet", num_classes=3, input_shape=(6, 6, 1), depth=1, width=3)
   class_loss = matching.gradient_match_class_loss(models.logits_fn(model))
-  robust = distill.robust_matching_loss_fn(class_loss, num_classes=3, robust_weight=0.0,
+  robust = methods.robust_matching_loss_fn(class_loss, num_classes=3, robust_weight=0.0,
                                            augment=augment.dsa)
   key = jax.random.key(6)
   np.testing.assert_allclose(jax.jit(robust)(state.params, batch, net, key),
@@ -236,29 +242,29 @@ def test_cluster_real_ids_classes_and_counts():
   x, y, _ = _problem(n_per_class=12)
   syn = x[[0, 1, 12, 13, 24, 25]]  # IPC 2.
   key = jax.random.key(0)
-  base = distill.DistillConfig(ipc=2, num_clusters=3)
-  ids, cc = distill.cluster_real(base, key, x, y, num_classes=3)
+  base = config_lib.DistillConfig.make(ipc=2, num_clusters=3)
+  ids, cc = experiment.cluster_real(base, key, x, y, num_classes=3)
   assert len(cc) == 9 and np.all(cc[ids] == y) and len(np.unique(ids)) == 9
-  glob = dataclasses.replace(base, cluster_scope="global")
-  ids, cc = distill.cluster_real(glob, key, x, y, num_classes=3)
+  glob = base.replace(cluster_scope="global")
+  ids, cc = experiment.cluster_real(glob, key, x, y, num_classes=3)
   assert cc.tolist() == [-1, -1, -1] and set(ids) <= {0, 1, 2}  # KIP: clusters may mix classes.
-  ids, cc = distill.cluster_real(dataclasses.replace(glob, method="dc"), key, x, y, num_classes=3)
+  ids, cc = experiment.cluster_real(glob.replace(method="dc"), key, x, y, num_classes=3)
   assert len(cc) == 9 and np.all(cc[ids] == y)  # Matching: each global cluster split by class.
-  proto = dataclasses.replace(base, cluster_assignment="prototype")
-  ids, cc = distill.cluster_real(proto, key, x, y, num_classes=3, syn_images=syn)
+  proto = base.replace(cluster_assignment="prototype")
+  ids, cc = experiment.cluster_real(proto, key, x, y, num_classes=3, syn_images=syn)
   assert len(cc) == 6 and np.all(cc[ids] == y)
   d = ((x[:, None] - syn[None]) ** 2).sum(-1)
   d[cc[None, :] != y[:, None]] = np.inf
   np.testing.assert_array_equal(ids, d.argmin(1))
-  assert distill.resolve_config(proto, 3).recluster_every == 1
-  assert distill.resolve_config(base, 3).recluster_every == 0
+  assert config_lib.resolve_config(proto, 3).robust.recluster_every == 1
+  assert config_lib.resolve_config(base, 3).robust.recluster_every == 0
 
 
 def test_reclusterer_is_a_function_of_the_step_and_follows_the_synthetic_set():
   x, y, real = _problem(n_per_class=12)
-  config = distill.DistillConfig(ipc=1, cluster_assignment="prototype", cluster_scope="global",
+  config = config_lib.DistillConfig.make(ipc=1, cluster_assignment="prototype", cluster_scope="global",
                                  cluster_features="random")
-  recluster = distill.make_reclusterer(config, real, x, y, num_classes=3,
+  recluster = experiment.make_reclusterer(config, real, x, y, num_classes=3,
                                        key=jax.random.key(0))
   optimizer = distill.make_optimizer()
   state = distill.init_state(x[[0, 12, 24]], data_lib.one_hot_centered(jnp.arange(3), 3),
@@ -281,7 +287,7 @@ def test_robust_config_validation():
                        (dict(recluster_every=3, checkpoint_every=10), "multiple"),
                        (dict(subgroup="blur"), "subgroup")):
     with pytest.raises(ValueError, match=message):
-      distill.validate_config(distill.DistillConfig(**bad))
+      config_lib.validate_config(config_lib.DistillConfig.make(**bad))
 
 
 def test_robustness_table_groups_runs_and_averages_over_seeds():
@@ -293,7 +299,7 @@ def test_robustness_table_groups_runs_and_averages_over_seeds():
                        "robust_weight": 0.5}, "steps": 10, "distilled_robustness": rob,
             "random_subset_robustness": rob}
 
-  table = distill.robustness_table([run("cvar", 0.6), run("cvar", 0.8), run("none", 0.5)])
+  table = reporting.robustness_table([run("cvar", 0.6), run("cvar", 0.8), run("none", 0.5)])
   lines = table.splitlines()
   assert len(lines) == 4
   assert lines[2].startswith("| kip | 1 | plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 |")
@@ -342,8 +348,8 @@ def _importance_setup(every):
   idx = np.array([0, 20, 40])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 3), optimizer,
                              num_real=len(y))
-  sample_losses = distill.kip_sample_losses(kernel_fn=kernel_fn)
-  step = distill.make_step(distill.kip_loss_fn(kernel_fn=kernel_fn), optimizer,
+  sample_losses = methods.kip_sample_losses(kernel_fn=kernel_fn)
+  step = distill.make_step(methods.kip_loss_fn(kernel_fn=kernel_fn), optimizer,
                            sample_batch=functools.partial(distill.class_balanced_batch,
                                                           per_class=5, unbiased=True),
                            rescore=distill.importance_rescorer(sample_losses, beta=0.5),
@@ -379,24 +385,24 @@ def test_importance_sampler_state_is_rescored_every_r_steps_and_resumes_exactly(
   np.testing.assert_array_equal(resumed.sampler, straight.sampler)
 
 
-@pytest.mark.parametrize("init", list(distill.INIT_METHODS))
+@pytest.mark.parametrize("init", list(config_lib.INIT_METHODS))
 def test_initial_indices_per_class(init):
   x, y, _ = _problem()
-  config = distill.DistillConfig(ipc=2, init=init, dedup_quantile=0.1)
-  idx, w = distill.initial_indices(config, jax.random.key(0), x, y, num_classes=3)
+  config = config_lib.DistillConfig.make(ipc=2, init=init, dedup_quantile=0.1)
+  idx, w = experiment.initial_indices(config, jax.random.key(0), x, y, num_classes=3)
   assert len(set(idx.tolist())) == 6
   np.testing.assert_array_equal(y[idx], np.repeat(np.arange(3), 2))
   assert np.all(w > 0)
   with pytest.raises(ValueError, match="init"):
-    distill.validate_config(distill.DistillConfig(init="best"))
+    config_lib.validate_config(config_lib.DistillConfig.make(init="best"))
   with pytest.raises(ValueError, match="sampler_every"):
-    distill.validate_config(distill.DistillConfig(sampler="importance", sampler_every=0))
+    config_lib.validate_config(config_lib.DistillConfig.make(sampler="importance", sampler_every=0))
 
 
 def test_importance_cluster_batches_weight_the_mask():
   _, y, real = _problem()
   ids = 2 * y + (np.arange(len(y)) % 2)  # Two clusters per class: even and odd positions.
-  real = distill.with_clusters(real, ids, np.repeat(np.arange(3), 2), width=10)
+  real = experiment.with_clusters(real, ids, np.repeat(np.arange(3), 2), width=10)
   key = jax.random.key(2)
   plain = distill.cluster_batch(key, real, per_cluster=4)
   uniform = distill.cluster_batch(key, real, per_cluster=4, probs=jnp.ones(len(y)),

@@ -88,8 +88,9 @@ def test_kip_cluster_losses_equal_a_numpy_loop_over_unmasked_targets():
     expected.append(0.5 * np.mean(np.sum((y - (x @ xs.T + 1.0) @ alpha) ** 2, -1)) if len(x)
                     else 0.0)
   np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-6)
-  looped = krr.kip_cluster_losses(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
-                                  jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.float32),
-                                  jnp.asarray(mask), kernel_fn=kernel_fn, diag_reg=1e-2,
-                                  use_vmap=False)
-  np.testing.assert_allclose(got, looped, rtol=1e-6)
+  looped = [krr.kip_cluster_losses(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                   jnp.asarray(xt[k:k + 1], jnp.float32),
+                                   jnp.asarray(yt[k:k + 1], jnp.float32),
+                                   jnp.asarray(mask[k:k + 1]), kernel_fn=kernel_fn,
+                                   diag_reg=1e-2)[0] for k in range(4)]
+  np.testing.assert_allclose(got, looped, rtol=1e-6)  # The vmap equals one cluster at a time.

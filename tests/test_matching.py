@@ -72,7 +72,7 @@ def test_vmapped_per_class_loss_equals_a_loop_with_and_without_dsa():
   for aug in (None, augment.dsa):
     kw = dict(key=jax.random.key(3), augment=aug)
     vmapped = matching.per_class_losses(class_loss, params, syn, real, **kw)
-    looped = matching.per_class_losses(class_loss, params, syn, real, use_vmap=False, **kw)
+    looped = matching.per_class_losses(class_loss, params, syn, real, class_batch=1, **kw)
     assert vmapped.shape == (3,)
     np.testing.assert_allclose(vmapped, looped, rtol=1e-4, atol=1e-5)
     chunked = matching.per_class_losses(class_loss, params, syn, real, class_batch=2, **kw)
@@ -128,13 +128,13 @@ def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
   class_loss = matching.gradient_match_class_loss(apply_fn)
 
   @functools.partial(jax.jit, static_argnums=(0, 1))
-  def losses(use_vmap, cluster_batch, syn, real, mask):
+  def losses(cluster_batch, syn, real, mask):
     return matching.per_cluster_match_losses(class_loss, params, syn, real, mask, cluster_class,
-                                       use_vmap=use_vmap, cluster_batch=cluster_batch)
+                                             cluster_batch=cluster_batch)
 
-  vmapped = losses(True, None, syn, real, mask)
-  np.testing.assert_allclose(vmapped, losses(False, None, syn, real, mask), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(vmapped, losses(True, 2, syn, real, mask), rtol=1e-5, atol=1e-6)
+  vmapped = losses(None, syn, real, mask)
+  np.testing.assert_allclose(vmapped, losses(1, syn, real, mask), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(vmapped, losses(2, syn, real, mask), rtol=1e-5, atol=1e-6)
   # Cluster k's loss is the class loss on its unmasked real rows only.
   one = jax.jit(class_loss)
   for k in range(4):

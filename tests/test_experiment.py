@@ -1,36 +1,42 @@
-"""End to end: `python -m experiments.distill` outputs, resume, determinism and bad input."""
+"""End to end, in-process: `experiment.distill_experiment` and `evaluate_workdir` outputs, resume,
+determinism and bad input (the drivers' flags and exit codes: tests/test_drivers.py)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from robust_dd import config as config_lib
 from robust_dd import data as data_lib
 from robust_dd import evaluate
+from robust_dd import experiment
 from robust_dd import kernels
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--dataset=digits", "--ipc=2", "--target_batch=100", "--log_every=10",
-        "--checkpoint_every=10", "--baseline_draws=2"]
+FAST = dict(dataset="digits", ipc=2, real_per_class=10, log_every=10, checkpoint_every=10,
+            baseline_draws=2)
 
 
-def run(*flags, check=True, module="experiments.distill"):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  result = subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, env=env)
-  if check:
-    assert result.returncode == 0, result.stderr[-3000:]
-  return result
+class Run:
+  """The outputs of one in-process run: workdir, printed lines (stdout), metrics."""
+
+  def __init__(self, workdir, **fields):
+    self.lines = []
+    self.workdir = workdir
+    self.metrics = experiment.distill_experiment(config_lib.DistillConfig.make(**fields), workdir,
+                                                 log=self.lines.append)
+    self.stdout = "\n".join(self.lines)
+
+
+def run(*, workdir, **fields) -> Run:
+  return Run(str(workdir), **fields)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run") / "w")
-  result = run(*FAST, "--zca", "--steps=30", f"--workdir={workdir}")
+  result = run(**FAST, zca=True, steps=30, workdir=workdir)
   return workdir, result.stdout
 
 
@@ -63,40 +69,64 @@ def test_saved_set_with_its_preprocessing_scores_new_data_as_reported(finished):
 def test_rerun_resumes_from_checkpoint_and_matches_uninterrupted(finished, tmp_path):
   workdir, _ = finished
   part = str(tmp_path / "part")
-  run(*FAST, "--zca", "--steps=20", f"--workdir={part}")
-  result = run(*FAST, "--zca", "--steps=30", f"--workdir={part}")
+  run(**FAST, zca=True, steps=20, workdir=part)
+  result = run(**FAST, zca=True, steps=30, workdir=part)
   assert "Resuming from step 20" in result.stdout
   a = np.load(os.path.join(part, "distilled.npz"))["images"]
   b = np.load(os.path.join(workdir, "distilled.npz"))["images"]
   np.testing.assert_array_equal(a, b)  # Same seed, same flags: identical distilled set.
 
 
-def test_bad_input_stops_with_what_to_change(finished, tmp_path):
+def test_bad_input_stops_with_what_to_change_and_writes_nothing(finished, tmp_path):
   workdir, _ = finished
-  result = run(*FAST, "--zca", "--ipc=3", "--steps=30", f"--workdir={workdir}", check=False)
-  assert result.returncode == 2 and "different config (ipc" in result.stderr
-  result = run("--dataset=nope", f"--workdir={tmp_path / 'a'}", check=False)
-  assert result.returncode == 2 and "Unknown dataset 'nope'" in result.stderr
-  result = run("--dataset=digits", "--ipc=1000", f"--workdir={tmp_path / 'b'}", check=False)
-  assert result.returncode == 2 and "Lower it to at most" in result.stderr
+  cases = [(dict(FAST, zca=True, ipc=3, steps=30), workdir, "different config (ipc"),
+           (dict(dataset="nope"), tmp_path / "a", "Unknown dataset 'nope'"),
+           (dict(dataset="digits", ipc=1000), tmp_path / "b", "Lower it to at most"),
+           (dict(FAST, robust="cvar", num_clusters=100000), tmp_path / "c", "--num_clusters"),
+           (dict(FAST, learning_rate=float("nan")), tmp_path / "d", "--learning_rate=nan"),
+           (dict(FAST, tail_fraction=float("inf")), tmp_path / "e", "finite")]
   bad = np.random.default_rng(0).random((20, 4, 4))
   bad[0, 0, 0] = np.nan
   np.savez(tmp_path / "bad.npz", x_train=bad, y_train=np.arange(20) % 2, x_test=bad,
            y_test=np.arange(20) % 2)
-  result = run("--dataset=npz", f"--data_path={tmp_path / 'bad.npz'}",
-               f"--workdir={tmp_path / 'c'}", check=False)
-  assert result.returncode == 2 and "NaN" in result.stderr
+  cases.append((dict(dataset="npz", data_path=str(tmp_path / "bad.npz")), tmp_path / "f", "NaN"))
+  for fields, w, message in cases:
+    with pytest.raises(ValueError, match=message):
+      run(workdir=w, **fields)
+    assert w == workdir or not os.path.exists(w), w  # Refused before anything was written.
+  # The refused robust run left nothing behind, so the corrected flags run in the same workdir.
+  fixed = run(workdir=tmp_path / "c", **dict(FAST, robust="cvar", num_clusters=2, steps=2))
+  assert fixed.metrics["steps"] == 2
+
+
+def test_unwritable_workdir_and_stale_temporaries(tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  os.chmod(locked, 0o500)
+  try:
+    if os.access(locked, os.W_OK):
+      pytest.skip("running as a user that can write anywhere (root ignores permissions)")
+    with pytest.raises(ValueError, match="not writable"):
+      run(workdir=locked / "w", **FAST, steps=1)
+  finally:
+    os.chmod(locked, 0o700)
+  workdir = tmp_path / "w"
+  (workdir / "checkpoints").mkdir(parents=True)
+  stale = workdir / "checkpoints" / ".tmp-abc-ckpt_00000010.npz"
+  stale.write_bytes(b"truncated")
+  run(workdir=workdir, **FAST, steps=1)
+  assert not stale.exists()
 
 
 # DC on digits with a tiny ConvNet: 8x8 images, width 8, 64 real images per class per update.
-DC = ["--method=dc", "--dataset=digits", "--ipc=1", "--net_width=8", "--target_batch=640",
-      "--log_every=2", "--checkpoint_every=2", "--eval_epochs=20", "--eval_seeds=2"]
+DC = dict(method="dc", dataset="digits", ipc=1, net_width=8, real_per_class=64, log_every=2,
+          checkpoint_every=2, eval_epochs=20, eval_seeds=2)
 
 
 @pytest.fixture(scope="module")
 def dc_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("dc") / "w")
-  result = run(*DC, "--steps=4", f"--workdir={workdir}")
+  result = run(**DC, steps=4, workdir=workdir)
   return workdir, result.stdout
 
 
@@ -106,7 +136,8 @@ def test_dc_driver_outputs_and_finite_network_evaluation(dc_run):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert "outer_loop 1, inner_loop 1, real batch 64/class" in stdout and "step      2/4" in stdout
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-  assert metrics["config"]["optimizer"] == "sgd" and metrics["config"]["learn_labels"] is False
+  assert metrics["flags"]["optimizer"] == "sgd" and metrics["flags"]["learn_labels"] is False
+  assert metrics["config"]["optim"]["optimizer"] == "sgd"
   assert "ConvNet-3 w8, 20 epochs" in metrics["evaluator"]
   assert len(metrics["distilled_test_accs"]) == 2 and len(metrics["random_subset_test_acc"]) == 2
   assert np.isclose(metrics["distilled_test_acc"], np.mean(metrics["distilled_test_accs"]))
@@ -118,8 +149,8 @@ def test_dc_driver_outputs_and_finite_network_evaluation(dc_run):
 def test_dc_resume_equals_uninterrupted(dc_run, tmp_path):
   workdir, _ = dc_run
   part = str(tmp_path / "part")
-  run(*DC, "--steps=2", "--eval_seeds=1", f"--workdir={part}")
-  result = run(*DC, "--steps=4", "--eval_seeds=1", f"--workdir={part}")
+  run(**dict(DC, eval_seeds=1), steps=2, workdir=part)
+  result = run(**dict(DC, eval_seeds=1), steps=4, workdir=part)
   assert "Resuming from step 2" in result.stdout
   np.testing.assert_array_equal(np.load(os.path.join(part, "distilled.npz"))["images"],
                                 np.load(os.path.join(workdir, "distilled.npz"))["images"])
@@ -127,8 +158,9 @@ def test_dc_resume_equals_uninterrupted(dc_run, tmp_path):
 
 def test_evaluate_driver_reproduces_the_run_and_adds_krr(dc_run):
   workdir, _ = dc_run
-  result = run(f"--workdir={workdir}", "--krr", "--nobaseline", module="experiments.evaluate")
-  report = json.load(open(os.path.join(workdir, "evaluation.json")))
+  lines = []
+  report = experiment.evaluate_workdir(workdir, krr=True, baseline=False, log=lines.append)
+  assert report == json.load(open(os.path.join(workdir, "evaluation.json")))
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   # Same evaluator settings and seed as the run's own evaluation: the same accuracies.
   assert report["network"]["distilled_test_accs"] == metrics["distilled_test_accs"]
@@ -138,19 +170,19 @@ def test_evaluate_driver_reproduces_the_run_and_adds_krr(dc_run):
   acc = evaluate.krr_accuracy(kernels.make_kernel_fn("fc"), saved["images"], saved["labels"], x,
                               ds.y_test)
   assert report["krr"]["distilled_test_accs"] == [acc]
-  assert "| dc | digits | 1 |" in result.stdout
-  missing = run("--workdir=/nonexistent", module="experiments.evaluate", check=False)
-  assert missing.returncode == 2 and "does not exist" in missing.stderr
+  assert "| dc | digits | 1 |" in lines[-1]
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    experiment.evaluate_workdir("/nonexistent")
 
 
 # Robust KIP on the rare-subgroup digits: prototype clusters (IPC 2 per class -> 20 clusters),
 # reclustered every step.
-ROBUST = [*FAST, "--robust=cvar", "--subgroup=invert", "--cluster_assignment=prototype"]
+ROBUST = dict(FAST, robust="cvar", subgroup="invert", cluster_assignment="prototype")
 
 
 def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
-  result = run(*ROBUST, "--steps=20", f"--workdir={full}")
+  result = run(**ROBUST, steps=20, workdir=full)
   assert "over 20 clusters (prototype on pixels, per class, reclustered every 1 steps)" in (
       result.stdout)
   metrics = json.load(open(os.path.join(full, "metrics.json")))
@@ -163,8 +195,8 @@ def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
     assert np.isclose(r["accuracy"], np.mean(metrics[
         "distilled_test_accs" if name.startswith("distilled") else "random_subset_test_acc"]))
   assert metrics["split"]["subgroup"]["transform"] == "invert"
-  run(*ROBUST, "--steps=10", f"--workdir={part}")
-  result = run(*ROBUST, "--steps=20", f"--workdir={part}")
+  run(**ROBUST, steps=10, workdir=part)
+  result = run(**ROBUST, steps=20, workdir=part)
   assert "Resuming from step 10" in result.stdout
   np.testing.assert_array_equal(np.load(os.path.join(part, "distilled.npz"))["images"],
                                 np.load(os.path.join(full, "distilled.npz"))["images"])
@@ -173,22 +205,22 @@ def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
 # Provable subset selection on DC: a sensitivity init and importance-sampled batches rescored
 # at step 0 by a network trained on the synthetic set; the run stopped after step 1 resumes with
 # the checkpointed sampler state (step 1 is not rescored).
-IMPORTANCE = [*DC, "--init=sensitivity_kmeans", "--sampler=importance", "--sampler_every=2",
-              "--sampler_train_steps=3", "--sampler_unbiased", "--eval_seeds=1",
-              "--norobust_eval", "--checkpoint_every=1", "--log_every=1"]
+IMPORTANCE = dict(DC, init="sensitivity_kmeans", sampler="importance", sampler_every=2,
+                  sampler_train_steps=3, sampler_unbiased=True, eval_seeds=1, robust_eval=False,
+                  checkpoint_every=1, log_every=1)
 
 
 def test_importance_sampled_dc_resumes_exactly(tmp_path):
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
-  result = run(*IMPORTANCE, "--steps=2", f"--workdir={full}")
+  result = run(**IMPORTANCE, steps=2, workdir=full)
   assert "Initialised with --init=sensitivity_kmeans" in result.stdout
   assert "rescored every 2 steps, beta 0.5, unbiased weights" in result.stdout
   metrics = json.load(open(os.path.join(full, "metrics.json")))
   init = metrics["init"]
   assert init["method"] == "sensitivity_kmeans" and len(init["indices"]) == 10
   assert min(init["weights"]) >= 1.0
-  run(*IMPORTANCE, "--steps=1", f"--workdir={part}")
-  result = run(*IMPORTANCE, "--steps=2", f"--workdir={part}")
+  run(**IMPORTANCE, steps=1, workdir=part)
+  result = run(**IMPORTANCE, steps=2, workdir=part)
   assert "Resuming from step 1" in result.stdout
   np.testing.assert_array_equal(np.load(os.path.join(part, "distilled.npz"))["images"],
                                 np.load(os.path.join(full, "distilled.npz"))["images"])

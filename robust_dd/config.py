@@ -1,0 +1,523 @@
+"""Run configurations: nested, frozen dataclasses with per-method presets and validation.
+
+A `DistillConfig` is a few top-level fields (method, ipc, steps, seed, logging) and one section per
+concern: `data`, `kernel`, `network`, `matching`, `optim`, `robust`, `sampler`, `evaluation`.
+`SelectConfig` (coreset selection) reuses the data, kernel, network and evaluation sections.
+
+Every leaf field is also a command-line flag; its flag name is the field name unless the field's
+metadata says otherwise (`kernel.kind` is `--kernel`, `robust.objective` is `--robust`,
+`sampler.kind` is `--sampler`). Flag names are unique within a config class, so a config can be
+built from, compared as, and saved as a flat dict of flag names (`make`, `replace`, `flat`).
+
+Fields whose default is None take the method's preset (`methods.METHODS[name].defaults`) in
+`resolve_config`; the resolved config is what a run saves and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import typing
+from typing import Any, Optional
+
+from robust_dd import cluster
+from robust_dd import curvature
+from robust_dd import data as data_lib
+from robust_dd import distill
+from robust_dd import kernels
+from robust_dd import matching
+from robust_dd import methods as methods_lib
+from robust_dd import models
+from robust_dd import select
+
+# Flags that may change between a run and its resumption without changing its result.
+RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir", "eval_seeds",
+             "eval_epochs", "eval_batch", "eval_augment", "baseline_draws", "robust_eval")
+# Choices of string fields, checked by `validate_config` and shown by `--help`.
+ARCHITECTURES = kernels.ARCHITECTURES
+KERNELS = kernels.KERNELS
+NETS = models.NETWORKS
+CONV_IMPLS = models.CONV_IMPLS
+METRICS = matching.METRICS
+HVP_MODES = curvature.HVP_MODES
+OPTIMIZERS = distill.OPTIMIZERS
+ROBUST = ("none", "cvar")
+CLUSTER_FEATURES = cluster.FEATURES
+CLUSTER_ASSIGNMENTS = ("kmeans", "prototype")
+CLUSTER_SCOPES = ("class", "global")
+SUBGROUPS = ("none", *data_lib.SUBGROUPS)
+SAMPLERS = ("uniform", "importance")
+# --init choices and the `select` method each runs (random keeps the class-balanced draw).
+INIT_METHODS = {"random": None, "kmeans_centers": "kmeans_centers",
+                "sensitivity_kmeans": "sensitivity", "sensitivity_krr": "sensitivity_krr"}
+
+
+def _field(default, help: str, *, choices=None, flag: Optional[str] = None):  # pylint: disable=redefined-builtin
+  """A config field: its default, its flag's help text, choices and flag name."""
+  return dataclasses.field(default=default,
+                           metadata={"help": help, "choices": choices, "flag": flag})
+
+
+def _section(cls):
+  return dataclasses.field(default_factory=cls, metadata={"section": True})
+
+
+class _Config:
+  """Flat access by flag name to a config of sections (mixed into the config dataclasses)."""
+
+  @classmethod
+  def make(cls, **fields):
+    """A config from flag names (`dataset=...`) and/or whole sections (`data=DataConfig()`)."""
+    return cls().replace(**fields)
+
+  def replace(self, **fields):
+    """A copy with the given flag-named fields (or whole sections) replaced."""
+    where = _flag_paths(type(self))
+    unknown = sorted(set(fields) - set(where) - set(_section_names(type(self))))
+    if unknown:
+      raise ValueError(f"Unknown config fields {unknown} for {type(self).__name__}.")
+    # `kernel`, `robust` and `sampler` name both a section and a flag: a dataclass is a section.
+    top = {k: v for k, v in fields.items()
+           if k in _section_names(type(self)) and dataclasses.is_dataclass(v)}
+    by_section: dict[Optional[str], dict[str, Any]] = {}
+    for name, value in fields.items():
+      if name in where and name not in top:
+        section, attr = where[name]
+        by_section.setdefault(section, {})[attr] = value
+    for section, changes in by_section.items():
+      if section is None:
+        top.update(changes)
+      else:
+        top[section] = dataclasses.replace(top.get(section, getattr(self, section)), **changes)
+    return dataclasses.replace(self, **top)
+
+  def flat(self) -> dict[str, Any]:
+    """{flag name: value} of every leaf field."""
+    return {name: self.get(name) for name in _flag_paths(type(self))}
+
+  def get(self, name: str):
+    """The value of the field whose flag is `name`."""
+    section, attr = _flag_paths(type(self))[name]
+    return getattr(self if section is None else getattr(self, section), attr)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The nested dict saved as config.json (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  @classmethod
+  def from_dict(cls, saved: dict[str, Any]):
+    """A config from `to_dict`'s nested dict or from an older flat dict of flag names; keys this
+    version does not know are dropped."""
+    sections = _section_names(cls)
+    flat = {}
+    for key, value in saved.items():
+      if key in sections and isinstance(value, dict):
+        paths = {attr: name for name, (section, attr) in _flag_paths(cls).items()
+                 if section == key}
+        flat.update({paths[a]: v for a, v in value.items() if a in paths})
+      else:
+        flat[key] = value
+    known = _flag_paths(cls)
+    flat = {k: (tuple(v) if isinstance(v, list) else v) for k, v in flat.items() if k in known}
+    return cls.make(**flat)
+
+
+@functools.lru_cache(maxsize=None)
+def _section_names(cls) -> tuple[str, ...]:
+  return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("section"))
+
+
+@functools.lru_cache(maxsize=None)
+def _flag_paths(cls) -> dict[str, tuple[Optional[str], str]]:
+  """{flag name: (section or None, attribute)} of every leaf field of `cls`."""
+  paths = {}
+  for f in dataclasses.fields(cls):
+    if f.metadata.get("section"):
+      for g in dataclasses.fields(f.default_factory):
+        paths[g.metadata.get("flag") or g.name] = (f.name, g.name)
+    else:
+      paths[f.metadata.get("flag") or f.name] = (None, f.name)
+  return paths
+
+
+class FlagSpec(typing.NamedTuple):
+  """One command-line flag of a config field (what `experiments._flags` defines)."""
+  name: str
+  kind: str            # bool, int, float, str, enum or list
+  default: Any
+  help: str
+  choices: Optional[tuple[str, ...]]
+  section: Optional[str]
+
+
+def _kind(annotation) -> str:
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  base = args[0] if args and typing.get_origin(annotation) is typing.Union else annotation
+  if typing.get_origin(base) is tuple:
+    return "list"
+  return {bool: "bool", int: "int", float: "float", str: "str"}[base]
+
+
+def flag_specs(cls) -> list[FlagSpec]:
+  """The flags of every leaf field of `cls`, in field order (top level first)."""
+  specs = []
+  for f in dataclasses.fields(cls):
+    if f.metadata.get("section"):
+      continue
+    specs.append(_spec(cls, f, None))
+  for f in dataclasses.fields(cls):
+    if f.metadata.get("section"):
+      specs.extend(_spec(f.default_factory, g, f.name)
+                   for g in dataclasses.fields(f.default_factory))
+  return specs
+
+
+def _spec(cls, f: dataclasses.Field, section: Optional[str]) -> FlagSpec:
+  name = f.metadata.get("flag") or f.name
+  kind = _kind(typing.get_type_hints(cls)[f.name])
+  choices = f.metadata.get("choices")
+  if choices is not None:
+    kind = "enum" if kind == "str" else kind
+    choices = tuple(choices)
+  return FlagSpec(name, kind, f.default, f.metadata["help"] + _preset_help(name), choices,
+                  section)
+
+
+def _preset_help(name: str) -> str:
+  """' Default by method: kip 0.01; dc, dsa, lcmat 0.1.' for fields with per-method presets."""
+  by_value: dict[str, list[str]] = {}
+  for method in methods_lib.METHODS.values():
+    if method.ipc_defaults is not None and name in method.ipc_defaults(1):
+      value = "by IPC (" + ", ".join(f"{ipc}: {method.ipc_defaults(ipc)[name]}"
+                                     for ipc in (1, 10, 50)) + ")"
+    elif name in method.defaults:
+      value = repr(method.defaults[name])
+    else:
+      continue
+    by_value.setdefault(value, []).append(method.name)
+  if not by_value:
+    return ""
+  return " Default by method: " + "; ".join(f"{', '.join(m)} {v}"
+                                            for v, m in by_value.items()) + "."
+
+
+# ------------------------------------------------------------------------------- the sections
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The dataset, its split and preprocessing, and the rare-subgroup benchmark."""
+  dataset: str = _field("mnist5k", "digits, mnist5k, mnist1d, npz, or tfds:NAME.")
+  data_dir: Optional[str] = _field(None, "TFDS data directory.")
+  data_path: Optional[str] = _field(None, "With --dataset=npz: a .npz with x_train, y_train, "
+                                    "x_test, y_test.")
+  split_seed: int = _field(0, "Seed of the train/test split we make.")
+  zca: bool = _field(False, "ZCA-whiten (fitted on training data) after standardising.")
+  zca_reg: float = _field(0.1, "ZCA regularisation (times the mean eigenvalue).")
+  subgroup: str = _field("none", "Rare-subgroup benchmark: transform a rare part of every class "
+                         "(train) and a larger part (test), reported separately.",
+                         choices=SUBGROUPS)
+  subgroup_train_fraction: float = _field(0.05, "Fraction of each class's training samples in "
+                                          "the subgroup.")
+  subgroup_test_fraction: float = _field(0.5, "Fraction of each class's test samples in the "
+                                         "subgroup.")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+  """The infinite-width kernel of KIP's loss and of KRR evaluation."""
+  arch: str = _field("fc", "Kernel architecture.", choices=ARCHITECTURES)
+  kind: str = _field("ntk", "Infinite-width kernel.", choices=KERNELS, flag="kernel")
+  depth: int = _field(1, "Hidden layers (fc) or conv blocks (conv).")
+  w_std: float = _field(math.sqrt(2.0), "Weight standard deviation.")
+  b_std: float = _field(0.1, "Bias standard deviation.")
+  pool: bool = _field(False, "conv: AvgPool 2x2 after each block (memory O((HW)^2)).")
+  diag_reg: float = _field(1e-6, "KRR ridge, relative to the mean kernel diagonal.")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+  """The finite network of matching methods and of finite-network evaluation."""
+  net: str = _field("auto", "Network (auto: ConvNet for images, MLP for flat inputs).",
+                    choices=NETS)
+  net_depth: int = _field(3, "ConvNet blocks / MLP hidden layers.")
+  net_width: int = _field(128, "ConvNet channels / MLP units.")
+  conv_impl: str = _field("patches", "Convolution as one matmul (patches, faster under vmap on "
+                          "CPU) or lax.conv.", choices=CONV_IMPLS)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchingConfig:
+  """Gradient and curvature matching (DC, DSA, LCMat): the outer and inner loops, the distance."""
+  outer_loop: Optional[int] = _field(None, "Set updates per fresh network.")
+  inner_loop: Optional[int] = _field(None, "Network SGD steps on the set between updates.")
+  net_learning_rate: float = _field(0.01, "Inner-loop SGD learning rate.")
+  metric: str = _field("ours", "Gradient-matching distance.", choices=METRICS)
+  augment: Optional[bool] = _field(None, "Siamese DSA in matching.")
+  rho: float = _field(0.05, "LCMat: radius of the adversarial direction.")
+  gamma: float = _field(1.0, "LCMat: weight of the curvature term.")
+  hvp: str = _field("exact", "LCMat: Hessian-vector product.", choices=HVP_MODES)
+  class_batch: int = _field(0, "Classes vmapped at once in matching losses (0: all). Lower it to "
+                            "bound memory, e.g. for lcmat with 256 images/class.")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The optimiser of the synthetic set and the real samples each update sees."""
+  optimizer: Optional[str] = _field(None, "Optimiser of the synthetic set.", choices=OPTIMIZERS)
+  learning_rate: Optional[float] = _field(None, "Learning rate of the synthetic set.")
+  momentum: float = _field(0.5, "SGD momentum of the synthetic set.")
+  learn_labels: Optional[bool] = _field(None, "Learn the synthetic labels too.")
+  real_per_class: Optional[int] = _field(None, "Real samples of each class drawn for every "
+                                         "update of the set (robust runs: this times the number "
+                                         "of classes, shared equally by the clusters).")
+  target_batch: Optional[int] = _field(None, "Deprecated alias: real samples per update in "
+                                       "total (= --real_per_class times the number of "
+                                       "classes).")
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustConfig:
+  """Group robustness (docs/methods.md, group-robust distillation): CVaR over clusters."""
+  objective: str = _field("none", "cvar: minimise (1 - robust_weight) * mean + robust_weight * "
+                          "CVaR of per-cluster losses.", choices=ROBUST, flag="robust")
+  tail_fraction: float = _field(0.2, "CVaR tail fraction alpha in (0, 1] (1: the mean; small: "
+                                "the worst cluster).")
+  robust_weight: float = _field(0.5, "Weight lambda of CVaR against the mean.")
+  num_clusters: int = _field(5, "k-means clusters, per class with --cluster_scope=class (ignored "
+                             "by prototype assignment: IPC per class).")
+  cluster_features: str = _field("pixels", "Features clustered: inputs, random ReLU features, or "
+                                 "a random network's embedding (redrawn at every reclustering).",
+                                 choices=CLUSTER_FEATURES)
+  cluster_assignment: str = _field("kmeans", "kmeans, or prototype: each real sample joins its "
+                                   "nearest synthetic image.", choices=CLUSTER_ASSIGNMENTS)
+  cluster_scope: str = _field("class", "Cluster within each class or globally.",
+                              choices=CLUSTER_SCOPES)
+  recluster_every: Optional[int] = _field(None, "Steps between reclusterings (0: once; default "
+                                          "1 for prototype, 0 for kmeans).")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  """Provable subset selection: the initial set and importance-sampled real batches."""
+  init: str = _field("random", "Initial synthetic images, per class: random real ones, the real "
+                     "ones nearest to k-means centres (k = IPC), or drawn by k-means sensitivity "
+                     "or by ridge leverage of the kernel.", choices=tuple(INIT_METHODS))
+  init_ridge: float = _field(1e-2, "sensitivity_krr: ridge, relative to the mean kernel "
+                             "diagonal.")
+  init_rank: int = _field(0, "sensitivity_krr: Nystrom landmarks per class (0: the exact class "
+                          "kernel).")
+  dedup_quantile: Optional[float] = _field(None, "Sensitivity inits: never draw points closer to "
+                                           "a kept one than this quantile of nearest-neighbour "
+                                           "distances (default: only exact duplicates are "
+                                           "removed).")
+  kind: str = _field("uniform", "Real batches: uniform, or importance-sampled by each real "
+                     "sample's loss under the synthetic set's model.", choices=SAMPLERS,
+                     flag="sampler")
+  sampler_every: int = _field(50, "Importance: steps between rescorings.")
+  sampler_beta: float = _field(0.5, "Importance: uniform share beta of p = (1 - beta) loss / sum "
+                               "+ beta / n_c.")
+  sampler_unbiased: bool = _field(False, "Importance: reweight drawn samples by 1 / (n_c p) "
+                                  "(self-normalised).")
+  sampler_train_steps: int = _field(100, "Importance, matching methods: SGD steps on the "
+                                    "synthetic set of the network that scores.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """How sets are evaluated: KRR blocks, finite-network training, baselines, robustness."""
+  baseline_draws: int = _field(5, "Random subsets for the KRR baseline.")
+  kernel_batch: int = _field(250, "Block size of evaluation kernels.")
+  eval_seeds: int = _field(3, "Finite-network evaluation seeds (and random subsets of its "
+                           "baseline).")
+  eval_epochs: int = _field(300, "Epochs of finite-network evaluation.")
+  eval_batch: int = _field(256, "Batch size of finite-network evaluation.")
+  eval_augment: bool = _field(True, "DSA while training evaluation networks.")
+  robust_eval: bool = _field(True, "Also report accuracy per test cluster, on the rare subgroup "
+                             "and under corruptions (noise, blur, invert).")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(_Config):
+  """Everything that determines a distillation run's result (plus run length and logging)."""
+  method: str = _field("kip", "Distillation method.", choices=tuple(methods_lib.METHODS))
+  ipc: int = _field(10, "Synthetic images per class.")
+  steps: Optional[int] = _field(None, "Steps (kip: updates of the set; matching: outer "
+                                "iterations, each with a fresh network).")
+  seed: int = _field(0, "Seed of initialisation, batches and baselines.")
+  log_every: Optional[int] = _field(None, "Steps between progress lines.")
+  checkpoint_every: Optional[int] = _field(None, "Steps between checkpoints.")
+  eval_during: Optional[bool] = _field(None, "Report test accuracy at each progress line (for "
+                                       "monitoring only; nothing is selected on it).")
+  data: DataConfig = _section(DataConfig)
+  kernel: KernelConfig = _section(KernelConfig)
+  network: NetworkConfig = _section(NetworkConfig)
+  matching: MatchingConfig = _section(MatchingConfig)
+  optim: OptimConfig = _section(OptimConfig)
+  robust: RobustConfig = _section(RobustConfig)
+  sampler: SamplerConfig = _section(SamplerConfig)
+  evaluation: EvalConfig = _section(EvalConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig(_Config):
+  """A coreset selection run: the method, the fraction, and the data, kernel, network and
+  evaluation sections shared with distillation."""
+  method: str = _field("random", "Selection method.", choices=select.METHODS)
+  fraction: float = _field(0.01, "Fraction of the training set kept, per class (at least 1 per "
+                           "class).")
+  seed: int = _field(0, "Seed of the selection (and of evaluation networks).")
+  ridge: float = _field(1e-2, "sensitivity_krr: ridge relative to the kernel's mean diagonal.")
+  rank: int = _field(0, "sensitivity_krr: Nystrom landmarks (0: exact).")
+  dedup_quantile: Optional[float] = _field(None, "Sampling methods: drop near-duplicates closer "
+                                           "than this quantile of nearest-neighbour distances.")
+  warmup_epochs: int = _field(5, "lcmat: warm-up epochs on all data.")
+  num_coords: int = _field(100, "lcmat: Hessian coordinates kept (highest variance).")
+  lcmat_eps: float = _field(0.01, "lcmat: weight of the Hessian L1 distance.")
+  class_batch: int = _field(0, "lcmat: classes vmapped at once (0: all).")
+  evaluators: tuple[str, ...] = _field(("network", "krr"), "network and/or krr.")
+  data: DataConfig = _section(DataConfig)
+  kernel: KernelConfig = _section(KernelConfig)
+  network: NetworkConfig = _section(NetworkConfig)
+  evaluation: EvalConfig = _section(EvalConfig)
+
+
+# ---------------------------------------------------------------------- presets and validation
+
+
+def resolve_config(config: DistillConfig, num_classes: int) -> DistillConfig:
+  """Fills the fields left None with the method's presets (`methods.METHODS`), and turns the
+  deprecated `target_batch` (a total) into `real_per_class`."""
+  method = methods_lib.get(config.method)
+  defaults = dict(method.defaults)
+  if method.ipc_defaults is not None:
+    defaults.update(method.ipc_defaults(config.ipc))
+  # Prototype clusters follow the synthetic set, so they are recomputed every step by default.
+  defaults["recluster_every"] = int(config.robust.cluster_assignment == "prototype")
+  changes = {k: v for k, v in defaults.items() if config.get(k) is None}
+  total = config.optim.target_batch
+  if total is not None:
+    if config.optim.real_per_class is not None:
+      raise ValueError("Pass --real_per_class or its deprecated alias --target_batch, not both.")
+    if total % num_classes:
+      raise ValueError(f"--target_batch={total} must be a multiple of the {num_classes} classes "
+                       "(better: pass --real_per_class).")
+    changes.update(real_per_class=total // num_classes, target_batch=None)
+  return config.replace(**changes)
+
+
+def _check_choices_and_finite(config) -> None:
+  """Every string field with choices holds one of them; every float field is finite."""
+  for spec in flag_specs(type(config)):
+    value = config.get(spec.name)
+    if spec.choices is not None and value is not None and value not in spec.choices:
+      raise ValueError(f"Unknown --{spec.name}={value}; choose one of {spec.choices}.")
+    if spec.kind == "float" and value is not None and not math.isfinite(value):
+      raise ValueError(f"--{spec.name}={value} is not a finite number.")
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+def validate_eval(config) -> None:
+  """Checks the data, kernel, network and evaluation sections (shared with `SelectConfig`)."""
+  _check_choices_and_finite(config)
+  e, d = config.evaluation, config.data
+  _check(e.eval_seeds >= 1 and e.eval_epochs >= 1 and e.eval_batch >= 1,
+         "--eval_seeds, --eval_epochs and --eval_batch must be >= 1.")
+  _check(e.baseline_draws >= 1 and e.kernel_batch >= 1,
+         "--baseline_draws and --kernel_batch must be >= 1.")
+  _check(config.kernel.diag_reg >= 0 and config.kernel.depth >= 1,
+         "--diag_reg must be non-negative and --depth >= 1.")
+  _check(config.network.net_depth >= 1 and config.network.net_width >= 1,
+         "--net_depth and --net_width must be >= 1.")
+  _check(0 <= d.subgroup_train_fraction <= 1 and 0 <= d.subgroup_test_fraction <= 1,
+         "--subgroup_train_fraction and --subgroup_test_fraction must be in [0, 1].")
+
+
+def validate_config(config: DistillConfig) -> None:
+  """Raises ValueError, saying what to change, for settings that cannot run (before any data is
+  loaded; `experiment.prepare_data` checks what depends on the data)."""
+  validate_eval(config)
+  m, o, r, s = config.matching, config.optim, config.robust, config.sampler
+  _check(config.ipc >= 1, f"--ipc must be at least 1, got {config.ipc}.")
+  _check(config.steps is None or config.steps >= 0, f"--steps must be >= 0, got {config.steps}.")
+  _check(o.learning_rate is None or o.learning_rate > 0, "--learning_rate must be positive.")
+  for name in ("real_per_class", "target_batch", "log_every", "checkpoint_every"):
+    value = config.get(name)
+    _check(value is None or value >= (name in ("real_per_class", "target_batch")),
+           f"--{name} must be >= {int(name in ('real_per_class', 'target_batch'))}, got {value}.")
+  for name in ("outer_loop", "inner_loop"):
+    value = config.get(name)
+    _check(value is None or value >= (name == "outer_loop"),
+           f"--{name} must be >= {int(name == 'outer_loop')}, got {value}.")
+  _check(m.class_batch >= 0, f"--class_batch must be >= 0 (0: all classes at once), got "
+         f"{m.class_batch}.")
+  _check(m.rho > 0 and m.gamma >= 0 and m.net_learning_rate > 0,
+         "--rho and --net_learning_rate must be positive, --gamma non-negative.")
+  _check(0 < r.tail_fraction <= 1 and 0 <= r.robust_weight <= 1,
+         f"--tail_fraction must be in (0, 1] and --robust_weight in [0, 1], got "
+         f"{r.tail_fraction} and {r.robust_weight}.")
+  _check(r.num_clusters >= 1, f"--num_clusters must be >= 1, got {r.num_clusters}.")
+  _check(s.sampler_every >= 1 and 0 <= s.sampler_beta <= 1,
+         f"--sampler_every must be >= 1 and --sampler_beta in [0, 1], got {s.sampler_every} and "
+         f"{s.sampler_beta}.")
+  _check(s.sampler_train_steps >= 0 and s.init_ridge > 0 and s.init_rank >= 0,
+         "--sampler_train_steps and --init_rank must be >= 0, --init_ridge > 0.")
+  _check(s.dedup_quantile is None or 0 <= s.dedup_quantile <= 1,
+         f"--dedup_quantile must be in [0, 1], got {s.dedup_quantile}.")
+  every = r.recluster_every
+  _check(every is None or every >= 0,
+         f"--recluster_every must be >= 0 (0: cluster once), got {every}.")
+  _check(not (every and every > 1 and config.checkpoint_every
+              and config.checkpoint_every % every),
+         f"--checkpoint_every={config.checkpoint_every} must be a multiple of "
+         f"--recluster_every={every}, so that a resumed run reclusters exactly as an "
+         "uninterrupted one.")
+
+
+def validate_select_config(config: SelectConfig) -> None:
+  """Raises ValueError for coreset-selection settings that cannot run."""
+  validate_eval(config)
+  _check(0 < config.fraction <= 1, f"--fraction must be in (0, 1], got {config.fraction}.")
+  _check(config.warmup_epochs >= 1 and config.num_coords >= 1 and config.lcmat_eps >= 0,
+         "--warmup_epochs and --num_coords must be >= 1, --lcmat_eps >= 0.")
+  _check(config.ridge > 0 and config.rank >= 0 and config.class_batch >= 0,
+         "--ridge must be positive, --rank and --class_batch >= 0.")
+  unknown = set(config.evaluators) - {"network", "krr"}
+  _check(not unknown and bool(config.evaluators),
+         f"--evaluators must be a non-empty subset of network,krr; got "
+         f"{','.join(config.evaluators)}.")
+
+
+# ------------------------------------------------------------------------------------ workdirs
+
+
+def check_workdir(workdir: str, config) -> None:
+  """Raises ValueError if `workdir` cannot be written, or holds a run (config.json) of a
+  different config (fields in RESUMABLE may differ). Creates nothing."""
+  existing = workdir
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  if os.path.exists(existing) and not os.path.isdir(existing):
+    raise ValueError(f"--workdir={workdir}: {existing} is a file, not a directory.")
+  if not os.access(existing or ".", os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir} is not writable ({existing or '.'} does not allow it); "
+                     "choose another --workdir.")
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    saved = type(config).from_dict(json.load(f)).flat()
+  current = type(config).from_dict(config.to_dict()).flat()
+  diffs = sorted(k for k in set(saved) | set(current)
+                 if k not in RESUMABLE and saved.get(k) != current.get(k))
+  if diffs:
+    details = ", ".join(f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in diffs)
+    raise ValueError(f"--workdir={workdir} holds a run with a different config ({details}). "
+                     "Use a new --workdir, or delete that one to start over.")

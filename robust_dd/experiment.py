@@ -1,0 +1,479 @@
+"""The distillation experiment: data -> init -> loop -> evaluate -> save, and re-evaluation.
+
+`distill_experiment(config, workdir)` is what `python -m experiments.distill` runs and what tests
+call in-process (as flax examples keep `train_and_evaluate(config, workdir)`):
+
+1. validate the config, load the data, resolve the method's presets, check everything that
+   depends on the data, and check the workdir: nothing is written before all of this passes;
+2. pick the initial synthetic set (`initial_indices`), restore a checkpoint if there is one;
+3. cluster the real data for robust runs (`make_reclusterer`), build the method's step
+   (`methods.build_step`) and run `distill.run_distillation`;
+4. save distilled.npz / distilled.png, evaluate the set and random real subsets under one
+   `Evaluator`, and write metrics.json.
+
+`evaluate_workdir` re-evaluates a finished run (what `python -m experiments.evaluate` runs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robust_dd import cluster
+from robust_dd import config as config_lib
+from robust_dd import data as data_lib
+from robust_dd import distill
+from robust_dd import evaluate
+from robust_dd import io
+from robust_dd import methods as methods_lib
+from robust_dd import models
+from robust_dd import reporting
+from robust_dd import risk
+from robust_dd import select
+
+DistillConfig = config_lib.DistillConfig
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def load_config_dataset(config) -> data_lib.Dataset:
+  """The config's dataset and split, made a rare-subgroup benchmark when `data.subgroup` is set
+  (the subgroup draw is seeded by `split_seed`)."""
+  d = config.data
+  dataset = data_lib.load_dataset(d.dataset, data_dir=d.data_dir, data_path=d.data_path,
+                                  split_seed=d.split_seed)
+  if d.subgroup != "none":
+    dataset = data_lib.make_rare_subgroup(dataset, transform=d.subgroup,
+                                          train_fraction=d.subgroup_train_fraction,
+                                          test_fraction=d.subgroup_test_fraction,
+                                          seed=d.split_seed)
+  return dataset
+
+
+def preprocess(config, dataset: data_lib.Dataset):
+  """Fits standardisation (and ZCA) on the training split only. Returns (prep, x_train, x_test)."""
+  prep = data_lib.fit_preprocessing(dataset.x_train, zca=config.data.zca,
+                                    zca_reg=config.data.zca_reg)
+  return (prep, data_lib.apply_preprocessing(dataset.x_train, prep),
+          data_lib.apply_preprocessing(dataset.x_test, prep))
+
+
+def prepare_data(config: DistillConfig):
+  """Loads the dataset, resolves the config and checks everything that depends on the data.
+
+  Returns (dataset, preprocessing, x_train, x_test, resolved config).
+  """
+  dataset = load_config_dataset(config)
+  config = config_lib.resolve_config(config, dataset.num_classes)
+  methods_lib.get(config.method).check_inputs(config, dataset.x_train)
+  _, counts = data_lib.class_index_table(dataset.y_train, dataset.num_classes)
+  data_lib.check_per_class(counts, config.ipc, what=f"--ipc={config.ipc}")
+  data_lib.check_per_class(counts, config.optim.real_per_class,
+                           what=f"--real_per_class={config.optim.real_per_class}")
+  if config.robust.objective != "none":
+    check_clusters(config, counts)
+  prep, x_train, x_test = preprocess(config, dataset)
+  return dataset, prep, x_train, x_test, config
+
+
+def check_clusters(config: DistillConfig, counts) -> None:
+  """Raises ValueError when k-means cannot make `num_clusters` clusters of this data."""
+  r = config.robust
+  if r.cluster_assignment != "kmeans":
+    return
+  if r.cluster_scope == "class":
+    cluster.check_k(r.num_clusters, counts)
+  elif r.num_clusters > int(np.sum(counts)):
+    raise ValueError(f"--num_clusters={r.num_clusters} exceeds the {int(np.sum(counts))} "
+                     "training samples.")
+
+
+# ----------------------------------------------------------------------------------- clusters
+
+
+def cluster_real(config: DistillConfig, key: jax.Array, x_train, y_train, *, num_classes: int,
+                 syn_images=None, embed=None) -> tuple[np.ndarray, np.ndarray]:
+  """Cluster ids of the real training samples and the class of each cluster: (ids (n,), (K,)).
+
+  - kmeans, scope 'class': `num_clusters` k-means clusters inside each class (K = C · k).
+  - kmeans, scope 'global': k-means on all samples (K = k); for methods that train a network,
+    whose losses are per class, each global cluster is split by class (K = C · k, some possibly
+    empty).
+  - prototype: each sample joins its nearest synthetic image (of its own class with scope
+    'class'), K = C · IPC (split by class for network methods with scope 'global').
+  Features (`cluster_features`): pixels, random ReLU features, or `embed` (network features).
+  `cluster_class` is -1 for clusters that mix classes (global KIP clusters).
+  """
+  r = config.robust
+  k_feat, k_means = jax.random.split(key)
+  feats = cluster.features(r.cluster_features, x_train, key=k_feat, embed=embed)
+  y = np.asarray(y_train)
+  per_class = r.cluster_scope == "class"
+  if r.cluster_assignment == "prototype":
+    protos = cluster.features(r.cluster_features, np.asarray(syn_images), key=k_feat,
+                              embed=embed)
+    proto_labels = np.repeat(np.arange(num_classes), config.ipc)
+    ids = np.asarray(cluster.nearest_prototype(
+        feats, protos, labels=y if per_class else None,
+        prototype_labels=proto_labels if per_class else None))
+    k = len(protos)
+    if per_class:
+      return ids, proto_labels
+  elif per_class:
+    ids = cluster.kmeans_per_class(k_means, feats, y, num_classes=num_classes,
+                                   k=r.num_clusters)
+    return ids, np.repeat(np.arange(num_classes), r.num_clusters)
+  else:
+    k = r.num_clusters
+    ids = np.asarray(cluster.kmeans(k_means, feats, k=k).assignment)
+  if methods_lib.get(config.method).trains_network:  # Split mixed clusters by class.
+    return y * k + ids, np.repeat(np.arange(num_classes), k)
+  return ids, np.full(k, -1)
+
+
+def with_clusters(real: dict[str, jax.Array], ids, cluster_class, *, width: int) -> dict:
+  """`real` plus the padded cluster table, counts and classes that `cluster_batch` samples."""
+  table, counts = risk.cluster_index_table(jnp.asarray(ids), len(cluster_class), width=width)
+  return dict(real, cluster_table=table, cluster_counts=counts,
+              cluster_class=jnp.asarray(cluster_class, jnp.int32))
+
+
+def make_reclusterer(config: DistillConfig, real: dict[str, jax.Array], x_train, y_train, *,
+                     num_classes: int, key: jax.Array
+                     ) -> Callable[[distill.DistillState, int], dict]:
+  """`recluster(state, step) -> real` with the cluster table of `cluster_real` at that step.
+
+  Step s uses `fold_in(key, s)` (k-means seeding, random features, the embedding network), so a
+  resumed run reclusters exactly as an uninterrupted one.
+  """
+  embed_model = methods_lib.network_model(config, num_classes, x_train.shape[1:])
+  width = int(np.bincount(np.asarray(y_train)).max())
+
+  def recluster(state: distill.DistillState, step: int) -> dict:
+    k = jax.random.fold_in(key, step)
+    embed = None
+    if config.robust.cluster_features == "embed":
+      net = models.init_fn(embed_model, tuple(x_train.shape[1:]))(k)
+      embed_apply = models.embed_fn(embed_model)
+      embed = lambda x: embed_apply(net, x)
+    ids, cluster_class = cluster_real(config, k, x_train, y_train, num_classes=num_classes,
+                                      syn_images=state.params["images"], embed=embed)
+    within_class = bool(np.all(cluster_class >= 0))
+    return with_clusters(real, ids, cluster_class, width=width if within_class else len(ids))
+
+  return recluster
+
+
+# --------------------------------------------------------------------------------------- init
+
+
+def initial_indices(config: DistillConfig, key: jax.Array, x_train, y_train, *,
+                    num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices (class-major) and importance weights of the real samples that initialise the set.
+
+  random: a class-balanced uniform draw. kmeans_centers / sensitivity_kmeans / sensitivity_krr:
+  `select.select_indices` with k = IPC per class on the preprocessed inputs (sensitivity_krr with
+  the config's kernel, exact or Nyström with `init_rank` landmarks).
+  """
+  s = config.sampler
+  method = config_lib.INIT_METHODS[s.init]
+  if method is None:
+    idx = evaluate.random_subset_indices(key, y_train, per_class=config.ipc,
+                                         num_classes=num_classes)
+    return idx, np.ones(len(idx), np.float32)
+  kernel_fn = methods_lib.config_kernel_fn(config) if method == "sensitivity_krr" else None
+  return select.select_indices(method, key, x_train, y_train, num_classes=num_classes,
+                               budget=config.ipc, kernel_fn=kernel_fn, ridge=s.init_ridge,
+                               rank=s.init_rank, dedup_quantile=s.dedup_quantile)
+
+
+# --------------------------------------------------------------------------------- evaluation
+
+
+class RobustnessData(NamedTuple):
+  """Extra test data for robustness metrics (`evaluate.robustness_metrics`)."""
+  test_sets: dict          # name -> preprocessed corrupted test images
+  clusters: np.ndarray     # (n_test,) k-means cluster of each test sample
+  num_clusters: int
+  groups: Optional[np.ndarray]  # (n_test,) 1 on the rare subgroup, or None
+
+
+def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_test, *,
+                    num_clusters: int = 10) -> RobustnessData:
+  """Corrupted test sets (from the raw test images), k-means (k = 10) test clusters on the
+  preprocessed test inputs, and the rare-subgroup ids when the dataset has them."""
+  return RobustnessData(evaluate.corrupted_test_sets(dataset.x_test, prep),
+                        evaluate.cluster_test_set(x_test, k=num_clusters), num_clusters,
+                        dataset.group_test)
+
+
+class Evaluator(NamedTuple):
+  """Test predictions of a support set, and of random real subsets, under one fixed evaluator.
+
+  predict: `(images, labels, test_sets, seeds=None) -> {name: (runs, n) predicted classes}`.
+  predict_random: `(key, per_class, test_sets) -> {name: (draws, n)}`, random real subsets.
+  """
+  name: str
+  describe: Callable[[], str]
+  predict: Callable[..., dict]
+  predict_random: Callable[..., dict]
+  baseline_draws: int
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+  def accuracies(self, images, labels, seeds=None) -> np.ndarray:
+    """(runs,) test accuracies of the support set (images, labels)."""
+    preds = self.predict(images, labels, {"test": self.x_test}, seeds)["test"]
+    return np.mean(preds == np.asarray(self.y_test)[None], axis=1)
+
+
+def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int,
+                   evaluator: str) -> Evaluator:
+  """KRR with the config's kernel ('krr') or the config's finite network ('network').
+
+  `config` is any config with kernel, network and evaluation sections and a seed
+  (`DistillConfig`, `SelectConfig`).
+  """
+  e = config.evaluation
+  if evaluator == "krr":
+    kernel_fn = methods_lib.config_kernel_fn(config)
+    krr_kw = dict(diag_reg=config.kernel.diag_reg, batch_size=e.kernel_batch)
+
+    def krr_predict(images, labels, test_sets, seeds=None):
+      del seeds
+      return evaluate.krr_label_predictions(kernel_fn, np.asarray(images), np.asarray(labels),
+                                            test_sets, **krr_kw)
+
+    def krr_random(key, per_class, test_sets):
+      return evaluate.random_subset_predictions(
+          key, lambda _, x, y: krr_predict(x, data_lib.one_hot_centered(y, num_classes),
+                                           test_sets),
+          x_train, y_train, per_class=per_class, num_classes=num_classes,
+          draws=e.baseline_draws)
+
+    k = config.kernel
+    return Evaluator("krr", lambda: f"KRR, {k.arch}{k.depth} {k.kind}", krr_predict, krr_random,
+                     e.baseline_draws, x_test, y_test)
+  if evaluator != "network":
+    raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
+  model = methods_lib.network_model(config, num_classes, x_train.shape[1:])
+  settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
+                  augment=e.eval_augment and x_train.ndim == 4)
+
+  def net_predict(images, labels, test_sets, seeds=None, key=None):
+    key = jax.random.key(config.seed) if key is None else key
+    return evaluate.network_predictions(key, images, labels, test_sets,
+                                        seeds=seeds or e.eval_seeds, **settings)
+
+  def net_random(key, per_class, test_sets):
+    return evaluate.random_subset_predictions(
+        key, lambda k, x, y: net_predict(x, y, test_sets, seeds=1, key=k), x_train, y_train,
+        per_class=per_class, num_classes=num_classes, draws=e.eval_seeds)
+
+  def describe():
+    return (f"{type(model).__name__}-{config.network.net_depth} w{config.network.net_width}, "
+            f"{e.eval_epochs} epochs, DSA {'on' if settings['augment'] else 'off'}")
+
+  return Evaluator("network", describe, net_predict, net_random, e.eval_seeds, x_test, y_test)
+
+
+def evaluate_support_set(evaluator: Evaluator, images, labels, *, key: jax.Array,
+                         per_class: int, robustness: Optional[RobustnessData] = None,
+                         baseline: bool = True, log: Log = print) -> dict[str, Any]:
+  """Test accuracy of a support set and of random real subsets of `per_class` per class under
+  `evaluator`, plus, with `robustness`, per-cluster, rare-subgroup and corruption accuracy of
+  both. Returns the metrics.json fields."""
+  test_sets = {"test": evaluator.x_test, **(robustness.test_sets if robustness else {})}
+
+  def summarise(preds, keys):
+    list_key, mean_key, std_key, robust_key = keys
+    accs = np.mean(preds["test"] == np.asarray(evaluator.y_test)[None], axis=1)  # (runs,)
+    out = {list_key: accs.tolist(), mean_key: float(accs.mean()), std_key: float(accs.std())}
+    if robustness:
+      out[robust_key] = evaluate.robustness_metrics(
+          preds, evaluator.y_test, clusters=robustness.clusters,
+          num_clusters=robustness.num_clusters, groups=robustness.groups)
+    return out
+
+  log(f"Evaluating the distilled set ({evaluator.describe()}) ...")
+  entry = {"evaluator": evaluator.describe(),
+           **summarise(evaluator.predict(images, labels, test_sets),
+                       ("distilled_test_accs", "distilled_test_acc", "distilled_test_acc_std",
+                        "distilled_robustness"))}
+  if baseline:
+    log(f"Evaluating {evaluator.baseline_draws} random real subsets of {per_class} per class ...")
+    entry.update(summarise(evaluator.predict_random(key, per_class, test_sets),
+                           ("random_subset_test_acc", "random_subset_test_acc_mean",
+                            "random_subset_test_acc_std", "random_subset_robustness")))
+  return entry
+
+
+# --------------------------------------------------------------------------------- experiment
+
+
+def _first_line(config: DistillConfig, dataset, x_train, x_test, prep) -> str:
+  return (f"{config.data.dataset}: {len(x_train)} train / {len(x_test)} test samples of shape "
+          f"{x_train.shape[1:]}, {dataset.num_classes} classes; preprocessing: standardise"
+          f"{' + ZCA' if prep.zca is not None else ''}; method {config.method}"
+          + methods_lib.get(config.method).describe(config, dataset.num_classes))
+
+
+def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) -> dict[str, Any]:
+  """Distills, evaluates and writes every output to `workdir`; resumes from its checkpoints.
+
+  Writes: config.json (resolved), distilled.npz (images in the space the method sees, labels,
+  and the preprocessing mean/std[/zca]), distilled.png, metrics.json (config, accuracies, split
+  recipe, history), progress.json, checkpoints/ckpt_*.npz. Evaluation: the method's evaluator
+  (KRR with the config's kernel, or the finite network over `eval_seeds` seeds), in both cases
+  beside random real subsets of the same size under the same evaluator. Nothing is written until
+  the config, the data and the workdir have passed every check. Returns the metrics.
+  """
+  config_lib.validate_config(config)
+  dataset, prep, x_train, x_test, config = prepare_data(config)
+  config_lib.check_workdir(workdir, config)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  io.make_dirs(workdir, ckpt_dir)
+  io.save_json(os.path.join(workdir, "config.json"), config.to_dict())
+  num_classes = dataset.num_classes
+  log(_first_line(config, dataset, x_train, x_test, prep))
+
+  key = jax.random.key(config.seed)
+  init_key, loop_key, baseline_key = jax.random.split(key, 3)
+  init_idx, init_weights = initial_indices(config, init_key, x_train, dataset.y_train,
+                                           num_classes=num_classes)
+  if config.sampler.init != "random":
+    log(f"Initialised with --init={config.sampler.init}: {len(init_idx)} real samples.")
+  o = config.optim
+  optimizer = distill.make_optimizer(learning_rate=o.learning_rate, learn_labels=o.learn_labels,
+                                     name=o.optimizer, momentum=o.momentum)
+  importance = config.sampler.kind == "importance"
+  state = distill.init_state(
+      x_train[init_idx], data_lib.one_hot_centered(dataset.y_train[init_idx], num_classes),
+      optimizer, num_real=len(x_train) if importance else None)
+  restored, restored_step = io.restore_checkpoint(ckpt_dir, state)
+  progress_path = os.path.join(workdir, "progress.json")
+  history = []
+  if restored is not None:
+    state = jax.tree_util.tree_map(jnp.asarray, restored)
+    if os.path.exists(progress_path):
+      history = [h for h in io.load_json(progress_path) if h["step"] <= restored_step]
+    log(f"Resuming from step {restored_step} ({ckpt_dir}).")
+
+  table, counts = data_lib.class_index_table(dataset.y_train, num_classes)
+  real = {"images": jnp.asarray(x_train),
+          "labels": data_lib.one_hot_centered(jnp.asarray(dataset.y_train), num_classes),
+          "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+  refresh, num_clusters, r = None, None, config.robust
+  if r.objective != "none":
+    refresh = make_reclusterer(config, real, x_train, dataset.y_train, num_classes=num_classes,
+                               key=jax.random.fold_in(key, 3))
+    real = refresh(state, int(state.step))
+    num_clusters = int(real["cluster_class"].shape[0])
+    log(f"Robust objective: CVaR(tail_fraction={r.tail_fraction}) with robust_weight "
+        f"{r.robust_weight} over {num_clusters} clusters ({r.cluster_assignment} on "
+        f"{r.cluster_features}, per {r.cluster_scope}"
+        + (f", reclustered every {r.recluster_every} steps" if r.recluster_every else "")
+        + f"), {o.real_per_class * num_classes // num_clusters} real samples per cluster.")
+  if importance:
+    s = config.sampler
+    log(f"Importance-sampled real batches: rescored every {s.sampler_every} steps, "
+        f"beta {s.sampler_beta}" + (", unbiased weights" if s.sampler_unbiased else "") + ".")
+  step_fn = methods_lib.build_step(config, optimizer, num_classes=num_classes,
+                                   input_shape=x_train.shape[1:], num_clusters=num_clusters)
+  evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
+                             num_classes=num_classes,
+                             evaluator=methods_lib.get(config.method).evaluator)
+
+  def monitor(params):  # One evaluation seed: for watching progress, nothing is chosen on it.
+    accs = evaluator.accuracies(params["images"], params["labels"], seeds=1)
+    return {"test_acc": float(accs[0])}
+
+  t0 = time.time()
+  state, history = distill.run_distillation(
+      step_fn, state, real, key=loop_key, num_steps=config.steps, log_every=config.log_every,
+      eval_fn=monitor if config.eval_during else None, checkpoint_dir=ckpt_dir,
+      checkpoint_every=config.checkpoint_every, history=history, log=log,
+      on_log=lambda h: io.save_json(progress_path, h), refresh_real=refresh,
+      refresh_every=r.recluster_every or 0)
+  distill_seconds = time.time() - t0
+
+  images, labels = np.asarray(state.params["images"]), np.asarray(state.params["labels"])
+  io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels,
+              **prep.as_arrays())
+  io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
+  entry = evaluate_support_set(
+      evaluator, images, labels, key=baseline_key, per_class=config.ipc,
+      robustness=(robustness_data(dataset, prep, x_test) if config.evaluation.robust_eval
+                  else None), log=log)
+  metrics = {
+      "config": config.to_dict(),
+      "flags": config.flat(),
+      **entry,
+      "final_loss": history[-1]["loss"] if history else None,
+      "steps": int(state.step),
+      "distill_seconds_this_run": round(distill_seconds, 2),
+      "split": dataset.split,
+      "init": {"method": config.sampler.init, "indices": [int(i) for i in init_idx],
+               "weights": [float(w) for w in init_weights]},
+      "history": history,
+      "jax_version": jax.__version__,
+      "backend": jax.default_backend(),
+  }
+  io.save_json(os.path.join(workdir, "metrics.json"), metrics)
+  log(reporting.results_table([metrics]))
+  return metrics
+
+
+EVAL_OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
+                  "eval_augment", "robust_eval")
+
+
+def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] = None,
+                     baseline: bool = True, output: str = "evaluation.json", log: Log = print,
+                     **overrides) -> dict[str, Any]:
+  """Evaluates the distilled set saved in `workdir` (what `experiments.evaluate` runs).
+
+  The dataset and split come from the run's config.json, the preprocessing from distilled.npz.
+  `overrides` replace evaluation fields of the config (EVAL_OVERRIDES, by flag name). KRR (with
+  the run's kernel) runs when `krr` is True, or by default for methods evaluated by KRR. Writes
+  `workdir/output` and returns it as a dict.
+  """
+  config_path, set_path = (os.path.join(workdir, n) for n in ("config.json", "distilled.npz"))
+  for path in (config_path, set_path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} does not exist: is {workdir} a finished distillation run?")
+  unknown = sorted(set(overrides) - set(EVAL_OVERRIDES))
+  if unknown:
+    raise ValueError(f"Unknown evaluation settings {unknown}; choose from {EVAL_OVERRIDES}.")
+  config = DistillConfig.from_dict(io.load_json(config_path)).replace(**overrides)
+  config_lib.validate_config(config)
+  arrays = io.load_npz(set_path)
+  prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))
+  dataset = load_config_dataset(config)
+  config = config_lib.resolve_config(config, dataset.num_classes)
+  x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
+  x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
+  images, labels = arrays["images"], arrays["labels"]
+  ipc = len(images) // dataset.num_classes
+  if krr is None:
+    krr = methods_lib.get(config.method).evaluator == "krr"
+  results = {"workdir": workdir, "config": config.to_dict(), "flags": config.flat(), "ipc": ipc}
+  robustness = (robustness_data(dataset, prep, x_test) if config.evaluation.robust_eval
+                else None)
+  for name in (["network"] if network else []) + (["krr"] if krr else []):
+    evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
+                               num_classes=dataset.num_classes, evaluator=name)
+    log(f"{name}: {evaluator.describe()} ...")
+    results[name] = evaluate_support_set(
+        evaluator, images, labels, key=jax.random.key(config.seed + 1), per_class=ipc,
+        robustness=robustness, baseline=baseline, log=log)
+  io.save_json(os.path.join(workdir, output), results)
+  log(reporting.evaluation_table(results))
+  return results

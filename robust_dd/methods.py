@@ -1,0 +1,382 @@
+"""The distillation methods: one `Method` record each in `METHODS`, the only place a method is named.
+
+A record holds what the rest of the package asks of a method: its presets (config fields by flag
+name), its evaluator, and builders of its losses from a config:
+
+- `loss(config, ctx)`: the loss of one update, `loss_fn(params, batch)` for kernel methods or
+  `loss_fn(params, batch, net_params, key)` for methods that differentiate through a network;
+- `cluster_loss(config, ctx)`: the group-robust loss, `risk.robust_objective` of the per-cluster
+  losses of a `distill.cluster_batch`;
+- `sample_losses(config, ctx)`: `(params, real, key) -> (n,)` per-real-sample losses under the
+  model the synthetic set defines (importance rescoring, `distill.importance_rescorer`);
+- `network(config, ctx)`: the network a matching method trains between updates (None: KIP).
+
+`build_step` reads the record and the robust/sampler settings and returns the one jitted step of
+`distill.make_step`. Adding a method is adding a record (and its loss module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from robust_dd import augment as augment_lib
+from robust_dd import curvature
+from robust_dd import distill
+from robust_dd import evaluate
+from robust_dd import kernels
+from robust_dd import krr
+from robust_dd import matching
+from robust_dd import models
+from robust_dd import risk
+from robust_dd import training
+
+Params = distill.Params
+Batch = distill.Batch
+
+
+class Context(NamedTuple):
+  """What loss builders know of the data besides the config."""
+  num_classes: int
+  input_shape: tuple[int, ...]
+
+
+# ------------------------------------------------------------------------------- loss adapters
+
+
+def kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6) -> distill.LossFn:
+  """KIP as a distillation method: the KRR loss of the synthetic set on the real batch."""
+
+  def loss_fn(params: Params, batch: Batch) -> jax.Array:
+    return krr.kip_loss(params["images"], params["labels"], batch["images"], batch["labels"],
+                        kernel_fn=kernel_fn, diag_reg=diag_reg,
+                        target_weights=batch.get("weights"))
+
+  return loss_fn
+
+
+def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
+                     augment: Optional[matching.AugmentFn] = None,
+                     class_batch: Optional[int] = None):
+  """A matching method (DC, DSA, LCMat) as `loss_fn(params, batch, net_params, key)`.
+
+  The synthetic images and the real batch are class-major (class c in the c-th block of rows);
+  `class_loss` is vmapped over classes (`matching.per_class_losses`; `class_batch` bounds how many
+  classes are vmapped at once) and the losses summed. A batch's `weights` (importance weights)
+  weight the real cross-entropies.
+  """
+
+  def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
+    syn, real = params["images"], batch["images"]
+    syn = syn.reshape(num_classes, -1, *syn.shape[1:])
+    real = real.reshape(num_classes, -1, *real.shape[1:])
+    return matching.per_class_losses(class_loss, net_params, syn, real, key=key,
+                                     augment=augment, class_batch=class_batch,
+                                     real_weights=batch.get("weights")).sum()
+
+  return loss_fn
+
+
+def robust_kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6, tail_fraction: float = 0.2,
+                       robust_weight: float = 0.5) -> distill.LossFn:
+  """Robust KIP: `risk.robust_objective` of the per-cluster KIP losses of a `cluster_batch`
+  (clusters vmapped).
+
+  With one cluster per class, equal cluster batches and robust_weight 0 this is the plain KIP loss.
+  """
+
+  def loss_fn(params: Params, batch: Batch) -> jax.Array:
+    losses = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
+                                    batch["labels"], batch["mask"], kernel_fn=kernel_fn,
+                                    diag_reg=diag_reg)
+    return risk.robust_objective(losses, tail_fraction=tail_fraction,
+                                 robust_weight=robust_weight, weights=batch["weights"])
+
+  return loss_fn
+
+
+def robust_matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
+                            tail_fraction: float = 0.2, robust_weight: float = 0.5,
+                            augment: Optional[matching.AugmentFn] = None,
+                            class_batch: Optional[int] = None):
+  """Robust DC/DSA/LCMat: C · `risk.robust_objective` of the per-cluster matching losses
+  (`matching.per_cluster_match_losses`, clusters vmapped, `class_batch` clusters at a time).
+
+  The factor C keeps the plain loss's scale (a sum over classes): with one cluster per class and
+  robust_weight 0 this equals `matching_loss_fn`'s loss.
+  """
+
+  def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
+    syn = params["images"]
+    syn = syn.reshape(num_classes, -1, *syn.shape[1:])
+    losses = matching.per_cluster_match_losses(class_loss, net_params, syn, batch["images"],
+                                               batch["mask"], batch["cluster_class"], key=key,
+                                               augment=augment, cluster_batch=class_batch)
+    return num_classes * risk.robust_objective(losses, tail_fraction=tail_fraction,
+                                               robust_weight=robust_weight,
+                                               weights=batch["weights"])
+
+  return loss_fn
+
+
+def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
+                       augment: Optional[matching.AugmentFn] = None) -> distill.Network:
+  """DC's network: fresh `model` parameters, trained between updates by `steps` full-batch SGD
+  steps on the synthetic set (labels: argmax of the synthetic label vectors)."""
+  apply_fn = models.logits_fn(model)
+
+  def train(net_params, params, key):
+    labels = jnp.argmax(params["labels"], axis=-1)
+    return training.sgd_steps(apply_fn, net_params, jax.lax.stop_gradient(params["images"]),
+                              labels, key=key, steps=steps, learning_rate=learning_rate,
+                              augment=augment)
+
+  return distill.Network(init=models.init_fn(model, tuple(input_shape)), train=train)
+
+
+def kip_sample_losses(*, kernel_fn, diag_reg: float = 1e-6):
+  """Per-real-sample squared errors of the KRR predictor of the synthetic set."""
+
+  def sample_losses(params, real, key):
+    del key
+    return krr.krr_sample_losses(params["images"], params["labels"], real["images"],
+                                 real["labels"], kernel_fn=kernel_fn, diag_reg=diag_reg)
+
+  return sample_losses
+
+
+def network_sample_losses(network: distill.Network, apply_fn, *, train_steps: int,
+                          learning_rate: float):
+  """Per-real-sample cross-entropy of a network defined by the synthetic set: a fresh network
+  trained by `train_steps` full-batch SGD steps on it (the current synthetic set's network)."""
+
+  def sample_losses(params, real, key):
+    k_init, k_train = jax.random.split(key)
+    net = training.sgd_steps(apply_fn, network.init(k_init),
+                             jax.lax.stop_gradient(params["images"]),
+                             jnp.argmax(params["labels"], -1), key=k_train, steps=train_steps,
+                             learning_rate=learning_rate)
+    return training.sample_cross_entropy(apply_fn, net, real["images"],
+                                         jnp.argmax(real["labels"], -1))
+
+  return sample_losses
+
+
+# ------------------------------------------------------------------- from a config to the parts
+
+
+def config_kernel_fn(config):
+  """The infinite-width kernel of a config (KIP's loss, KRR evaluation, leverage scores)."""
+  k = config.kernel
+  return kernels.make_kernel_fn(k.arch, kernel=k.kind, depth=k.depth, w_std=k.w_std,
+                                b_std=k.b_std, pool=k.pool)
+
+
+def network_model(config, num_classes: int, input_shape):
+  """The Flax network of a config (matching and finite-network evaluation)."""
+  n = config.network
+  return models.make_network(n.net, num_classes=num_classes, input_shape=input_shape,
+                             depth=n.net_depth, width=n.net_width, conv_impl=n.conv_impl)
+
+
+def _risk_kw(config) -> dict[str, float]:
+  return dict(tail_fraction=config.robust.tail_fraction,
+              robust_weight=config.robust.robust_weight)
+
+
+def _kip_loss(config, ctx: Context):
+  del ctx
+  return kip_loss_fn(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg)
+
+
+def _kip_cluster_loss(config, ctx: Context):
+  del ctx
+  return robust_kip_loss_fn(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg,
+                            **_risk_kw(config))
+
+
+def _kip_sample_losses(config, ctx: Context):
+  del ctx
+  return kip_sample_losses(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg)
+
+
+def _kip_check_inputs(config, x_train) -> None:
+  kernels.check_inputs(config.kernel.arch, x_train)
+
+
+def _gradient_class_loss(config, apply_fn):
+  return matching.gradient_match_class_loss(apply_fn, metric=config.matching.metric)
+
+
+def _curvature_class_loss(config, apply_fn):
+  m = config.matching
+  return curvature.curvature_match_class_loss(apply_fn, rho=m.rho, gamma=m.gamma,
+                                              metric=m.metric, hvp_mode=m.hvp)
+
+
+def _matching_parts(class_loss_fn):
+  """The builders of a matching method whose per-class loss is `class_loss_fn(config, apply)`."""
+
+  def match_kw(config, ctx: Context):
+    model = network_model(config, ctx.num_classes, ctx.input_shape)
+    m = config.matching
+    return model, dict(num_classes=ctx.num_classes,
+                       augment=augment_lib.dsa if m.augment else None,
+                       class_batch=m.class_batch or None)
+
+  def loss(config, ctx):
+    model, kw = match_kw(config, ctx)
+    return matching_loss_fn(class_loss_fn(config, models.logits_fn(model)), **kw)
+
+  def cluster_loss(config, ctx):
+    model, kw = match_kw(config, ctx)
+    return robust_matching_loss_fn(class_loss_fn(config, models.logits_fn(model)), **kw,
+                                   **_risk_kw(config))
+
+  def network(config, ctx):
+    return inner_loop_network(network_model(config, ctx.num_classes, ctx.input_shape),
+                              input_shape=ctx.input_shape, steps=config.matching.inner_loop,
+                              learning_rate=config.matching.net_learning_rate,
+                              augment=evaluate.dsa_per_sample if config.matching.augment
+                              else None)
+
+  def sample_losses(config, ctx):
+    model = network_model(config, ctx.num_classes, ctx.input_shape)
+    return network_sample_losses(network(config, ctx), models.logits_fn(model),
+                                 train_steps=config.sampler.sampler_train_steps,
+                                 learning_rate=config.matching.net_learning_rate)
+
+  return dict(loss=loss, cluster_loss=cluster_loss, sample_losses=sample_losses,
+              network=network)
+
+
+def _matching_check_inputs(config, x_train) -> None:
+  network_model(config, 10, x_train.shape[1:])
+  if config.matching.augment and x_train.ndim != 4:
+    raise ValueError(f"--method={config.method} augments images with DSA, but "
+                     f"{config.data.dataset} samples are flat; pass --noaugment.")
+
+
+# (outer_loop, inner_loop) of the DC code, by IPC.
+DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+def dc_loops(ipc: int) -> dict[str, int]:
+  """DC's outer_loop and inner_loop for `ipc` (those of the nearest IPC the DC code lists)."""
+  outer, inner = DC_LOOPS[min(DC_LOOPS, key=lambda k: (abs(k - ipc), k))]
+  return {"outer_loop": outer, "inner_loop": inner}
+
+
+def _describe_matching(config, num_classes: int) -> str:
+  del num_classes
+  m = config.matching
+  return (f" (outer_loop {m.outer_loop}, inner_loop {m.inner_loop}, real batch "
+          f"{config.optim.real_per_class}/class, DSA {'on' if m.augment else 'off'})")
+
+
+# ----------------------------------------------------------------------------------- the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """One distillation method.
+
+  Attributes:
+    name: the `--method` value.
+    summary: one line for `--help`.
+    defaults: presets of config fields (by flag name) that the user left unset.
+    evaluator: 'krr' (the config's kernel) or 'network' (the finite network) by default.
+    loss, cluster_loss, sample_losses: builders `(config, Context) -> fn` (module docstring).
+    network: builder `(config, Context) -> distill.Network`; None for methods without one.
+    check_inputs: `(config, x_train) -> None`, raises ValueError for data it cannot take.
+    ipc_defaults: `ipc -> {field: value}`, presets that depend on the IPC, or None.
+    describe: `(config, num_classes) -> str` appended to the run's first log line.
+  """
+  name: str
+  summary: str
+  defaults: Mapping[str, Any]
+  evaluator: str
+  loss: Callable[..., Callable]
+  cluster_loss: Callable[..., Callable]
+  sample_losses: Callable[..., Callable]
+  network: Optional[Callable[..., distill.Network]]
+  check_inputs: Callable[..., None]
+  ipc_defaults: Optional[Callable[[int], dict[str, Any]]] = None
+  describe: Callable[..., str] = lambda config, num_classes: ""
+
+  @property
+  def trains_network(self) -> bool:
+    return self.network is not None
+
+
+_MATCHING_DEFAULTS = dict(optimizer="sgd", learning_rate=0.1, learn_labels=False,
+                          real_per_class=256, steps=1000, log_every=10, checkpoint_every=10,
+                          eval_during=False, augment=False)
+_GRADIENT = _matching_parts(_gradient_class_loss)
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("kip", "KRR distillation with an infinite-width kernel (Nguyen et al. 2021).",
+           dict(optimizer="adam", learning_rate=0.01, learn_labels=True, real_per_class=50,
+                steps=2000, log_every=100, checkpoint_every=200, eval_during=True,
+                augment=False, outer_loop=0, inner_loop=0),
+           "krr", _kip_loss, _kip_cluster_loss, _kip_sample_losses, None, _kip_check_inputs),
+    Method("dc", "Gradient matching (Zhao et al. 2021).", _MATCHING_DEFAULTS, "network",
+           **_GRADIENT, check_inputs=_matching_check_inputs, ipc_defaults=dc_loops,
+           describe=_describe_matching),
+    Method("dsa", "Gradient matching with siamese augmentation (Zhao & Bilen 2021).",
+           dict(_MATCHING_DEFAULTS, augment=True), "network", **_GRADIENT,
+           check_inputs=_matching_check_inputs, ipc_defaults=dc_loops,
+           describe=_describe_matching),
+    Method("lcmat", "Loss-curvature matching (Shin et al. 2023).",
+           dict(_MATCHING_DEFAULTS, augment=True), "network",
+           **_matching_parts(_curvature_class_loss), check_inputs=_matching_check_inputs,
+           ipc_defaults=dc_loops, describe=_describe_matching),
+)}
+
+
+def get(name: str) -> Method:
+  """The record of `--method=name`, or a ValueError naming the choices."""
+  if name not in METHODS:
+    raise ValueError(f"Unknown --method={name}; choose one of {tuple(METHODS)}.")
+  return METHODS[name]
+
+
+def build_step(config, optimizer, *, num_classes: int, input_shape,
+               num_clusters: Optional[int] = None):
+  """The jitted step of a resolved config's method (see `distill.make_step`).
+
+  Robust configs (`robust.objective='cvar'`) need `num_clusters`, the K of the cluster table the
+  real data carries (`experiment.with_clusters`); each update draws real_per_class · C // K samples
+  per cluster. `sampler.kind='importance'` rescores every real sample every `sampler_every` steps
+  (the state must carry the sampler, `distill.init_state(..., num_real=n)`).
+  """
+  method = get(config.method)
+  ctx = Context(num_classes, tuple(input_shape))
+  draw_kw = dict(unbiased=config.sampler.sampler_unbiased)
+  if config.robust.objective != "none":
+    if not num_clusters:
+      raise ValueError("A robust step needs num_clusters (the K of the cluster table).")
+    total = config.optim.real_per_class * num_classes
+    per_cluster = total // num_clusters
+    if per_cluster < 1:
+      raise ValueError(f"--real_per_class={config.optim.real_per_class} gives {total} real "
+                       f"samples per update, fewer than the {num_clusters} clusters; raise it or "
+                       "lower --num_clusters.")
+    draw = functools.partial(distill.cluster_batch, per_cluster=per_cluster, **draw_kw)
+    loss_fn = method.cluster_loss(config, ctx)
+  else:
+    draw = functools.partial(distill.class_balanced_batch,
+                             per_class=config.optim.real_per_class, **draw_kw)
+    loss_fn = method.loss(config, ctx)
+  kw = dict(sample_batch=draw, rescore_every=config.sampler.sampler_every)
+  if config.sampler.kind == "importance":
+    kw["rescore"] = distill.importance_rescorer(method.sample_losses(config, ctx),
+                                                beta=config.sampler.sampler_beta)
+  if method.trains_network:
+    kw.update(network=method.network(config, ctx),
+              updates_per_network=config.matching.outer_loop)
+  return distill.make_step(loss_fn, optimizer, **kw)
