@@ -15,8 +15,8 @@ The adaptations (see `shared/docs/DEPENDENCIES.md` for how they were found):
    with those two names (from `jax._src.util`) is registered as `jax.util` only if the import fails.
 3. NT registers rules for `jax.interpreters.ad.zeros_like_p`, which no longer exists. A placeholder
    primitive of that name is supplied; no JAX computation ever emits it, so its rules never fire.
-4. `neural_tangents/__init__.py` imports `neural_tangents.experimental`, which imports TensorFlow and
-   tf2jax (seconds of import time for a module robust_dd never uses). A lazy stand-in takes its
+4. `neural_tangents/__init__.py` imports `neural_tangents.experimental`, which imports TensorFlow
+   and tf2jax (seconds of import time for a module robust_dd never uses). A lazy stand-in takes its
    place: the first use of one of its names imports the real module, or, when TensorFlow or
    tf2jax is missing, raises an `ImportError` that says what to install.
 5. `nt.predict.max_learning_rate` calls `scipy.linalg.eigvalsh(..., eigvals=...)`, an argument SciPy
@@ -29,7 +29,8 @@ The adaptations (see `shared/docs/DEPENDENCIES.md` for how they were found):
    `NotImplementedError`; implementations 1 (Jacobian contraction, NT's default) and 2 (NTK-vector
    products) work unchanged.
 
-Public: `apply()` (idempotent) and `import_neural_tangents()` returning the `neural_tangents` module.
+Public: `apply()` (idempotent) and `import_neural_tangents()` returning the `neural_tangents`
+module.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import data as data_lib
+from robust_dd import precision
 
 FEATURES = ("pixels", "random", "embed")
 
@@ -29,6 +30,7 @@ class KMeansResult(NamedTuple):
   inertia: jax.Array      # () sum over (unmasked) points of the squared distance to their centre
 
 
+@precision.full_precision
 def squared_distances(x: jax.Array, centers: jax.Array) -> jax.Array:
   """(n, k) squared Euclidean distances, clipped at 0."""
   d = (jnp.sum(x * x, 1)[:, None] - 2.0 * x @ centers.T + jnp.sum(centers * centers, 1)[None, :])

@@ -55,7 +55,8 @@ INIT_METHODS = {"random": None, "kmeans_centers": "kmeans_centers",
                 "sensitivity_kmeans": "sensitivity", "sensitivity_krr": "sensitivity_krr"}
 
 
-def _field(default, help: str, *, choices=None, flag: Optional[str] = None):  # pylint: disable=redefined-builtin
+def _field(default, help: str, *, choices=None,  # pylint: disable=redefined-builtin
+           flag: Optional[str] = None):
   """A config field: its default, its flag's help text, choices and flag name."""
   return dataclasses.field(default=default,
                            metadata={"help": help, "choices": choices, "flag": flag})

@@ -97,14 +97,14 @@ def select_experiment(config: SelectConfig, workdir: str,
   log(f"{config.data.dataset}: {len(x_train)} train / {len(x_test)} test samples; coreset "
       f"{config.method} at fraction {config.fraction}")
   selection_path = os.path.join(workdir, "selection.npz")
-  key = jax.random.key(config.seed)
   if os.path.exists(selection_path):
     saved = io.load_npz(selection_path)
     idx, weights, seconds = saved["indices"], saved["weights"], float(saved["seconds"])
     log(f"Reusing the selection in {selection_path}.")
   else:
     t0 = time.time()
-    idx, weights = run_selection(config, jax.random.fold_in(key, 0), x_train, y_train,
+    idx, weights = run_selection(config, experiment.stream(config.seed, experiment.INIT_STREAM),
+                                 x_train, y_train,
                                  num_classes=num_classes, log=log)
     seconds = time.time() - t0
     io.save_npz(selection_path, indices=idx, weights=weights, labels=y_train[idx],

@@ -8,7 +8,8 @@ A method plugs in as a `loss_fn`, where `params = {'images', 'labels'}` is the s
   `Network(init, train)`; one step = one outer iteration of DC: a fresh network, then
   `updates_per_network` updates of the set, with `network.train` (the inner loop) between them.
 
-`run_distillation` drives the jitted step with per-step keys `fold_in(key, step)`, so a run resumed
+`run_distillation` drives the jitted step, which derives its key as `fold_in(key, step)`, so a run
+resumed
 from a checkpoint continues exactly as an uninterrupted run would. The methods' losses are built
 in `robust_dd.methods`; `robust_dd.experiment` composes data, method, loop and evaluation.
 """
@@ -128,6 +129,9 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
               rescore_every: int = 50):
   """Returns the jitted `step(state, real, key) -> (state, metrics)`; `state` is donated.
 
+  `key` is the run's loop key: the step uses `fold_in(key, state.step)`, so every step gets its
+  own stream and the host passes the same key each time.
+
   Each update draws its real batch with `sample_batch(key, real, probs=state.sampler)` (default:
   `per_class` samples of each class, `class_balanced_batch`; robust methods pass
   `cluster_batch`). Without `network`: one update of the set on `loss_fn(params, batch)`. With
@@ -159,6 +163,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     return optax.apply_updates(params, updates), opt_state, loss
 
   def step(state: DistillState, real: dict[str, jax.Array], key: jax.Array):
+    key = jax.random.fold_in(key, state.step)  # On device: no per-step key work on the host.
     probs = state.sampler
     if rescore is not None:
       k_score, key = jax.random.split(key)
@@ -234,7 +239,7 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   for step in range(start, num_steps):
     if refresh_real is not None and refresh_every and step > start and step % refresh_every == 0:
       real = refresh_real(state, step)
-    state, metrics = step_fn(state, real, jax.random.fold_in(key, step))
+    state, metrics = step_fn(state, real, key)  # The step folds in state.step itself.
     done = step + 1
     if t_first is None:
       jax.block_until_ready(state)

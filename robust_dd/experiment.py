@@ -39,6 +39,15 @@ from robust_dd import select
 DistillConfig = config_lib.DistillConfig
 Log = Callable[[str], None]
 
+# Every random stream of a run is `fold_in(key(seed), STREAM)` with one of these constants: no key
+# is split and then reused, and no stream of seed s equals a stream of seed s + 1.
+INIT_STREAM, LOOP_STREAM, BASELINE_STREAM, CLUSTER_STREAM, EVAL_STREAM, REEVAL_STREAM = range(6)
+
+
+def stream(seed: int, name: int) -> jax.Array:
+  """The key of stream `name` (one of the *_STREAM constants) of a run with `seed`."""
+  return jax.random.fold_in(jax.random.key(seed), name)
+
 
 # ----------------------------------------------------------------------------------------- data
 
@@ -268,7 +277,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
                   augment=e.eval_augment and x_train.ndim == 4)
 
   def net_predict(images, labels, test_sets, seeds=None, key=None):
-    key = jax.random.key(config.seed) if key is None else key
+    key = stream(config.seed, EVAL_STREAM) if key is None else key
     return evaluate.network_predictions(key, images, labels, test_sets,
                                         seeds=seeds or e.eval_seeds, **settings)
 
@@ -344,8 +353,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   num_classes = dataset.num_classes
   log(_first_line(config, dataset, x_train, x_test, prep))
 
-  key = jax.random.key(config.seed)
-  init_key, loop_key, baseline_key = jax.random.split(key, 3)
+  init_key, loop_key, baseline_key = (stream(config.seed, s) for s in (
+      INIT_STREAM, LOOP_STREAM, BASELINE_STREAM))
   init_idx, init_weights = initial_indices(config, init_key, x_train, dataset.y_train,
                                            num_classes=num_classes)
   if config.sampler.init != "random":
@@ -373,7 +382,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   refresh, num_clusters, r = None, None, config.robust
   if r.objective != "none":
     refresh = make_reclusterer(config, real, x_train, dataset.y_train, num_classes=num_classes,
-                               key=jax.random.fold_in(key, 3))
+                               key=stream(config.seed, CLUSTER_STREAM))
     real = refresh(state, int(state.step))
     num_clusters = int(real["cluster_class"].shape[0])
     log(f"Robust objective: CVaR(tail_fraction={r.tail_fraction}) with robust_weight "
@@ -472,7 +481,7 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
                                num_classes=dataset.num_classes, evaluator=name)
     log(f"{name}: {evaluator.describe()} ...")
     results[name] = evaluate_support_set(
-        evaluator, images, labels, key=jax.random.key(config.seed + 1), per_class=ipc,
+        evaluator, images, labels, key=stream(config.seed, REEVAL_STREAM), per_class=ipc,
         robustness=robustness, baseline=baseline, log=log)
   io.save_json(os.path.join(workdir, output), results)
   log(reporting.evaluation_table(results))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import _nt_compat
+from robust_dd import precision
 
 nt = _nt_compat.import_neural_tangents()
 stax = nt.stax
@@ -71,6 +72,7 @@ def _cached_kernel_fn(arch, kernel, depth, width, w_std, b_std, pool, readout) -
   _, _, nt_kernel_fn = make_architecture(arch, depth=depth, width=width, w_std=w_std, b_std=b_std,
                                          pool=pool, readout=readout)
 
+  @precision.full_precision
   def kernel_fn(x1: jax.Array, x2: jax.Array) -> jax.Array:
     return nt_kernel_fn(x1, x2, kernel)
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from robust_dd import precision
 from robust_dd import risk
 from robust_dd import training
 
@@ -26,6 +27,7 @@ def regularize(k_ss: jax.Array, *, diag_reg: float) -> jax.Array:
   return k_ss + diag_reg * jnp.trace(k_ss) / m * jnp.eye(m, dtype=k_ss.dtype)
 
 
+@precision.full_precision
 def make_krr_predictor(k_ss: jax.Array, y_s: jax.Array, *, diag_reg: float = 1e-6
                        ) -> Callable[[jax.Array], jax.Array]:
   """Factors K_ss once and returns `predict(k_ts) -> (n_t, C)` predictions."""
@@ -35,15 +37,17 @@ def make_krr_predictor(k_ss: jax.Array, y_s: jax.Array, *, diag_reg: float = 1e-
   def predict(k_ts: jax.Array) -> jax.Array:
     return k_ts @ alpha
 
-  return predict
+  return precision.full_precision(predict)
 
 
+@precision.full_precision
 def krr_predict(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, *, diag_reg: float = 1e-6
                 ) -> jax.Array:
   """KRR predictions for targets with cross-kernel k_ts (n_t, m)."""
   return make_krr_predictor(k_ss, y_s, diag_reg=diag_reg)(k_ts)
 
 
+@precision.full_precision
 def krr_loss(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, y_t: jax.Array, *,
              diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:
   """½ · mean over targets of ‖y_t − ŷ_t‖² for the KRR predictor fitted on the support set
@@ -56,6 +60,7 @@ def krr_loss(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, y_t: jax.Array, *
   return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
+@precision.full_precision
 def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
                       target_images: jax.Array, target_labels: jax.Array, *,
                       kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
@@ -69,6 +74,7 @@ def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
   return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
 
 
+@precision.full_precision
 def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
                        target_images: jax.Array, target_labels: jax.Array, mask: jax.Array, *,
                        kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
@@ -94,6 +100,7 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
   return risk.map_clusters(cluster_loss, None, (target_images, target_labels), mask)
 
 
+@precision.full_precision
 def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images: jax.Array,
              target_labels: jax.Array, *, kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
              diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:

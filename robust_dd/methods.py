@@ -1,4 +1,6 @@
-"""The distillation methods: one `Method` record each in `METHODS`, the only place a method is named.
+"""The distillation methods: one `Method` record each in `METHODS`.
+
+`METHODS` is the only place a method is named.
 
 A record holds what the rest of the package asks of a method: its presets (config fields by flag
 name), its evaluator, and builders of its losses from a config:

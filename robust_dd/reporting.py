@@ -1,4 +1,6 @@
-"""Markdown tables from metrics files. Imports no JAX, so table scripts start in well under a second.
+"""Markdown tables from metrics files.
+
+Imports no JAX, so table scripts start in well under a second.
 
 Every table takes the dicts that runs write (metrics.json, evaluation.json). A run's settings are
 read from its `flags` (the flat flag values, written since v0.2) or, for older runs, from its flat

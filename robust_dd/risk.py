@@ -9,7 +9,7 @@ Arrays in, arrays out. With cluster losses L_1..L_K and cluster masses p (unifor
 
 `cvar` computes the second form exactly by sorting, so it is differentiable in L (almost
 everywhere): its gradient is q_k / α on the tail clusters and exactly zero elsewhere. (The
-published reference computes its CVaR on detached values; see METHODS.md §5.)
+published reference computes its CVaR on detached values; see docs/methods.md.)
 
 Per-cluster losses: `cluster_index_table` pads clusters of unequal size to one (K, S) index table
 with counts; `sample_cluster_batch` draws a fixed-size masked batch from every cluster on device;

@@ -1,4 +1,4 @@
-"""Coreset selection and selection-based initialisation (METHODS.md §3 LCMat-S and §4).
+"""Coreset selection and selection-based initialisation (docs/methods.md LCMat-S and §4).
 
 Every method picks `budget` real samples of each class and returns their indices (class-major)
 and importance weights (1 for deterministic methods):
@@ -241,14 +241,24 @@ def lcmat_select(z, probs, labels, *, num_classes: int, budget: int, num_coords:
   data_lib.check_per_class(counts, budget, what=f"A budget of {budget} per class")
   mask = np.arange(table.shape[1])[None, :] < counts[:, None]
   z, probs = jnp.asarray(z, jnp.float32), jnp.asarray(probs, jnp.float32)
-  one = jax.jit(functools.partial(lcmat_class_select, budget=budget, num_coords=num_coords,
-                                  eps=eps, block=block))
-  args = (z[table], probs[table], jnp.asarray(labels)[table], jnp.asarray(mask))
-  if class_batch and class_batch < num_classes:
-    pos = jax.lax.map(lambda a: one(*a), args, batch_size=class_batch)
-  else:
-    pos = jax.vmap(one)(*args)
+  args = (z[table], probs[table], jnp.asarray(labels)[table], jnp.asarray(mask), jnp.float32(eps))
+  pos = _compiled_lcmat(budget, num_coords, block, class_batch if class_batch < num_classes
+                        else 0)(*args)
   return np.take_along_axis(table, np.asarray(pos), axis=1).reshape(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_lcmat(budget, num_coords, block, class_batch):
+  """LCMat-S over padded classes, jitted once per static setting (`eps` traced)."""
+
+  def run(z, probs, labels, mask, eps):
+    one = functools.partial(lcmat_class_select, budget=budget, num_coords=num_coords, eps=eps,
+                            block=block)
+    if class_batch:
+      return jax.lax.map(lambda a: one(*a), (z, probs, labels, mask), batch_size=class_batch)
+    return jax.vmap(one)(z, probs, labels, mask)
+
+  return jax.jit(run)
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -289,14 +299,22 @@ def select_indices(method: str, key: jax.Array, x, labels, *, num_classes: int, 
   x = np.asarray(x, np.float32)
   mask = np.arange(table.shape[1])[None, :] < counts[:, None]
   keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
-  pick = functools.partial(_select_class, method=method, budget=budget, kernel_fn=kernel_fn,
-                           ridge=ridge, rank=rank, dedup_quantile=dedup_quantile)
-  pos, weights = jax.jit(jax.vmap(pick))(keys, jnp.asarray(x[table]), jnp.asarray(mask))
+  pick = _compiled_select(method, budget, kernel_fn, rank, dedup_quantile)
+  pos, weights = pick(keys, jnp.asarray(x[table]), jnp.asarray(mask), jnp.float32(ridge))
   return (np.take_along_axis(table, np.asarray(pos), axis=1).reshape(-1),
           np.asarray(weights, np.float32).reshape(-1))
 
 
-def _select_class(key, x, mask, *, method, budget, kernel_fn, ridge, rank, dedup_quantile):
+@functools.lru_cache(maxsize=64)
+def _compiled_select(method, budget, kernel_fn, rank, dedup_quantile):
+  """The jitted, class-vmapped picker, built once per static setting (a second call with the same
+  settings reuses the compiled program; `ridge` is traced)."""
+  pick = functools.partial(_select_class, method=method, budget=budget, kernel_fn=kernel_fn,
+                           rank=rank, dedup_quantile=dedup_quantile)
+  return jax.jit(jax.vmap(pick, in_axes=(0, 0, 0, None)))
+
+
+def _select_class(key, x, mask, ridge, *, method, budget, kernel_fn, rank, dedup_quantile):
   """(positions (budget,), weights (budget,)) of one padded class (rows where `mask`)."""
   ones = jnp.ones(budget, jnp.float32)
   threshold = 0.0

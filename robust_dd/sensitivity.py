@@ -1,4 +1,4 @@
-"""Provable subset selection (METHODS.md §4): sensitivity scores and importance sampling.
+"""Provable subset selection (docs/methods.md): sensitivity scores and importance sampling.
 
 Pure, jittable building blocks, arrays in and arrays out:
 

@@ -65,9 +65,14 @@ def evaluation_optimizer(*, learning_rate: float, momentum: float, weight_decay:
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "init_fn", "steps", "batch_size",
-                                             "augment", "loss", "optimizer"))
+                                             "augment", "loss", "learning_rate", "momentum",
+                                             "weight_decay"))
 def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment, loss,
-           optimizer):
+           learning_rate, momentum, weight_decay):
+  # The schedule's scalars are static (Python floats), so the optimiser is built here, in the
+  # trace, from them: one compiled program per evaluation schedule.
+  optimizer = evaluation_optimizer(learning_rate=learning_rate, momentum=momentum,
+                                   weight_decay=weight_decay, total_steps=steps)
   k_init, k_loop = jax.random.split(key)
   params = init_fn(k_init)
   n = images.shape[0]
@@ -106,31 +111,10 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   if n == 0:
     raise ValueError("Cannot train on an empty set.")
   steps = epochs * -(-n // batch_size)
-  optimizer = evaluation_optimizer(learning_rate=learning_rate, momentum=momentum,
-                                   weight_decay=weight_decay, total_steps=steps)
   return _train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
                 init_fn=init_fn, steps=steps, batch_size=min(batch_size, n), augment=augment,
-                loss=loss, optimizer=_Hashable(optimizer, (learning_rate, momentum,
-                                                           weight_decay, steps)))
-
-
-class _Hashable:
-  """An optax transformation made a static jit argument, hashed by its hyperparameters."""
-
-  def __init__(self, optimizer, signature):
-    self.optimizer, self.signature = optimizer, signature
-
-  def init(self, params):
-    return self.optimizer.init(params)
-
-  def update(self, grads, state, params):
-    return self.optimizer.update(grads, state, params)
-
-  def __hash__(self):
-    return hash(self.signature)
-
-  def __eq__(self, other):
-    return isinstance(other, _Hashable) and self.signature == other.signature
+                loss=loss, learning_rate=float(learning_rate), momentum=float(momentum),
+                weight_decay=float(weight_decay))
 
 
 def map_batches(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, batch_size: int = 500

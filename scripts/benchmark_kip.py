@@ -3,12 +3,14 @@ r"""Benchmarks KIP steps: steps per second and peak memory for FC and Conv kerne
   python scripts/benchmark_kip.py --out=runs/benchmark_kip.json
 
 For every architecture × IPC × target batch it compiles the distillation step of
-`robust_dd.distill.make_step` on mnist5k (28×28), runs it until `--min_seconds` have passed (at least
+`robust_dd.distill.make_step` on mnist5k (28×28), runs it until `--min_seconds` have passed
+(at least
 `--min_steps` steps), and records steps/s, XLA's compiled memory estimate for the step (arguments +
 outputs + temporaries), the device's peak bytes where the backend reports them (GPU/TPU), and the
 process's peak RSS so far. Writes JSON and prints a Markdown table.
 
-Expected on a 2-core CPU (measured, see README): FC1 NTK at IPC 10 / batch 100 runs hundreds of steps
+Expected on a 2-core CPU (measured, see README): FC1 NTK at IPC 10 / batch 100 runs hundreds of
+steps
 per second; Conv (3×3, no pooling) is one to three orders of magnitude slower. Conv with pooling
 (--conv_pool) needs O((28·28)²) memory per image pair: expect it to fail or crawl on CPU.
 """
@@ -95,7 +97,8 @@ def main(argv):
     if "error" in r:
       print(f"| {r['arch']} | {r['ipc']} | {r['target_batch']} | failed: {r['error'][:60]} |||")
       continue
-    print(f"| {r['arch']}{r['depth']} ntk{' (no pool)' if r['arch'] == 'conv' else ''} | {r['ipc']} | {r['target_batch']} | "
+    name = f"{r['arch']}{r['depth']} ntk{' (no pool)' if r['arch'] == 'conv' else ''}"
+    print(f"| {name} | {r['ipc']} | {r['target_batch']} | "
           f"{r['steps_per_second']:.3g} | {1000 / r['steps_per_second']:.4g} | "
           f"{_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "

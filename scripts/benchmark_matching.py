@@ -4,7 +4,8 @@ r"""Benchmarks DC and LCMat outer iterations: seconds per outer iteration and pe
 
 For each method x IPC it compiles `robust_dd.methods.build_step` on mnist5k (28x28, ConvNet-3
 width 128, DC's outer/inner loops for that IPC, `--real_per_class` real images per class per
-update, `--class_batches` classes vmapped at once), then times `--repeats` outer iterations (each: a fresh network, outer_loop set updates,
+update, `--class_batches` classes vmapped at once), then times `--repeats` outer iterations
+(each: a fresh network, outer_loop set updates,
 inner training between them). With `--compare_loop` (IPC 1 only, where one outer iteration is one
 update) it also times the same step with the per-class losses computed by a Python loop over
 classes instead of `vmap`. Records XLA's memory estimate for the step (arguments + outputs +

@@ -88,7 +88,8 @@ def test_same_key_same_result_and_progress_lines():
   state, step, real = _setup()
   a, history = distill.run_distillation(step, _copy(state), real, key=jax.random.key(5),
                                         num_steps=12, log_every=4, log=lines.append,
-                                        eval_fn=lambda p: {"norm": float(jnp.abs(p["images"]).sum())})
+                                        eval_fn=lambda p: {
+                                            "norm": float(jnp.abs(p["images"]).sum())})
   b, _ = distill.run_distillation(step, _copy(state), real, key=jax.random.key(5), num_steps=12,
                                   log=lambda s: None)
   np.testing.assert_array_equal(a.params["images"], b.params["images"])
@@ -161,7 +162,7 @@ def test_network_step_is_the_dc_outer_iteration_written_out():
   state, step, real, loss_fn, network, optimizer = _matching_setup(3)
   key = jax.random.key(7)
   params, opt_state = _copy(state.params), _copy(state.opt_state)
-  k_net, k_loop = jax.random.split(key)
+  k_net, k_loop = jax.random.split(jax.random.fold_in(key, 0))  # The step folds in step 0.
   net = network.init(k_net)
   losses = []
   for i in range(3):  # update, train, update, train, update: no training after the last update.
@@ -262,7 +263,8 @@ def test_cluster_real_ids_classes_and_counts():
 
 def test_reclusterer_is_a_function_of_the_step_and_follows_the_synthetic_set():
   x, y, real = _problem(n_per_class=12)
-  config = config_lib.DistillConfig.make(ipc=1, cluster_assignment="prototype", cluster_scope="global",
+  config = config_lib.DistillConfig.make(ipc=1, cluster_assignment="prototype",
+                                         cluster_scope="global",
                                  cluster_features="random")
   recluster = experiment.make_reclusterer(config, real, x, y, num_classes=3,
                                        key=jax.random.key(0))

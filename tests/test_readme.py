@@ -19,6 +19,7 @@ def test_the_readme_has_snippets_and_every_one_runs():
   namespace = {}
   for i, block in enumerate(blocks):
     try:
-      exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
+      code = compile(block, f"README.md python block {i + 1}", "exec")
+      exec(code, namespace)  # pylint: disable=exec-used
     except Exception as e:  # pylint: disable=broad-except
       pytest.fail(f"README.md python block {i + 1} fails: {type(e).__name__}: {e}\n{block}")
