@@ -9,6 +9,7 @@ flags, then absl's.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any, Callable, Iterable
@@ -52,6 +53,31 @@ def define_config_flags(config_cls, *, main: Iterable[str], main_module: str) ->
                    module_name=module)
     names.append(spec.name)
   return names
+
+
+def config_driver(config_cls, *, main: Iterable[str], main_module: str, experiment: str,
+                  default_workdir: str, errors=(ValueError,)):
+  """Defines a driver's flags (the config's and --workdir) and returns (config_from_flags, main).
+
+  `experiment` is the library function `fn(config, workdir, log=...)` to run, as
+  "module.function" (imported when the driver runs, so `--help` starts fast);
+  `default_workdir` is a format string of the config `c` used when --workdir is not given.
+  """
+  names = define_config_flags(config_cls, main=main, main_module=main_module)
+  flags.DEFINE_string("workdir", None, f"Output directory (default: {default_workdir}).",
+                      module_name=_module_name(main_module))
+
+  def from_flags():
+    return config_from_flags(config_cls, names)
+
+  def main_fn(argv):
+    config = from_flags()
+    workdir = FLAGS.workdir or default_workdir.format(c=config)
+    module, name = experiment.rsplit(".", 1)
+    fn = getattr(importlib.import_module(module), name)
+    run_experiment(argv, lambda w, log: fn(config, w, log=log), workdir=workdir, errors=errors)
+
+  return from_flags, main_fn
 
 
 def config_from_flags(config_cls, names: Iterable[str]):

@@ -22,32 +22,17 @@ with a different config is refused.
 """
 
 from absl import app
-from absl import flags
 
 from experiments import _common
 from robust_dd import config as config_lib
 
-FLAGS = flags.FLAGS
-MAIN_FLAGS = ("method", "ipc", "steps", "seed", "dataset", "data_dir", "learning_rate",
-              "real_per_class", "robust", "init", "sampler")
-NAMES = _common.define_config_flags(config_lib.DistillConfig, main=MAIN_FLAGS,
-                                    main_module=__name__)
-flags.DEFINE_string("workdir", None, "Output directory (default: runs/<method>_<dataset>_ipc<N>"
-                    "_seed<S>).")
-
-
-def config_from_flags() -> config_lib.DistillConfig:
-  return _common.config_from_flags(config_lib.DistillConfig, NAMES)
-
-
-def main(argv):
-  config = config_from_flags()
-  workdir = FLAGS.workdir or (f"runs/{config.method}_{config.data.dataset}_ipc{config.ipc}"
-                              f"_seed{config.seed}")
-  from robust_dd import experiment  # pylint: disable=g-import-not-at-top
-  _common.run_experiment(argv, lambda w, log: experiment.distill_experiment(config, w, log=log),
-                         workdir=workdir, errors=(ValueError, FloatingPointError))
-
+config_from_flags, main = _common.config_driver(
+    config_lib.DistillConfig, main_module=__name__,
+    experiment="robust_dd.experiment.distill_experiment",
+    default_workdir="runs/{c.method}_{c.data.dataset}_ipc{c.ipc}_seed{c.seed}",
+    errors=(ValueError, FloatingPointError),
+    main=("method", "ipc", "steps", "seed", "dataset", "data_dir", "learning_rate",
+          "real_per_class", "robust", "init", "sampler"))
 
 if __name__ == "__main__":
   app.run(main)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_dd import groups
+
 EMBEDDED_DATASETS = ("digits", "mnist5k", "mnist1d")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
 ALL_DATASETS = EMBEDDED_DATASETS + TFDS_DATASETS + ("npz",)
@@ -315,14 +317,12 @@ def one_hot_centered(labels, num_classes: int):
 
 
 def class_index_table(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (table, counts): table[c, :counts[c]] are the indices of class c, padded with 0."""
+  """Returns (table, counts): table[c, :counts[c]] are the indices of class c (ascending), padded
+  with 0 (`groups.index_table` on the host, rows as wide as the largest class)."""
   labels = np.asarray(labels)
-  counts = np.bincount(labels, minlength=num_classes).astype(np.int32)
-  table = np.zeros((num_classes, max(int(counts.max()), 1)), np.int32)
-  for c in range(num_classes):
-    idx = np.flatnonzero(labels == c)
-    table[c, :len(idx)] = idx
-  return table, counts
+  width = max(int(np.bincount(labels, minlength=num_classes).max(initial=0)), 1)
+  table, counts = groups.index_table(labels, num_classes, width=width)
+  return np.asarray(table), np.asarray(counts)
 
 
 def check_per_class(counts: np.ndarray, per_class: int, *, what: str) -> None:
@@ -341,14 +341,8 @@ def sample_class_balanced(key: jax.Array, table: jax.Array, counts: jax.Array, *
   """Draws `per_class` distinct indices from each class, without replacement: uniformly, or with
   probability ∝ exp(logits) (C, width) (successive sampling) when `logits` are given.
 
-  Jittable (Gumbel top-k over each padded row of `table`). Returns (C * per_class,) indices,
-  class-major: the first `per_class` belong to class 0.
+  Jittable (`groups.sample`). Every class must have at least `per_class` samples. Returns
+  (C * per_class,) indices, class-major: the first `per_class` belong to class 0.
   """
-  num_classes, width = table.shape
-  valid = jnp.arange(width)[None, :] < counts[:, None]
-  gumbel = jax.random.gumbel(key, (num_classes, width))
-  if logits is not None:
-    gumbel = gumbel + logits
-  scores = jnp.where(valid, gumbel, -jnp.inf)
-  _, pos = jax.lax.top_k(scores, per_class)
-  return jnp.take_along_axis(table, pos, axis=1).reshape(-1)
+  idx, _ = groups.sample(key, table, counts, per_group=per_class, logits=logits)
+  return idx.reshape(-1)

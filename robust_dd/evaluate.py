@@ -120,37 +120,6 @@ def random_subset_predictions(key: jax.Array, predict_fn, train_images, train_la
   return {name: np.stack(p) for name, p in out.items()}
 
 
-def random_subset_krr_accuracy(key: jax.Array, kernel_fn, train_images, train_labels,
-                               test_images, test_labels, *, per_class: int, num_classes: int,
-                               draws: int = 5, diag_reg: float = 1e-6, batch_size: int = 256
-                               ) -> np.ndarray:
-  """KRR test accuracy of `draws` independent random class-balanced subsets (one value each)."""
-
-  def predict(_, x, y):
-    return krr_label_predictions(kernel_fn, x, data_lib.one_hot_centered(y, num_classes),
-                                 {"test": test_images}, diag_reg=diag_reg, batch_size=batch_size)
-
-  preds = random_subset_predictions(key, predict, train_images, train_labels, per_class=per_class,
-                                    num_classes=num_classes, draws=draws)["test"]
-  return np.mean(preds == np.asarray(test_labels)[None], axis=1)
-
-
-def random_subset_network_accuracies(key: jax.Array, train_images, train_labels, test_images,
-                                     test_labels, *, per_class: int, num_classes: int,
-                                     draws: int = 3, **network_kwargs) -> np.ndarray:
-  """Finite-network accuracy of `draws` random class-balanced subsets (subset i, network seed i).
-
-  `network_kwargs` go to `network_predictions` (model, epochs, batch_size, augment, ...).
-  """
-
-  def predict(k, x, y):
-    return network_predictions(k, x, y, {"test": test_images}, seeds=1, **network_kwargs)
-
-  preds = random_subset_predictions(key, predict, train_images, train_labels, per_class=per_class,
-                                    num_classes=num_classes, draws=draws)["test"]
-  return np.mean(preds == np.asarray(test_labels)[None], axis=1)
-
-
 # ------------------------------------------------------------------------------ robustness
 
 CORRUPTIONS = ("gaussian_noise", "blur", "invert")

@@ -107,6 +107,39 @@ def check_clusters(config: DistillConfig, counts) -> None:
 # ----------------------------------------------------------------------------------- clusters
 
 
+def _splits_by_class(config: DistillConfig) -> bool:
+  """Global clusters are split by class for methods whose losses are per class."""
+  return (config.robust.cluster_scope == "global"
+          and methods_lib.get(config.method).trains_network)
+
+
+def prototype_cluster_class(config: DistillConfig, num_classes: int) -> np.ndarray:
+  """(K,) class of each prototype cluster (-1: clusters that mix classes)."""
+  proto_labels = np.repeat(np.arange(num_classes), config.ipc)
+  if config.robust.cluster_scope == "class":
+    return proto_labels
+  if _splits_by_class(config):
+    return np.repeat(np.arange(num_classes), len(proto_labels))
+  return np.full(len(proto_labels), -1)
+
+
+def prototype_ids(config: DistillConfig, key: jax.Array, x_train, y_train, syn_images, *,
+                  num_classes: int, embed=None) -> jax.Array:
+  """(n,) prototype cluster of each real sample: its nearest synthetic image in the config's
+  feature space (of its own class with scope 'class'; split by class for network methods with
+  scope 'global'). Pure jnp: jittable."""
+  k_feat, _ = jax.random.split(key)
+  kind = config.robust.cluster_features
+  feats = cluster.features(kind, x_train, key=k_feat, embed=embed)
+  protos = cluster.features(kind, syn_images, key=k_feat, embed=embed)
+  proto_labels = jnp.repeat(jnp.arange(num_classes), config.ipc)
+  per_class = config.robust.cluster_scope == "class"
+  y = jnp.asarray(y_train, jnp.int32)
+  ids = cluster.nearest_prototype(feats, protos, labels=y if per_class else None,
+                                  prototype_labels=proto_labels if per_class else None)
+  return y * protos.shape[0] + ids if _splits_by_class(config) else ids
+
+
 def cluster_real(config: DistillConfig, key: jax.Array, x_train, y_train, *, num_classes: int,
                  syn_images=None, embed=None) -> tuple[np.ndarray, np.ndarray]:
   """Cluster ids of the real training samples and the class of each cluster: (ids (n,), (K,)).
@@ -115,34 +148,25 @@ def cluster_real(config: DistillConfig, key: jax.Array, x_train, y_train, *, num
   - kmeans, scope 'global': k-means on all samples (K = k); for methods that train a network,
     whose losses are per class, each global cluster is split by class (K = C · k, some possibly
     empty).
-  - prototype: each sample joins its nearest synthetic image (of its own class with scope
-    'class'), K = C · IPC (split by class for network methods with scope 'global').
+  - prototype: each sample joins its nearest synthetic image (`prototype_ids`), K = C · IPC
+    (split by class for network methods with scope 'global').
   Features (`cluster_features`): pixels, random ReLU features, or `embed` (network features).
   `cluster_class` is -1 for clusters that mix classes (global KIP clusters).
   """
   r = config.robust
+  if r.cluster_assignment == "prototype":
+    ids = prototype_ids(config, key, x_train, y_train, jnp.asarray(syn_images),
+                        num_classes=num_classes, embed=embed)
+    return np.asarray(ids), prototype_cluster_class(config, num_classes)
   k_feat, k_means = jax.random.split(key)
   feats = cluster.features(r.cluster_features, x_train, key=k_feat, embed=embed)
   y = np.asarray(y_train)
-  per_class = r.cluster_scope == "class"
-  if r.cluster_assignment == "prototype":
-    protos = cluster.features(r.cluster_features, np.asarray(syn_images), key=k_feat,
-                              embed=embed)
-    proto_labels = np.repeat(np.arange(num_classes), config.ipc)
-    ids = np.asarray(cluster.nearest_prototype(
-        feats, protos, labels=y if per_class else None,
-        prototype_labels=proto_labels if per_class else None))
-    k = len(protos)
-    if per_class:
-      return ids, proto_labels
-  elif per_class:
-    ids = cluster.kmeans_per_class(k_means, feats, y, num_classes=num_classes,
-                                   k=r.num_clusters)
-    return ids, np.repeat(np.arange(num_classes), r.num_clusters)
-  else:
-    k = r.num_clusters
-    ids = np.asarray(cluster.kmeans(k_means, feats, k=k).assignment)
-  if methods_lib.get(config.method).trains_network:  # Split mixed clusters by class.
+  k = r.num_clusters
+  if r.cluster_scope == "class":
+    ids = cluster.kmeans_per_class(k_means, feats, y, num_classes=num_classes, k=k)
+    return ids, np.repeat(np.arange(num_classes), k)
+  ids = np.asarray(cluster.kmeans(k_means, feats, k=k).assignment)
+  if _splits_by_class(config):
     return y * k + ids, np.repeat(np.arange(num_classes), k)
   return ids, np.full(k, -1)
 
@@ -160,22 +184,50 @@ def make_reclusterer(config: DistillConfig, real: dict[str, jax.Array], x_train,
   """`recluster(state, step) -> real` with the cluster table of `cluster_real` at that step.
 
   Step s uses `fold_in(key, s)` (k-means seeding, random features, the embedding network), so a
-  resumed run reclusters exactly as an uninterrupted one.
+  resumed run reclusters exactly as an uninterrupted one. Prototype clusters, which follow the
+  synthetic set and are recomputed every step by default, are one jitted call that stays on
+  device (features, nearest prototypes, padded table); k-means runs once by default and returns
+  through the host.
   """
   embed_model = methods_lib.network_model(config, num_classes, x_train.shape[1:])
-  width = int(np.bincount(np.asarray(y_train)).max())
+  init_embed = models.init_fn(embed_model, tuple(x_train.shape[1:]))
+  embed_apply = models.embed_fn(embed_model)
+  y_train = np.asarray(y_train)
+
+  def embed_at(k):
+    if config.robust.cluster_features != "embed":
+      return None
+    net = init_embed(k)
+    return lambda x: embed_apply(net, x)
+
+  def width_of(cluster_class) -> int:
+    within_class = bool(np.all(cluster_class >= 0))
+    return int(np.bincount(y_train).max()) if within_class else len(y_train)
+
+  if config.robust.cluster_assignment == "prototype":
+    cluster_class = prototype_cluster_class(config, num_classes)
+    width = width_of(cluster_class)
+
+    @jax.jit
+    def prototype_table(syn_images, k, x, y):
+      ids = prototype_ids(config, k, x, y, syn_images, num_classes=num_classes, embed=embed_at(k))
+      return risk.cluster_index_table(ids, len(cluster_class), width=width)
+
+    y_device = jnp.asarray(y_train, jnp.int32)
+    classes = jnp.asarray(cluster_class, jnp.int32)
+
+    def recluster_prototypes(state: distill.DistillState, step: int) -> dict:
+      table, counts = prototype_table(state.params["images"], jax.random.fold_in(key, step),
+                                      real["images"], y_device)
+      return dict(real, cluster_table=table, cluster_counts=counts, cluster_class=classes)
+
+    return recluster_prototypes
 
   def recluster(state: distill.DistillState, step: int) -> dict:
     k = jax.random.fold_in(key, step)
-    embed = None
-    if config.robust.cluster_features == "embed":
-      net = models.init_fn(embed_model, tuple(x_train.shape[1:]))(k)
-      embed_apply = models.embed_fn(embed_model)
-      embed = lambda x: embed_apply(net, x)
     ids, cluster_class = cluster_real(config, k, x_train, y_train, num_classes=num_classes,
-                                      syn_images=state.params["images"], embed=embed)
-    within_class = bool(np.all(cluster_class >= 0))
-    return with_clusters(real, ids, cluster_class, width=width if within_class else len(ids))
+                                      syn_images=state.params["images"], embed=embed_at(k))
+    return with_clusters(real, ids, cluster_class, width=width_of(cluster_class))
 
   return recluster
 

@@ -21,7 +21,7 @@ SELECT_ORDER = ("random", "kmeans_centers", "herding", "kcenter", "sensitivity",
 
 def flags_of(run: dict[str, Any]) -> dict[str, Any]:
   """The flat flag values of a run's metrics (new runs: `flags`; older runs: `config`)."""
-  return run.get("flags", run["config"])
+  return run["flags"] if "flags" in run else run["config"]
 
 
 def _mean_std(values: Iterable[float], scale: float = 100.0) -> Optional[tuple[float, float]]:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_dd import groups
+
 
 def _masses(num: int, weights: Optional[jax.Array], dtype) -> jax.Array:
   if weights is None:
@@ -99,45 +101,16 @@ robust_objective_jit = jax.jit(robust_objective)
 # ----------------------------------------------------------------------- per-cluster losses
 
 
-def cluster_index_table(cluster_ids, num_clusters: int, *, width: Optional[int] = None
-                        ) -> tuple[jax.Array, jax.Array]:
-  """(table, counts): table[k, :counts[k]] are the indices with `cluster_ids == k`, padded with 0.
-
-  Jittable: `width` (the padded row length) must be static and at least the largest cluster;
-  None takes the number of samples.
-  """
-  ids = jnp.asarray(cluster_ids, jnp.int32)
-  n = ids.shape[0]
-  width = n if width is None else width
-  counts = jnp.bincount(ids, length=num_clusters).astype(jnp.int32)
-  order = jnp.argsort(ids, stable=True)
-  starts = jnp.cumsum(counts) - counts
-  pos = jnp.arange(width)[None, :]
-  flat = jnp.clip(starts[:, None] + pos, 0, n - 1)
-  table = jnp.where(pos < counts[:, None], order[flat], 0)
-  return table.astype(jnp.int32), counts
+# Clusters are padded groups: one index table and one sampler serve classes and clusters alike.
+cluster_index_table = groups.index_table
 
 
 def sample_cluster_batch(key: jax.Array, table: jax.Array, counts: jax.Array, *,
                          per_cluster: int, logits: Optional[jax.Array] = None
                          ) -> tuple[jax.Array, jax.Array]:
-  """Draws up to `per_cluster` distinct members of every cluster (Gumbel top-k), on device:
-  uniformly, or ∝ exp(logits) (K, width) when given.
-
-  Returns (idx, mask), both (K, per_cluster): a cluster with fewer members than `per_cluster`
-  gives all of them, the rest of its row masked out (mask False, index 0).
-  """
-  num, width = table.shape
-  if per_cluster > width:
-    raise ValueError(f"per_cluster={per_cluster} exceeds the table width {width}.")
-  valid = jnp.arange(width)[None, :] < counts[:, None]
-  gumbel = jax.random.gumbel(key, (num, width))
-  if logits is not None:
-    gumbel = gumbel + logits
-  scores = jnp.where(valid, gumbel, -jnp.inf)
-  _, pos = jax.lax.top_k(scores, per_cluster)
-  mask = jnp.arange(per_cluster)[None, :] < counts[:, None]
-  return jnp.where(mask, jnp.take_along_axis(table, pos, axis=1), 0), mask
+  """Up to `per_cluster` distinct members of every cluster, (idx, mask) (K, per_cluster); see
+  `groups.sample`."""
+  return groups.sample(key, table, counts, per_group=per_cluster, logits=logits)
 
 
 def map_clusters(loss_fn: Callable[..., jax.Array], params: Any, batch: Any, mask: jax.Array

@@ -23,6 +23,7 @@ def _quiet(_):
   pass
 
 
+@pytest.mark.slow
 def test_selection_outputs_and_krr_accuracy_match_an_independent_computation(tmp_path):
   config = config_lib.SelectConfig.make(method="herding", fraction=0.02, **BASE)
   workdir = str(tmp_path / "w")
@@ -52,6 +53,7 @@ def test_selection_outputs_and_krr_accuracy_match_an_independent_computation(tmp
   assert "| 2% | 30 | herding | 1 |" in reporting.coreset_table([metrics])
 
 
+@pytest.mark.slow
 def test_lcmat_warmup_features_and_probabilities():
   ds = data_lib.load_dataset("digits")
   model = methods.network_model(config_lib.SelectConfig.make(**BASE), 10,

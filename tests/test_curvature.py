@@ -27,6 +27,7 @@ def _problem(dtype=jnp.float32):
   return loss, params, v
 
 
+@pytest.mark.slow
 def test_hvp_equals_dense_hessian_times_vector():
   with jax.enable_x64(True):
     loss, params, v = _problem(jnp.float64)
@@ -80,6 +81,7 @@ def _tiny_conv(dtype=jnp.float32):
   return models.logits_fn(model), params, syn, real
 
 
+@pytest.mark.slow
 def test_lcmat_with_zero_gamma_is_gradient_matching_and_adds_the_hvp_distance():
   apply_fn, params, syn, real = _tiny_conv()
   gm = matching.gradient_match_loss(params, syn, real, apply_fn=apply_fn)
@@ -99,6 +101,7 @@ def test_lcmat_with_zero_gamma_is_gradient_matching_and_adds_the_hvp_distance():
                              rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hvp_mode", curvature.HVP_MODES)
 def test_gradients_through_the_curvature_loss_order_two(hvp_mode):
   # The direction v is a stop-gradient, so the loss's derivative in the images is that of the
@@ -131,6 +134,7 @@ def test_gradients_through_the_curvature_loss_order_two(hvp_mode):
     check_grads(lambda s: frozen(s, v), (syn,), order=2, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_vmapped_curvature_loss_equals_a_loop_and_jit():
   apply_fn, params, syn, real = _tiny_conv()
   class_loss = curvature.curvature_match_class_loss(apply_fn)
@@ -146,6 +150,7 @@ def test_vmapped_curvature_loss_equals_a_loop_and_jit():
     curvature.curvature_match_class_loss(apply_fn, hvp_mode="lanczos")
 
 
+@pytest.mark.slow
 def test_masked_real_rows_drop_out_of_the_curvature_loss():
   # The robust LCMat path: per-cluster losses with padded real rows, one vmap over clusters.
   apply_fn = lambda p, v: jnp.tanh(v.reshape(len(v), -1) @ p["w1"]) @ p["w2"]

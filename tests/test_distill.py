@@ -15,7 +15,6 @@ from robust_dd import io
 from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import methods
-from robust_dd import reporting
 from robust_dd import sensitivity
 
 
@@ -45,6 +44,7 @@ def _copy(state):
   return jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), state)
 
 
+@pytest.mark.slow
 def test_steps_reduce_the_loss_on_held_batches():
   state, step, real = _setup()
   key = jax.random.key(0)
@@ -157,6 +157,7 @@ def _matching_setup(updates_per_network, inner_steps=2):
   return state, step, real, loss_fn, network, optimizer
 
 
+@pytest.mark.slow
 def test_network_step_is_the_dc_outer_iteration_written_out():
   import optax
   state, step, real, loss_fn, network, optimizer = _matching_setup(3)
@@ -183,6 +184,7 @@ def test_network_step_is_the_dc_outer_iteration_written_out():
   assert int(new.step) == 1
 
 
+@pytest.mark.slow
 def test_inner_loop_changes_the_network_between_updates():
   # With 0 inner steps both updates see the same network; with 5 they must not.
   state, step0, real, *_ = _matching_setup(2, inner_steps=0)
@@ -203,6 +205,7 @@ def _one_cluster_per_class(real, y, per_cluster):
   return batch, flat
 
 
+@pytest.mark.slow
 def test_robust_kip_loss_reduces_to_plain_kip_and_to_the_worst_cluster():
   x, y, real = _problem()
   kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk")
@@ -225,6 +228,7 @@ def test_robust_kip_loss_reduces_to_plain_kip_and_to_the_worst_cluster():
   assert float(jnp.abs(g).max()) > 0
 
 
+@pytest.mark.slow
 def test_robust_matching_loss_reduces_to_plain_matching():
   from robust_dd import augment, matching, models
   state, _, real, loss_fn, network, _ = _matching_setup(1)
@@ -264,8 +268,7 @@ def test_cluster_real_ids_classes_and_counts():
 def test_reclusterer_is_a_function_of_the_step_and_follows_the_synthetic_set():
   x, y, real = _problem(n_per_class=12)
   config = config_lib.DistillConfig.make(ipc=1, cluster_assignment="prototype",
-                                         cluster_scope="global",
-                                 cluster_features="random")
+                                         cluster_scope="global", cluster_features="random")
   recluster = experiment.make_reclusterer(config, real, x, y, num_classes=3,
                                        key=jax.random.key(0))
   optimizer = distill.make_optimizer()
@@ -290,23 +293,6 @@ def test_robust_config_validation():
                        (dict(subgroup="blur"), "subgroup")):
     with pytest.raises(ValueError, match=message):
       config_lib.validate_config(config_lib.DistillConfig.make(**bad))
-
-
-def test_robustness_table_groups_runs_and_averages_over_seeds():
-  def run(robust, seed_acc):
-    rob = {"accuracy": seed_acc, "worst_cluster_accuracy": seed_acc / 2,
-           "mean_cluster_accuracy": seed_acc, "rare_accuracy": seed_acc / 4,
-           "common_accuracy": seed_acc}
-    return {"config": {"method": "kip", "ipc": 1, "robust": robust, "tail_fraction": 0.2,
-                       "robust_weight": 0.5}, "steps": 10, "distilled_robustness": rob,
-            "random_subset_robustness": rob}
-
-  table = reporting.robustness_table([run("cvar", 0.6), run("cvar", 0.8), run("none", 0.5)])
-  lines = table.splitlines()
-  assert len(lines) == 4
-  assert lines[2].startswith("| kip | 1 | plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 |")
-  assert lines[3].startswith("| kip | 1 | CVaR α=0.2 λ=0.5 | 2 | 10 | 70.0 ± 10.0 | 35.0 ± 5.0 |")
-  assert "| 17.5 ± 2.5 |" in lines[3]
 
 
 # ------------------------------------------------------------ provable subset selection (§4)

@@ -51,9 +51,11 @@ def test_network_accuracy_learns_separable_data_and_is_reproducible():
   # A set with shuffled labels teaches nothing that transfers.
   wrong = evaluate.network_accuracies(jax.random.key(0), x, (y + 1) % 3, xt, yt, seeds=2, **kw)
   assert wrong.max() < 0.2
-  base = evaluate.random_subset_network_accuracies(jax.random.key(1), x, y, xt, yt, per_class=2,
-                                                   num_classes=3, draws=3, **kw)
-  assert base.shape == (3,) and np.all((0 <= base) & (base <= 1))
+  base = evaluate.random_subset_predictions(
+      jax.random.key(1), lambda k, xs, ys: evaluate.network_predictions(
+          k, xs, ys, {"test": xt}, seeds=1, **kw), x, y, per_class=2, num_classes=3,
+      draws=3)["test"]
+  assert base.shape == (3, len(yt)) and set(np.unique(base)) <= {0, 1, 2}
   with pytest.raises(ValueError, match="augment"):
     evaluate.network_accuracies(jax.random.key(0), x, y, xt, yt, model=model, augment=True)
 

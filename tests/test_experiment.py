@@ -248,7 +248,7 @@ GOLDEN = {
 GOLDEN_INIT = [884, 327, 1119, 981, 1141, 19, 798, 1371, 1228, 367]
 
 
-@pytest.mark.parametrize("method", list(GOLDEN))
+@pytest.mark.parametrize("method", ["kip", pytest.param("dc", marks=pytest.mark.slow)])
 def test_golden_values_of_a_tiny_run(method, tmp_path):
   fields, loss, abs_sum = GOLDEN[method]
   r = run(workdir=tmp_path, **fields, baseline_draws=1, eval_seeds=1, robust_eval=False)

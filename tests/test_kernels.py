@@ -15,6 +15,7 @@ CASES = {"conv2_flatten": dict(depth=2, pool=False, readout="flatten"),
          "conv1_gap": dict(depth=1, pool=False, readout="gap")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("kernel", ["ntk", "nngp"])
 def test_conv_kernels_match_golden_values_from_old_stack(name, kernel):

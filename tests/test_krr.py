@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.test_util import check_grads
 
 from robust_dd import _nt_compat
@@ -54,6 +55,7 @@ def test_kip_loss_is_zero_when_targets_are_the_support():
   assert float(krr.kip_loss(x, y, x, -y, kernel_fn=kernel_fn, diag_reg=1e-7)) > 1.0
 
 
+@pytest.mark.slow
 def test_kip_loss_gradients_match_finite_differences():
   jax.config.update("jax_enable_x64", True)
   try:

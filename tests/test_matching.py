@@ -64,6 +64,7 @@ def _tiny(width=3, shape=(6, 6, 1), classes=3):
   return models.logits_fn(model), params
 
 
+@pytest.mark.slow
 def test_vmapped_per_class_loss_equals_a_loop_with_and_without_dsa():
   apply_fn, params = _tiny()
   syn = jax.random.normal(jax.random.key(1), (3, 2, 6, 6, 1))
@@ -84,6 +85,7 @@ def test_vmapped_per_class_loss_equals_a_loop_with_and_without_dsa():
       np.testing.assert_allclose(vmapped, manual, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_matching_a_set_to_itself_costs_nothing():
   apply_fn, params = _tiny()
   x = jax.random.normal(jax.random.key(1), (3, 4, 6, 6, 1))
@@ -98,6 +100,7 @@ def test_matching_a_set_to_itself_costs_nothing():
   assert other > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric", matching.METRICS)
 def test_gradients_through_the_matching_loss_order_two(metric):
   with jax.enable_x64(True):
@@ -109,6 +112,7 @@ def test_gradients_through_the_matching_loss_order_two(metric):
     check_grads(f, (syn,), order=2, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_jitted_alias_equals_eager():
   apply_fn, params = _tiny()
   syn = jax.random.normal(jax.random.key(1), (3, 2, 6, 6, 1))
@@ -118,6 +122,7 @@ def test_jitted_alias_equals_eager():
                              matching.gradient_match_loss(params, syn, real, **kw), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
   apply_fn, params = _tiny()
   rng = np.random.default_rng(4)
@@ -127,7 +132,7 @@ def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
   cluster_class = jnp.asarray([0, 0, 1, 2, 2])
   class_loss = matching.gradient_match_class_loss(apply_fn)
 
-  @functools.partial(jax.jit, static_argnums=(0, 1))
+  @functools.partial(jax.jit, static_argnums=0)
   def losses(cluster_batch, syn, real, mask):
     return matching.per_cluster_match_losses(class_loss, params, syn, real, mask, cluster_class,
                                              cluster_batch=cluster_batch)

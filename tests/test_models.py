@@ -18,6 +18,7 @@ def test_patch_convolution_equals_lax_conv(kernel_size):
   np.testing.assert_allclose(models.conv_patches(x, kernel), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_convnet_patch_and_lax_implementations_agree():
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
   patch = models.make_network("convnet", num_classes=5, input_shape=(8, 8, 3), depth=2, width=6)
@@ -34,6 +35,7 @@ def test_convnet_patch_and_lax_implementations_agree():
 @pytest.mark.parametrize("shape,depth,features", [((28, 28, 1), 3, 3 * 3 * 8),
                                                   ((32, 32, 3), 3, 4 * 4 * 8),
                                                   ((8, 8, 1), 3, 8)])
+@pytest.mark.slow
 def test_convnet_embed_shape_and_head(shape, depth, features):
   model = models.make_network("auto", num_classes=10, input_shape=shape, depth=depth, width=8)
   assert isinstance(model, models.ConvNet)
@@ -46,6 +48,7 @@ def test_convnet_embed_shape_and_head(shape, depth, features):
                              z @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_instance_norm_makes_the_network_invariant_to_input_scale():
   model = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=1, width=4)
   params = models.init_params(model, jax.random.key(0), (8, 8, 1))

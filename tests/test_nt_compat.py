@@ -154,6 +154,8 @@ def test_nt_imports_and_works_without_tensorflow():
       sys.meta_path.insert(0, Block())
       import jax.numpy as jnp
       import robust_dd
+      assert 'neural_tangents' not in sys.modules  # `import robust_dd` is lazy.
+      import robust_dd.kernels  # Applies the compatibility layer, then imports NT.
       import neural_tangents as nt
       assert 'tensorflow' not in sys.modules
       k = robust_dd.make_kernel_fn('fc', kernel='ntk')(jnp.ones((2, 3)), jnp.ones((1, 3)))

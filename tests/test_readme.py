@@ -13,6 +13,7 @@ def snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_readme_has_snippets_and_every_one_runs():
   blocks = snippets()
   assert len(blocks) >= 4

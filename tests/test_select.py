@@ -126,6 +126,7 @@ def test_every_method_picks_distinct_samples_of_each_class(digits, method):
     np.testing.assert_array_equal(w, 1.0)
 
 
+@pytest.mark.slow
 def test_lcmat_vmapped_over_classes_equals_one_class_at_a_time(digits):
   _, y = digits
   rng = np.random.default_rng(6)

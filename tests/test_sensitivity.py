@@ -50,6 +50,7 @@ def test_feature_scores_are_exact_for_an_exact_factorisation():
                              atol=1e-4)
 
 
+@pytest.mark.slow
 def test_nystrom_scores_converge_to_the_exact_ones_as_rank_grows():
   x = jnp.asarray(np.random.default_rng(3).normal(size=(60, 3)), jnp.float32)
   exact = np.asarray(sensitivity.ridge_leverage_scores(_rbf(x, x), ridge=0.05))

@@ -1,0 +1,85 @@
+"""robust_dd.config: flat access to nested configs, flag specs, presets, validation, workdirs."""
+
+import json
+import math
+import os
+
+import pytest
+
+from robust_dd import config as config_lib
+from robust_dd import methods
+
+DistillConfig = config_lib.DistillConfig
+
+
+def test_flag_names_are_unique_and_reach_every_leaf():
+  for cls in (DistillConfig, config_lib.SelectConfig):
+    specs = config_lib.flag_specs(cls)
+    names = [s.name for s in specs]
+    assert len(names) == len(set(names))
+    assert set(names) == set(cls().flat())
+  c = DistillConfig.make(kernel="nngp", robust="cvar", sampler="importance", arch="conv",
+                         net_width=8, real_per_class=3)
+  assert (c.kernel.kind, c.robust.objective, c.sampler.kind) == ("nngp", "cvar", "importance")
+  assert (c.kernel.arch, c.network.net_width, c.optim.real_per_class) == ("conv", 8, 3)
+  assert c.replace(kernel="ntk").kernel.kind == "ntk" and c.kernel.kind == "nngp"  # Frozen.
+  assert c.replace(kernel=config_lib.KernelConfig(depth=4)).kernel.depth == 4  # A whole section.
+  with pytest.raises(ValueError, match="Unknown config fields"):
+    DistillConfig.make(learning_rat=0.1)
+
+
+def test_dicts_round_trip_and_old_flat_configs_load():
+  c = DistillConfig.make(method="dc", ipc=3, zca=True, tail_fraction=0.3)
+  assert DistillConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+  old = dict(DistillConfig().flat(), target_batch=500, robust="cvar", kernel="nngp",
+             removed_field=1)  # A v0.1 config.json: flat flag names.
+  del old["real_per_class"]
+  loaded = DistillConfig.from_dict(old)
+  assert loaded.optim.target_batch == 500 and loaded.robust.objective == "cvar"
+  assert config_lib.resolve_config(loaded, 10).optim.real_per_class == 50
+
+
+def test_specs_carry_types_choices_and_each_methods_preset():
+  specs = {s.name: s for s in config_lib.flag_specs(DistillConfig)}
+  assert specs["method"].kind == "enum" and specs["method"].choices == tuple(methods.METHODS)
+  assert specs["zca"].kind == "bool" and specs["diag_reg"].kind == "float"
+  assert specs["steps"].default is None and "kip 2000; dc, dsa, lcmat 1000" in specs["steps"].help
+  assert "by IPC (1: 1, 10: 10, 50: 50)" in specs["outer_loop"].help
+  assert {s.name: s.kind for s in config_lib.flag_specs(config_lib.SelectConfig)}[
+      "evaluators"] == "list"
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "diag_reg", "tail_fraction", "rho", "zca_reg",
+                                   "w_std", "sampler_beta"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_field_must_be_finite(field, value):
+  with pytest.raises(ValueError, match=f"--{field}=.* is not a finite number"):
+    config_lib.validate_config(DistillConfig.make(**{field: value}))
+
+
+def test_validation_messages_name_the_flag():
+  for bad, message in ((dict(ipc=0), "--ipc"), (dict(method="mtt"), "--method"),
+                       (dict(metric="l2"), "--metric"), (dict(outer_loop=0), "outer_loop"),
+                       (dict(real_per_class=0), "real_per_class"),
+                       (dict(eval_seeds=0), "eval_seeds"), (dict(net_width=0), "net_width")):
+    with pytest.raises(ValueError, match=message):
+      config_lib.validate_config(DistillConfig.make(**bad))
+  with pytest.raises(ValueError, match="not both"):
+    config_lib.resolve_config(DistillConfig.make(real_per_class=5, target_batch=50), 10)
+  with pytest.raises(ValueError, match="multiple of the 10 classes"):
+    config_lib.resolve_config(DistillConfig.make(target_batch=55), 10)
+
+
+def test_workdir_checks_create_nothing(tmp_path):
+  c = DistillConfig.make(ipc=2)
+  config_lib.check_workdir(str(tmp_path / "new" / "deeper"), c)
+  assert not os.path.exists(tmp_path / "new")
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="is a file"):
+    config_lib.check_workdir(str(tmp_path / "file" / "w"), c)
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(json.dumps(c.replace(steps=5).to_dict()))
+  config_lib.check_workdir(str(run), c.replace(steps=50, eval_seeds=1))  # Resumable fields.
+  with pytest.raises(ValueError, match="different config .*ipc: saved 2 vs now 3"):
+    config_lib.check_workdir(str(run), c.replace(ipc=3))

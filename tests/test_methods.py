@@ -1,0 +1,78 @@
+"""robust_dd.methods: the METHODS table, and that a new method is one record."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_dd import config as config_lib
+from robust_dd import data as data_lib
+from robust_dd import distill
+from robust_dd import krr
+from robust_dd import methods
+
+
+def test_every_record_is_complete_and_its_presets_are_config_fields():
+  fields = set(config_lib.DistillConfig().flat())
+  for name, m in methods.METHODS.items():
+    assert m.name == name and m.evaluator in ("krr", "network")
+    assert set(m.defaults) <= fields, set(m.defaults) - fields
+    assert m.trains_network == (m.evaluator == "network")
+    if m.ipc_defaults is not None:
+      assert set(m.ipc_defaults(10)) <= fields
+  assert methods.METHODS["dsa"].defaults["augment"] and not methods.METHODS["dc"].defaults[
+      "augment"]
+  with pytest.raises(ValueError, match="choose one of"):
+    methods.get("mtt")
+
+
+def _real(n_per_class=6, classes=3, dim=5):
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(classes), n_per_class)
+  x = (rng.normal(size=(len(y), dim)) + y[:, None]).astype(np.float32)
+  table, counts = data_lib.class_index_table(y, classes)
+  return x, y, {"images": jnp.asarray(x), "labels": data_lib.one_hot_centered(y, classes),
+                "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+
+
+def test_a_new_method_is_one_record(monkeypatch):
+  """A toy method (KRR with a linear kernel) added as one record runs through the config's
+  presets, `build_step` and the loop with no other change."""
+
+  def linear_loss(config, ctx):
+    del ctx
+    return lambda params, batch: krr.kip_loss(
+        params["images"], params["labels"], batch["images"], batch["labels"],
+        kernel_fn=lambda a, b: a @ b.T, diag_reg=config.kernel.diag_reg)
+
+  record = dataclasses.replace(methods.METHODS["kip"], name="linear", loss=linear_loss,
+                               defaults=dict(methods.METHODS["kip"].defaults, steps=3,
+                                             real_per_class=4))
+  monkeypatch.setitem(methods.METHODS, "linear", record)
+  config = config_lib.resolve_config(config_lib.DistillConfig.make(method="linear", ipc=1), 3)
+  assert (config.steps, config.optim.real_per_class) == (3, 4)
+  x, y, real = _real()
+  optimizer = distill.make_optimizer(learning_rate=0.01)
+  state = distill.init_state(x[[0, 6, 12]], data_lib.one_hot_centered(np.arange(3), 3),
+                             optimizer)
+  step = methods.build_step(config, optimizer, num_classes=3, input_shape=(5,))
+  state, history = distill.run_distillation(step, state, real, key=jax.random.key(0),
+                                            num_steps=config.steps, log=lambda s: None)
+  assert int(state.step) == 3 and np.isfinite(history[-1]["loss"])
+
+
+def test_build_step_uses_the_records_loss_per_class_batches():
+  x, y, real = _real()
+  config = config_lib.resolve_config(
+      config_lib.DistillConfig.make(ipc=1, real_per_class=6, learning_rate=0.0), 3)
+  optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, name="sgd")
+  state = distill.init_state(x[[0, 6, 12]], data_lib.one_hot_centered(np.arange(3), 3),
+                             optimizer)
+  step = methods.build_step(config, optimizer, num_classes=3, input_shape=(5,))
+  # All 6 samples of every class are drawn, so the loss is the KIP loss on the whole set.
+  expected = methods.kip_loss_fn(kernel_fn=methods.config_kernel_fn(config))(
+      state.params, {"images": real["images"], "labels": real["labels"]})
+  _, metrics = step(state, real, jax.random.key(0))  # Donates (deletes) `state`.
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4)  # Rows in another order.

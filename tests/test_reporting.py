@@ -1,0 +1,64 @@
+"""robust_dd.reporting: tables from metrics (new `flags` and old flat `config`), without JAX."""
+
+import os
+import subprocess
+import sys
+
+from robust_dd import reporting
+from robust_dd import select
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_reporting_imports_no_jax():
+  code = "import sys; import robust_dd.reporting; print('jax' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+  assert out.stdout.strip() == "False", out.stderr
+
+
+def test_robustness_table_groups_runs_and_averages_over_seeds():
+  def run(robust, seed_acc, new):
+    rob = {"accuracy": seed_acc, "worst_cluster_accuracy": seed_acc / 2,
+           "mean_cluster_accuracy": seed_acc, "rare_accuracy": seed_acc / 4,
+           "common_accuracy": seed_acc}
+    flags = {"method": "kip", "ipc": 1, "robust": robust, "tail_fraction": 0.2,
+             "robust_weight": 0.5}
+    return {("flags" if new else "config"): flags, "config": {} if new else flags, "steps": 10,
+            "distilled_robustness": rob, "random_subset_robustness": rob}
+
+  table = reporting.robustness_table([run("cvar", 0.6, True), run("cvar", 0.8, False),
+                                      run("none", 0.5, True)])
+  lines = table.splitlines()
+  assert len(lines) == 4
+  assert lines[2].startswith("| kip | 1 | plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 |")
+  assert lines[3].startswith("| kip | 1 | CVaR α=0.2 λ=0.5 | 2 | 10 | 70.0 ± 10.0 | 35.0 ± 5.0 |")
+  assert "| 17.5 ± 2.5 |" in lines[3]
+
+
+def test_coreset_results_and_evaluation_tables():
+  assert reporting.SELECT_ORDER == select.METHODS
+  runs = [{"flags": {"fraction": 0.01, "method": m}, "num_selected": 10, "selection_seconds": s,
+           "network": {"test_acc": a}} for m, s, a in (("lcmat", 2.0, 0.5), ("random", 1.0, 0.4),
+                                                       ("random", 3.0, 0.6))]
+  lines = reporting.coreset_table(runs).splitlines()
+  assert lines[2] == "| 1% | 10 | random | 2 | 50.0 ± 10.0 | – | 2.0 |"
+  assert lines[3] == "| 1% | 10 | lcmat | 1 | 50.0 ± 0.0 | – | 2.0 |"
+  m = {"flags": {"method": "kip", "dataset": "digits", "ipc": 2}, "steps": 5, "evaluator": "KRR",
+       "distilled_test_acc": 0.9, "distilled_test_acc_std": 0.0,
+       "random_subset_test_acc_mean": 0.5, "random_subset_test_acc_std": 0.25}
+  assert reporting.results_table([m]).splitlines()[2] == (
+      "| kip | digits | 2 | 5 | KRR | 90.0% ± 0.0 | 50.0% ± 25.0 |")
+  report = {"flags": m["flags"], "ipc": 2,
+            "krr": {"evaluator": "KRR", "distilled_test_acc": 0.9, "distilled_test_acc_std": 0.1}}
+  assert reporting.evaluation_table(report).splitlines()[2] == (
+      "| kip | digits | 2 | KRR | 90.0% ± 10.0 | - |")
+  init = dict(m, flags={"ipc": 2, "init": "random", "sampler": "uniform"})
+  assert reporting.init_sampler_table([init, init]).splitlines()[2] == (
+      "| 2 | random | uniform | 2 | 90.0 ± 0.0 | 50.0 |")
+
+
+def test_load_runs_splits_finished_and_unfinished(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "metrics.json").write_text('{"x": 1}')
+  runs, missing = reporting.load_runs([str(tmp_path / "a"), str(tmp_path / "b")])
+  assert runs == [{"x": 1}] and missing == [str(tmp_path / "b")]
