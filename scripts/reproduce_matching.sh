@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for m in dc dsa; do
-  python -m experiments.distill --method=$m --ipc=1 --steps=200 --target_batch=640 --workdir=runs/${m}_mnist5k_ipc1
+  python -m experiments.distill --method=$m --ipc=1 --steps=200 --real_per_class=64 --workdir=runs/${m}_mnist5k_ipc1
 done
-python -m experiments.distill --method=lcmat --ipc=1 --steps=100 --target_batch=640 --workdir=runs/lcmat_mnist5k_ipc1
-python -m experiments.distill --method=dc --ipc=10 --steps=10 --target_batch=640 --workdir=runs/dc_mnist5k_ipc10
-python -m experiments.distill --method=lcmat --ipc=10 --steps=4 --target_batch=640 --workdir=runs/lcmat_mnist5k_ipc10
+python -m experiments.distill --method=lcmat --ipc=1 --steps=100 --real_per_class=64 --workdir=runs/lcmat_mnist5k_ipc1
+python -m experiments.distill --method=dc --ipc=10 --steps=10 --real_per_class=64 --workdir=runs/dc_mnist5k_ipc10
+python -m experiments.distill --method=lcmat --ipc=10 --steps=4 --real_per_class=64 --workdir=runs/lcmat_mnist5k_ipc10

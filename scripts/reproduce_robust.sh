@@ -20,7 +20,7 @@ for ipc_steps in "1 100" "10 2"; do
   for seed in 0 1 2; do
     for robust in none cvar; do
       $PY -m experiments.distill --subgroup=invert --method=dc --ipc=$ipc --steps=$steps \
-        --target_batch=640 --robust=$robust --seed=$seed \
+        --real_per_class=64 --robust=$robust --seed=$seed \
         --workdir=runs/rare_dc_ipc${ipc}_${robust}_seed${seed}
     done
   done

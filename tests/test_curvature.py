@@ -1,5 +1,6 @@
 """robust_dd.curvature: HVPs against a dense Hessian and finite differences; the LCMat loss."""
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,9 +85,10 @@ def _tiny_conv(dtype=jnp.float32):
 @pytest.mark.slow
 def test_lcmat_with_zero_gamma_is_gradient_matching_and_adds_the_hvp_distance():
   apply_fn, params, syn, real = _tiny_conv()
-  gm = matching.gradient_match_loss(params, syn, real, apply_fn=apply_fn)
-  np.testing.assert_allclose(curvature.curvature_match_loss(params, syn, real, apply_fn=apply_fn,
-                                                            gamma=0.0), gm, rtol=1e-5)
+  gm = matching.gradient_match_loss_jit(params, syn, real, apply_fn=apply_fn)
+  lcmat = functools.partial(curvature.curvature_match_loss_jit, params, syn, real,
+                            apply_fn=apply_fn)  # gamma traced: one compilation for both values.
+  np.testing.assert_allclose(lcmat(gamma=0.0), gm, rtol=1e-5)
   # The curvature term by hand for each class, with the dense route: jvp of grad.
   extra = 0.0
   for c in range(2):
@@ -96,9 +98,7 @@ def test_lcmat_with_zero_gamma_is_gradient_matching_and_adds_the_hvp_distance():
     v = curvature.adversarial_direction(gs, gt, rho=0.05)
     extra += matching.gradient_match_distance(curvature.hvp(ls, params, v),
                                               curvature.hvp(lt, params, v))
-  np.testing.assert_allclose(curvature.curvature_match_loss(params, syn, real, apply_fn=apply_fn,
-                                                            gamma=2.0), gm + 2.0 * extra,
-                             rtol=1e-4)
+  np.testing.assert_allclose(lcmat(gamma=2.0), gm + 2.0 * extra, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -128,10 +128,11 @@ def test_gradients_through_the_curvature_loss_order_two(hvp_mode):
       v.append(curvature.adversarial_direction(gs, gt, rho=0.5))
     full = lambda s: curvature.curvature_match_loss(params, s, real, apply_fn=apply_fn,
                                                     hvp_mode=hvp_mode, metric="mse", rho=0.5)
-    np.testing.assert_allclose(full(syn), frozen(syn, v), rtol=1e-10)
-    np.testing.assert_allclose(jax.grad(full)(syn), jax.grad(lambda s: frozen(s, v))(syn),
+    frozen_v = jax.jit(lambda s: frozen(s, v))  # Compiled once: check_grads calls it often.
+    np.testing.assert_allclose(jax.jit(full)(syn), frozen_v(syn), rtol=1e-10)
+    np.testing.assert_allclose(jax.jit(jax.grad(full))(syn), jax.jit(jax.grad(frozen_v))(syn),
                                rtol=1e-8, atol=1e-12)
-    check_grads(lambda s: frozen(s, v), (syn,), order=2, modes=["rev"], atol=1e-4, rtol=1e-4)
+    check_grads(frozen_v, (syn,), order=2, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -166,14 +166,17 @@ def test_network_step_is_the_dc_outer_iteration_written_out():
   k_net, k_loop = jax.random.split(jax.random.fold_in(key, 0))  # The step folds in step 0.
   net = network.init(k_net)
   losses = []
+  # Each piece jitted on its own (compiled once, not dispatched op by op); the loop is Python.
+  train, value_and_grad = jax.jit(network.train), jax.jit(jax.value_and_grad(loss_fn))
+  draw = jax.jit(functools.partial(distill.class_balanced_batch, per_class=4))
   for i in range(3):  # update, train, update, train, update: no training after the last update.
     k_update = jax.random.fold_in(k_loop, 0)
     if i:
       k_train, k_update = jax.random.split(jax.random.fold_in(k_loop, i))
-      net = network.train(net, params, k_train)
+      net = train(net, params, k_train)
     k_batch, k_loss = jax.random.split(k_update)
-    batch = distill.class_balanced_batch(k_batch, real, per_class=4)
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch, net, k_loss)
+    batch = draw(k_batch, real)
+    loss, grads = value_and_grad(params, batch, net, k_loss)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     losses.append(loss)

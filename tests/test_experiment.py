@@ -3,6 +3,7 @@ determinism and bad input (the drivers' flags and exit codes: tests/test_drivers
 
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -95,7 +96,7 @@ def test_bad_input_stops_with_what_to_change_and_writes_nothing(finished, tmp_pa
            y_test=np.arange(20) % 2)
   cases.append((dict(dataset="npz", data_path=str(tmp_path / "bad.npz")), tmp_path / "f", "NaN"))
   for fields, w, message in cases:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
       run(workdir=w, **fields)
     assert w == workdir or not os.path.exists(w), w  # Refused before anything was written.
   # The refused robust run left nothing behind, so the corrected flags run in the same workdir.

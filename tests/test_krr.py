@@ -96,3 +96,16 @@ def test_kip_cluster_losses_equal_a_numpy_loop_over_unmasked_targets():
                                    jnp.asarray(mask[k:k + 1]), kernel_fn=kernel_fn,
                                    diag_reg=1e-2)[0] for k in range(4)]
   np.testing.assert_allclose(got, looped, rtol=1e-6)  # The vmap equals one cluster at a time.
+
+
+def test_jitted_alias_keeps_diag_reg_traced():
+  rng = np.random.default_rng(0)
+  xs, xt = rng.normal(size=(4, 3)), rng.normal(size=(6, 3))
+  ys, yt = np.eye(4)[:, :2], np.eye(6)[:, :2]
+  kernel_fn = lambda a, b: a @ b.T + 1.0
+  before = krr.kip_loss_jit._cache_size()
+  values = [krr.kip_loss_jit(xs, ys, xt, yt, kernel_fn=kernel_fn, diag_reg=r)
+            for r in (1e-3, 1e-2, 1e-1)]
+  assert krr.kip_loss_jit._cache_size() == before + 1  # One compilation for three ridges.
+  np.testing.assert_allclose(values[1], krr.kip_loss(xs, ys, xt, yt, kernel_fn=kernel_fn,
+                                                     diag_reg=1e-2), rtol=1e-5)

@@ -70,13 +70,18 @@ def test_vmapped_per_class_loss_equals_a_loop_with_and_without_dsa():
   syn = jax.random.normal(jax.random.key(1), (3, 2, 6, 6, 1))
   real = jax.random.normal(jax.random.key(2), (3, 5, 6, 6, 1))
   class_loss = matching.gradient_match_class_loss(apply_fn)
+
+  @functools.partial(jax.jit, static_argnums=(0, 1))
+  def losses(aug, class_batch):
+    return matching.per_class_losses(class_loss, params, syn, real, key=jax.random.key(3),
+                                     augment=aug, class_batch=class_batch)
+
   for aug in (None, augment.dsa):
-    kw = dict(key=jax.random.key(3), augment=aug)
-    vmapped = matching.per_class_losses(class_loss, params, syn, real, **kw)
-    looped = matching.per_class_losses(class_loss, params, syn, real, class_batch=1, **kw)
+    vmapped = losses(aug, None)
+    looped = losses(aug, 1)  # One class at a time (lax.map).
     assert vmapped.shape == (3,)
     np.testing.assert_allclose(vmapped, looped, rtol=1e-4, atol=1e-5)
-    chunked = matching.per_class_losses(class_loss, params, syn, real, class_batch=2, **kw)
+    chunked = losses(aug, 2)
     np.testing.assert_allclose(chunked, vmapped, rtol=1e-4, atol=1e-5)  # 2 + a remainder of 1.
     manual = [matching.gradient_match_distance(
         matching.class_loss_gradient(apply_fn, params, syn[c], c),

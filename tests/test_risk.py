@@ -125,3 +125,14 @@ def test_per_cluster_losses_from_ids_equal_a_numpy_loop():
   looped = [loss_fn(jnp.asarray(w), jnp.asarray(x[ids == k]), jnp.ones(np.sum(ids == k)))
             for k in range(6)]
   np.testing.assert_allclose(got, looped, rtol=1e-6)
+
+
+def test_jitted_aliases_keep_floats_traced():
+  losses = jnp.asarray([0.3, 1.2, 0.5, 0.9])
+  before = risk.robust_objective_jit._cache_size()
+  for alpha, lam in ((0.25, 0.5), (0.5, 0.1), (1.0, 1.0)):
+    np.testing.assert_allclose(
+        risk.robust_objective_jit(losses, tail_fraction=alpha, robust_weight=lam),
+        risk.robust_objective(losses, tail_fraction=alpha, robust_weight=lam), rtol=1e-6)
+  assert risk.robust_objective_jit._cache_size() == before + 1
+  np.testing.assert_allclose(risk.cvar_jit(losses, tail_fraction=0.5), 1.05, rtol=1e-6)

@@ -157,3 +157,13 @@ def test_budget_per_class_and_bad_input(digits):
     select.select_indices("lcmat", jax.random.key(0), x, y, num_classes=10, budget=1)
   with pytest.raises(ValueError, match="only"):
     select.select_indices("random", jax.random.key(0), x, y, num_classes=10, budget=1000)
+
+
+def test_selection_is_compiled_once_per_setting():
+  rng = np.random.default_rng(5)
+  x, y = rng.normal(size=(30, 4)).astype(np.float32), np.arange(30) % 3
+  select.select_indices("herding", jax.random.key(0), x, y, num_classes=3, budget=2)
+  compiled = select._compiled_select("herding", 2, None, 0, None)  # pylint: disable=protected-access
+  size = compiled._cache_size()
+  select.select_indices("herding", jax.random.key(1), x, y, num_classes=3, budget=2)
+  assert compiled._cache_size() == size == 1  # The second call reused the compiled program.
