@@ -163,7 +163,8 @@ def test_selection_is_compiled_once_per_setting():
   rng = np.random.default_rng(5)
   x, y = rng.normal(size=(30, 4)).astype(np.float32), np.arange(30) % 3
   select.select_indices("herding", jax.random.key(0), x, y, num_classes=3, budget=2)
-  compiled = select._compiled_select("herding", 2, None, 0, None)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  compiled = select._compiled_select("herding", 2, None, 0, None)
   size = compiled._cache_size()
   select.select_indices("herding", jax.random.key(1), x, y, num_classes=3, budget=2)
   assert compiled._cache_size() == size == 1  # The second call reused the compiled program.
