@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="robust_dd",
-    version="0.1.0",
+    version="0.2.0",
     description=("Dataset distillation in JAX: KIP with neural-tangents kernels, gradient and "
                  "curvature matching, provable subset selection and group-robust distillation."),
     long_description=open("README.md", encoding="utf-8").read(),
