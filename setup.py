@@ -27,5 +27,5 @@ setuptools.setup(
         "mnist1d",  # procedural MNIST-1D
         "pillow",  # PNG grids
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.2"]},
 )
