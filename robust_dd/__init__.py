@@ -12,73 +12,66 @@ from typing import Any
 
 __version__ = "0.2.0"
 
-# name -> module that defines it, grouped as in the README's "Using the library".
-_GROUPS: dict[str, dict[str, str]] = {
+# group -> module -> the public names it defines, grouped as in the README's "Using the library".
+_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "losses": {
-        "krr_loss": "krr", "krr_loss_jit": "krr", "kip_loss": "krr", "kip_loss_jit": "krr",
-        "krr_predict": "krr", "make_krr_predictor": "krr", "krr_sample_losses": "krr",
-        "kip_cluster_losses": "krr",
-        "gradient_match_distance": "matching", "gradient_match_class_loss": "matching",
-        "gradient_match_loss": "matching", "gradient_match_loss_jit": "matching",
-        "per_class_losses": "matching", "per_cluster_match_losses": "matching",
-        "curvature_match_class_loss": "curvature", "curvature_match_loss": "curvature",
-        "curvature_match_loss_jit": "curvature", "hvp": "curvature",
-        "hvp_finite_difference": "curvature",
+        "krr": ("krr_loss", "krr_loss_jit", "kip_loss", "kip_loss_jit", "krr_predict",
+                "make_krr_predictor", "krr_sample_losses", "kip_cluster_losses"),
+        "matching": ("gradient_match_distance", "gradient_match_class_loss", "gradient_match_loss",
+                     "gradient_match_loss_jit", "per_class_losses", "per_cluster_match_losses"),
+        "curvature": ("curvature_match_class_loss", "curvature_match_loss",
+                      "curvature_match_loss_jit", "hvp", "hvp_finite_difference"),
     },
     "kernels": {
-        "make_kernel_fn": "kernels", "make_architecture": "kernels", "kernel_matrix": "kernels",
+        "kernels": ("make_kernel_fn", "make_architecture", "kernel_matrix"),
     },
     "networks": {
-        "ConvNet": "models", "MLP": "models", "make_network": "models", "dsa": "augment",
-        "train_network": "training",
+        "models": ("ConvNet", "MLP", "make_network"),
+        "augment": ("dsa",),
+        "training": ("train_network",),
     },
     "robustness": {
-        "cvar": "risk", "cvar_jit": "risk", "robust_objective": "risk",
-        "robust_objective_jit": "risk", "worst_group": "risk", "per_cluster_losses": "risk",
-        "cluster_index_table": "risk", "sample_cluster_batch": "risk", "kmeans": "cluster",
-        "kmeans_per_class": "cluster", "nearest_prototype": "cluster",
-        "make_rare_subgroup": "data", "corrupt": "evaluate", "robustness_metrics": "evaluate",
+        "risk": ("cvar", "cvar_jit", "robust_objective", "robust_objective_jit", "worst_group",
+                 "per_cluster_losses", "cluster_index_table", "sample_cluster_batch"),
+        "cluster": ("kmeans", "kmeans_per_class", "nearest_prototype"),
+        "data": ("make_rare_subgroup",),
+        "evaluate": ("corrupt", "robustness_metrics"),
     },
     "selection": {
-        "kmeans_sensitivity": "sensitivity", "ridge_leverage_scores": "sensitivity",
-        "nystrom_leverage_scores": "sensitivity", "nystrom_features": "sensitivity",
-        "feature_leverage_scores": "sensitivity", "weighted_sample": "sensitivity",
-        "dedup_mask": "sensitivity", "importance_probabilities": "sensitivity",
-        "select_indices": "select", "facility_location": "select",
-        "last_layer_grad_hessian": "select",
+        "sensitivity": ("kmeans_sensitivity", "ridge_leverage_scores", "nystrom_leverage_scores",
+                        "nystrom_features", "feature_leverage_scores", "weighted_sample",
+                        "dedup_mask", "importance_probabilities"),
+        "select": ("select_indices", "facility_location", "last_layer_grad_hessian"),
     },
     "data": {
-        "Dataset": "data", "load_dataset": "data", "fit_preprocessing": "data",
-        "apply_preprocessing": "data", "Preprocessing": "data", "one_hot_centered": "data",
-        "class_index_table": "data", "sample_class_balanced": "data",
+        "data": ("Dataset", "load_dataset", "fit_preprocessing", "apply_preprocessing",
+                 "Preprocessing", "one_hot_centered", "class_index_table",
+                 "sample_class_balanced"),
     },
     "evaluation": {
-        "krr_predictions": "evaluate", "krr_accuracy": "evaluate",
-        "network_predictions": "evaluate", "network_accuracies": "evaluate",
-        "random_subset_indices": "evaluate",
+        "evaluate": ("krr_predictions", "krr_accuracy", "network_predictions",
+                     "network_accuracies", "random_subset_indices"),
     },
     "loop": {
-        "DistillState": "distill", "Network": "distill", "init_state": "distill",
-        "make_optimizer": "distill", "make_step": "distill", "run_distillation": "distill",
-        "class_balanced_batch": "distill", "cluster_batch": "distill",
-        "importance_rescorer": "distill",
-        "METHODS": "methods", "Method": "methods", "build_step": "methods",
-        "kip_loss_fn": "methods", "matching_loss_fn": "methods",
-        "robust_kip_loss_fn": "methods", "robust_matching_loss_fn": "methods",
-        "inner_loop_network": "methods",
+        "distill": ("DistillState", "Network", "init_state", "make_optimizer", "make_step",
+                    "run_distillation", "class_balanced_batch", "cluster_batch",
+                    "importance_rescorer"),
+        "methods": ("METHODS", "Method", "build_step", "kip_loss_fn", "matching_loss_fn",
+                    "robust_kip_loss_fn", "robust_matching_loss_fn", "inner_loop_network"),
     },
     "experiments": {
-        "DistillConfig": "config", "SelectConfig": "config", "resolve_config": "config",
-        "validate_config": "config", "distill_experiment": "experiment",
-        "evaluate_workdir": "experiment", "select_experiment": "coreset",
+        "config": ("DistillConfig", "SelectConfig", "resolve_config", "validate_config"),
+        "experiment": ("distill_experiment", "evaluate_workdir"),
+        "coreset": ("select_experiment",),
     },
 }
-_WHERE = {name: module for group in _GROUPS.values() for name, module in group.items()}
+_WHERE = {name: module for group in _GROUPS.values() for module, names in group.items()
+          for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
-               "evaluate", "experiment", "io", "kernels", "krr", "matching", "methods",
-               "models", "reporting", "risk", "select", "sensitivity", "training")
+               "evaluate", "experiment", "groups", "io", "kernels", "krr", "matching", "methods",
+               "models", "precision", "reporting", "risk", "select", "sensitivity", "training")
 
-__all__ = [name for group in _GROUPS.values() for name in group]
+__all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 
 
 def __getattr__(name: str) -> Any:
