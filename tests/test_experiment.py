@@ -34,6 +34,14 @@ def run(*, workdir, **fields) -> Run:
   return Run(str(workdir), **fields)
 
 
+def outputs(workdir) -> dict:
+  """Asserts that every output file of a finished run exists; returns its metrics."""
+  for name in ("config.json", "metrics.json", "distilled.npz", "distilled.png", "progress.json"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run") / "w")
@@ -44,10 +52,8 @@ def finished(tmp_path_factory):
 @pytest.mark.slow
 def test_outputs_progress_and_table(finished):
   workdir, stdout = finished
-  for name in ("config.json", "metrics.json", "distilled.npz", "distilled.png", "progress.json"):
-    assert os.path.exists(os.path.join(workdir, name)), name
+  metrics = outputs(workdir)
   assert "step     10/30" in stdout and "left≈" in stdout and "| distilled acc |" in stdout
-  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert metrics["steps"] == 30 and len(metrics["split"]["test_indices"]) == 360
   assert 0.0 <= metrics["distilled_test_acc"] <= 1.0
   assert [h["step"] for h in metrics["history"]] == [10, 20, 30]
@@ -138,10 +144,8 @@ def dc_run(tmp_path_factory):
 @pytest.mark.slow
 def test_dc_driver_outputs_and_finite_network_evaluation(dc_run):
   workdir, stdout = dc_run
-  for name in ("config.json", "metrics.json", "distilled.npz", "distilled.png", "progress.json"):
-    assert os.path.exists(os.path.join(workdir, name)), name
+  metrics = outputs(workdir)
   assert "outer_loop 1, inner_loop 1, real batch 64/class" in stdout and "step      2/4" in stdout
-  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert metrics["flags"]["optimizer"] == "sgd" and metrics["flags"]["learn_labels"] is False
   assert metrics["config"]["optim"]["optimizer"] == "sgd"
   assert "ConvNet-3 w8, 20 epochs" in metrics["evaluator"]
