@@ -23,7 +23,8 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
                       "curvature_match_loss_jit", "hvp", "hvp_finite_difference"),
     },
     "kernels": {
-        "kernels": ("make_kernel_fn", "make_architecture", "kernel_matrix"),
+        "kernels": ("make_kernel_fn", "make_architecture", "kernel_matrix", "feature_matrix"),
+        "random_features": ("RandomFeatureKernel",),
     },
     "networks": {
         "models": ("ConvNet", "MLP", "make_network"),
@@ -69,7 +70,8 @@ _WHERE = {name: module for group in _GROUPS.values() for module, names in group.
           for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
                "evaluate", "experiment", "groups", "io", "kernels", "krr", "matching", "methods",
-               "models", "precision", "reporting", "risk", "select", "sensitivity", "training")
+               "models", "precision", "random_features", "reporting", "risk", "select",
+               "sensitivity", "training")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 

@@ -231,12 +231,37 @@ class DataConfig:
 class KernelConfig:
   """The infinite-width kernel of KIP's loss and of KRR evaluation."""
   arch: str = _field("fc", "Kernel architecture.", choices=ARCHITECTURES)
-  kind: str = _field("ntk", "Infinite-width kernel.", choices=KERNELS, flag="kernel")
+  kind: Optional[str] = _field(None, "Infinite-width kernel (default: ntk; nngp with "
+                               "--random_features, the kernel random features estimate).",
+                               choices=KERNELS, flag="kernel")
   depth: int = _field(1, "Hidden layers (fc) or conv blocks (conv).")
   w_std: float = _field(math.sqrt(2.0), "Weight standard deviation.")
   b_std: float = _field(0.1, "Bias standard deviation.")
-  pool: bool = _field(False, "conv: AvgPool 2x2 after each block (memory O((HW)^2)).")
+  pool: bool = _field(False, "conv: AvgPool 2x2 after each block (exact kernel: memory "
+                      "O((HW)^2) per pair of images; random features: cheap).")
   diag_reg: float = _field(1e-6, "KRR ridge, relative to the mean kernel diagonal.")
+  random_features: int = _field(0, "M > 0: estimate the NNGP by M random features of M/rf_width "
+                                "finite networks of the architecture, redrawn every step (RFAD); "
+                                "0: the exact kernel.")
+  rf_width: int = _field(32, "Random features: width (channels/units and outputs) of each "
+                         "network.")
+  eval_random_features: Optional[int] = _field(None, "Random features: M of the one fixed draw "
+                                               "that KRR evaluation uses (default 4 x "
+                                               "--random_features; 0: the exact kernel).")
+
+  @property
+  def kernel_kind(self) -> str:
+    """'ntk' or 'nngp': `kind`, or its default (nngp with random features)."""
+    return self.kind or ("nngp" if self.random_features else "ntk")
+
+  @property
+  def eval_features(self) -> int:
+    """M of the evaluation kernel's fixed draw (0: exact kernel)."""
+    if not self.random_features:
+      return 0
+    if self.eval_random_features is None:
+      return 4 * self.random_features
+    return self.eval_random_features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,8 +458,16 @@ def validate_eval(config) -> None:
          "--eval_seeds, --eval_epochs and --eval_batch must be >= 1.")
   _check(e.baseline_draws >= 1 and e.kernel_batch >= 1,
          "--baseline_draws and --kernel_batch must be >= 1.")
-  _check(config.kernel.diag_reg >= 0 and config.kernel.depth >= 1,
-         "--diag_reg must be non-negative and --depth >= 1.")
+  k = config.kernel
+  _check(k.diag_reg >= 0 and k.depth >= 1, "--diag_reg must be non-negative and --depth >= 1.")
+  _check(k.random_features >= 0 and k.rf_width >= 1 and k.eval_features >= 0,
+         "--random_features and --eval_random_features must be >= 0, --rf_width >= 1.")
+  for name, m in (("random_features", k.random_features), ("eval_random_features",
+                                                           k.eval_features)):
+    _check(m % k.rf_width == 0, f"--{name}={m} must be a multiple of --rf_width={k.rf_width} "
+           "(M/rf_width networks of rf_width outputs each).")
+  _check(not (k.random_features and k.kernel_kind == "ntk"),
+         "--random_features estimates the NNGP kernel; drop --kernel=ntk (or pass --kernel=nngp).")
   _check(config.network.net_depth >= 1 and config.network.net_width >= 1,
          "--net_depth and --net_width must be >= 1.")
   _check(0 <= d.subgroup_train_fraction <= 1 and 0 <= d.subgroup_test_fraction <= 1,

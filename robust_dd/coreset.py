@@ -54,7 +54,7 @@ def _lcmat_inputs(config: SelectConfig, key, x_train, y_train, num_classes, log)
 
 def _kernel_inputs(config: SelectConfig, key, x_train, y_train, num_classes, log):
   del key, x_train, y_train, num_classes, log
-  return {"kernel_fn": methods_lib.config_kernel_fn(config)}
+  return {"kernel_fn": methods_lib.config_eval_kernel_fn(config)}
 
 
 # Selection methods that need more than the data: what `run_selection` computes for them.

@@ -3,7 +3,8 @@
 A method plugs in as a `loss_fn`, where `params = {'images', 'labels'}` is the synthetic set and
 `batch` a real batch drawn on device inside the step:
 
-- kernel methods (KIP): `loss_fn(params, batch) -> scalar`; one step = one update of the set.
+- kernel methods (KIP): `loss_fn(params, batch, key) -> scalar`; one step = one update of the set
+  (the key draws, e.g., the step's random-feature kernel).
 - network methods (DC, DSA, LCMat): `loss_fn(params, batch, net_params, key) -> scalar` plus a
   `Network(init, train)`; one step = one outer iteration of DC: a fresh network, then
   `updates_per_network` updates of the set, with `network.train` (the inner loop) between them.
@@ -32,7 +33,7 @@ from robust_dd import sensitivity
 
 Params = dict[str, jax.Array]
 Batch = dict[str, jax.Array]
-LossFn = Callable[[Params, Batch], jax.Array]
+LossFn = Callable[..., jax.Array]  # (params, batch, key) or (params, batch, net_params, key)
 
 
 class DistillState(NamedTuple):
@@ -134,7 +135,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
   Each update draws its real batch with `sample_batch(key, real, probs=state.sampler)` (default:
   `per_class` samples of each class, `class_balanced_batch`; robust methods pass
-  `cluster_batch`). Without `network`: one update of the set on `loss_fn(params, batch)`. With
+  `cluster_batch`). Without `network`: one update of the set on `loss_fn(params, batch, key)`. With
   `network`: a fresh network, then `updates_per_network` updates on
   `loss_fn(params, batch, net_params, key)`, each on a new real batch, with `network.train`
   between consecutive updates. `metrics['loss']` is the mean loss of the step's updates.
@@ -157,7 +158,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   def update(params, opt_state, real, key, probs, *net):
     k_batch, k_loss = jax.random.split(key)
     batch = sample_batch(k_batch, real, probs=probs)
-    extra = (net[0], k_loss) if net else ()
+    extra = (net[0], k_loss) if net else (k_loss,)
     loss, grads = jax.value_and_grad(loss_fn)(params, batch, *extra)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss

@@ -249,7 +249,8 @@ def initial_indices(config: DistillConfig, key: jax.Array, x_train, y_train, *,
     idx = evaluate.random_subset_indices(key, y_train, per_class=config.ipc,
                                          num_classes=num_classes)
     return idx, np.ones(len(idx), np.float32)
-  kernel_fn = methods_lib.config_kernel_fn(config) if method == "sensitivity_krr" else None
+  kernel_fn = (methods_lib.config_eval_kernel_fn(config) if method == "sensitivity_krr"
+               else None)
   return select.select_indices(method, key, x_train, y_train, num_classes=num_classes,
                                budget=config.ipc, kernel_fn=kernel_fn, ridge=s.init_ridge,
                                rank=s.init_rank, dedup_quantile=s.dedup_quantile)
@@ -304,7 +305,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   """
   e = config.evaluation
   if evaluator == "krr":
-    kernel_fn = methods_lib.config_kernel_fn(config)
+    kernel_fn = methods_lib.config_eval_kernel_fn(config)
     krr_kw = dict(diag_reg=config.kernel.diag_reg, batch_size=e.kernel_batch)
 
     def krr_predict(images, labels, test_sets, seeds=None):
@@ -320,8 +321,9 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
           draws=e.baseline_draws)
 
     k = config.kernel
-    return Evaluator("krr", lambda: f"KRR, {k.arch}{k.depth} {k.kind}", krr_predict, krr_random,
-                     e.baseline_draws, x_test, y_test)
+    kind = k.kernel_kind + (f", {k.eval_features} random features" if k.eval_features else "")
+    return Evaluator("krr", lambda: f"KRR, {k.arch}{k.depth}{'-pool' if k.pool else ''} {kind}",
+                     krr_predict, krr_random, e.baseline_draws, x_test, y_test)
   if evaluator != "network":
     raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:])

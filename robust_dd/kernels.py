@@ -3,6 +3,10 @@
 `make_architecture` builds the NT (init_fn, apply_fn, kernel_fn) triple; `make_kernel_fn` returns a
 plain `k(x1, x2) -> (n1, n2)` array function for one kernel ('ntk' or 'nngp'), pure and jittable;
 `kernel_matrix` evaluates it block by block so that memory stays bounded for large matrices.
+
+A kernel function may carry `features(x) -> Φ (n, M)` with k(x1, x2) = Φ(x1) Φ(x2)ᵀ (random
+features, `robust_dd.random_features`); `gram_and_cross` and `kernel_matrix` then compute each
+image's features once, so costs are linear in the number of images.
 """
 
 from __future__ import annotations
@@ -110,9 +114,34 @@ def check_inputs(arch: str, x: np.ndarray) -> None:
                      f"{x.shape[1:]}. Use --arch=fc.")
 
 
+def gram_and_cross(kernel_fn: KernelFn, support: jax.Array, targets: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """(k(support, support), k(targets, support)), from the features when the kernel has them
+  (the support set's features computed once)."""
+  features = getattr(kernel_fn, "features", None)
+  if features is None:
+    return kernel_fn(support, support), kernel_fn(targets, support)
+  phi_s = features(support)
+  return phi_s @ phi_s.T, features(targets) @ phi_s.T
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _block(kernel_fn, x1, x2):
   return kernel_fn(x1, x2)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _feature_block(kernel_fn, x):
+  return kernel_fn.features(x)
+
+
+def feature_matrix(kernel_fn: KernelFn, x, *, batch_size: int = 256) -> np.ndarray:
+  """The features Φ (n, M) of a kernel function that has them, `batch_size` rows at a time
+  (one compilation), as a host NumPy array."""
+  x = np.asarray(x)
+  b = min(batch_size, len(x))
+  return np.concatenate([np.asarray(_feature_block(kernel_fn, _pad_to(x[i:i + b], b)))
+                         [:min(b, len(x) - i)] for i in range(0, len(x), b)])
 
 
 def _pad_to(x: np.ndarray, n: int) -> np.ndarray:
@@ -125,12 +154,17 @@ def kernel_matrix(kernel_fn: KernelFn, x1, x2=None, *, batch_size: int = 256) ->
   """Computes k(x1, x2) in (batch_size × batch_size) blocks, returning a host NumPy array.
 
   Memory is bounded by one block (blocks are padded to a fixed shape, so one compilation). Use it
-  for evaluation-sized matrices; inside a jitted training step call `kernel_fn` directly.
+  for evaluation-sized matrices; inside a jitted training step call `kernel_fn` directly. A kernel
+  with `features` costs one feature pass per image (`feature_matrix`) and one matrix product.
   """
-  x1 = np.asarray(x1)
-  x2 = x1 if x2 is None else np.asarray(x2)
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  if hasattr(kernel_fn, "features"):
+    phi1 = feature_matrix(kernel_fn, x1, batch_size=batch_size)
+    phi2 = phi1 if x2 is None else feature_matrix(kernel_fn, x2, batch_size=batch_size)
+    return (phi1.astype(np.float64) @ phi2.T.astype(np.float64)).astype(np.float32)
+  x1 = np.asarray(x1)
+  x2 = x1 if x2 is None else np.asarray(x2)
   b1, b2 = min(batch_size, len(x1)), min(batch_size, len(x2))
   out = np.empty((len(x1), len(x2)), np.float32)
   for i in range(0, len(x1), b1):

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from robust_dd import kernels
 from robust_dd import precision
 from robust_dd import risk
 from robust_dd import training
@@ -67,6 +68,13 @@ def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
                       diag_reg: float = 1e-6, batch_size: int = 500) -> jax.Array:
   """(n_t,) per-target losses ½‖y_t − ŷ_t‖² of the KRR predictor of the support set, the cross
   kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
+  features = getattr(kernel_fn, "features", None)
+  if features is not None:  # One feature pass per image.
+    phi_s = features(support_images)
+    predict = make_krr_predictor(phi_s @ phi_s.T, support_labels, diag_reg=diag_reg)
+    preds = training.map_batches(lambda xb: predict(features(xb) @ phi_s.T), target_images,
+                                 batch_size=batch_size)
+    return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
   predict = make_krr_predictor(kernel_fn(support_images, support_images), support_labels,
                                diag_reg=diag_reg)
   preds = training.map_batches(lambda xb: predict(kernel_fn(xb, support_images)), target_images,
@@ -88,16 +96,18 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
     target_images: (K, S, ...) padded real targets of each cluster; target_labels: (K, S, C).
     mask: (K, S) bool (or weights) marking real rows.
   """
-  predict = make_krr_predictor(kernel_fn(support_images, support_images), support_labels,
-                               diag_reg=diag_reg)
+  k_ss, k_ts = kernels.gram_and_cross(kernel_fn, support_images,
+                                      target_images.reshape(-1, *target_images.shape[2:]))
+  predict = make_krr_predictor(k_ss, support_labels, diag_reg=diag_reg)
+  k_ts = k_ts.reshape(*target_images.shape[:2], -1)
 
   def cluster_loss(_, batch, mask):
-    images, labels = batch
-    residual = labels - predict(kernel_fn(images, support_images))
+    k_cluster, labels = batch
+    residual = labels - predict(k_cluster)
     w = mask.astype(residual.dtype)
     return 0.5 * jnp.sum(w * jnp.sum(residual ** 2, -1)) / jnp.maximum(jnp.sum(w), 1e-12)
 
-  return risk.map_clusters(cluster_loss, None, (target_images, target_labels), mask)
+  return risk.map_clusters(cluster_loss, None, (k_ts, target_labels), mask)
 
 
 @precision.full_precision
@@ -113,8 +123,7 @@ def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images
     diag_reg: relative ridge (see module docstring).
     target_weights: optional (b,) weights of the targets (e.g. importance weights).
   """
-  k_ss = kernel_fn(support_images, support_images)
-  k_ts = kernel_fn(target_images, support_images)
+  k_ss, k_ts = kernels.gram_and_cross(kernel_fn, support_images, target_images)
   return krr_loss(k_ss, k_ts, support_labels, target_labels, diag_reg=diag_reg,
                   target_weights=target_weights)
 

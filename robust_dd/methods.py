@@ -34,6 +34,7 @@ from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import matching
 from robust_dd import models
+from robust_dd import random_features as rf_lib
 from robust_dd import risk
 from robust_dd import training
 
@@ -50,12 +51,15 @@ class Context(NamedTuple):
 # ------------------------------------------------------------------------------- loss adapters
 
 
-def kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6) -> distill.LossFn:
-  """KIP as a distillation method: the KRR loss of the synthetic set on the real batch."""
+def kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6) -> distill.LossFn:
+  """KIP as a distillation method: the KRR loss of the synthetic set on the real batch.
 
-  def loss_fn(params: Params, batch: Batch) -> jax.Array:
+  `kernel_fn` is a kernel function or a `RandomFeatureKernel`, drawn anew from each step's key.
+  """
+
+  def loss_fn(params: Params, batch: Batch, key: Optional[jax.Array] = None) -> jax.Array:
     return krr.kip_loss(params["images"], params["labels"], batch["images"], batch["labels"],
-                        kernel_fn=kernel_fn, diag_reg=diag_reg,
+                        kernel_fn=rf_lib.bind(kernel_fn, key), diag_reg=diag_reg,
                         target_weights=batch.get("weights"))
 
   return loss_fn
@@ -83,17 +87,18 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
   return loss_fn
 
 
-def robust_kip_loss_fn(*, kernel_fn, diag_reg: float = 1e-6, tail_fraction: float = 0.2,
-                       robust_weight: float = 0.5) -> distill.LossFn:
+def robust_kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
+                       tail_fraction: float = 0.2, robust_weight: float = 0.5) -> distill.LossFn:
   """Robust KIP: `risk.robust_objective` of the per-cluster KIP losses of a `cluster_batch`
   (clusters vmapped).
 
   With one cluster per class, equal cluster batches and robust_weight 0 this is the plain KIP loss.
   """
 
-  def loss_fn(params: Params, batch: Batch) -> jax.Array:
+  def loss_fn(params: Params, batch: Batch, key: Optional[jax.Array] = None) -> jax.Array:
     losses = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
-                                    batch["labels"], batch["mask"], kernel_fn=kernel_fn,
+                                    batch["labels"], batch["mask"],
+                                    kernel_fn=rf_lib.bind(kernel_fn, key),
                                     diag_reg=diag_reg)
     return risk.robust_objective(losses, tail_fraction=tail_fraction,
                                  robust_weight=robust_weight, weights=batch["weights"])
@@ -140,13 +145,14 @@ def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
   return distill.Network(init=models.init_fn(model, tuple(input_shape)), train=train)
 
 
-def kip_sample_losses(*, kernel_fn, diag_reg: float = 1e-6):
-  """Per-real-sample squared errors of the KRR predictor of the synthetic set."""
+def kip_sample_losses(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6):
+  """Per-real-sample squared errors of the KRR predictor of the synthetic set (a random-feature
+  kernel is drawn from `key`)."""
 
   def sample_losses(params, real, key):
-    del key
     return krr.krr_sample_losses(params["images"], params["labels"], real["images"],
-                                 real["labels"], kernel_fn=kernel_fn, diag_reg=diag_reg)
+                                 real["labels"], kernel_fn=rf_lib.bind(kernel_fn, key),
+                                 diag_reg=diag_reg)
 
   return sample_losses
 
@@ -171,11 +177,32 @@ def network_sample_losses(network: distill.Network, apply_fn, *, train_steps: in
 # ------------------------------------------------------------------- from a config to the parts
 
 
-def config_kernel_fn(config):
-  """The infinite-width kernel of a config (KIP's loss, KRR evaluation, leverage scores)."""
-  k = config.kernel
-  return kernels.make_kernel_fn(k.arch, kernel=k.kind, depth=k.depth, w_std=k.w_std,
+def _exact_kernel_fn(k) -> kernels.KernelFn:
+  return kernels.make_kernel_fn(k.arch, kernel=k.kernel_kind, depth=k.depth, w_std=k.w_std,
                                 b_std=k.b_std, pool=k.pool)
+
+
+def _random_feature_kernel(k, num_features: int) -> rf_lib.RandomFeatureKernel:
+  return rf_lib.RandomFeatureKernel(k.arch, num_features=num_features, width=k.rf_width,
+                                    depth=k.depth, w_std=k.w_std, b_std=k.b_std, pool=k.pool)
+
+
+def config_kernel_fn(config) -> rf_lib.Kernel:
+  """The kernel of KIP's loss: the exact infinite-width kernel function, or with
+  `--random_features=M` a `RandomFeatureKernel` (a new draw every step)."""
+  k = config.kernel
+  if k.random_features:
+    return _random_feature_kernel(k, k.random_features)
+  return _exact_kernel_fn(k)
+
+
+def config_eval_kernel_fn(config, *, seed: int = 0) -> kernels.KernelFn:
+  """The kernel function of KRR evaluation and leverage scores: the exact kernel, or with random
+  features one fixed draw (seed `seed`) of `--eval_random_features` features."""
+  k = config.kernel
+  if not k.eval_features:
+    return _exact_kernel_fn(k)
+  return _random_feature_kernel(k, k.eval_features).fixed(seed)
 
 
 def network_model(config, num_classes: int, input_shape):

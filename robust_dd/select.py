@@ -127,15 +127,21 @@ def leverage_sample(key: jax.Array, x, *, budget: int, kernel_fn, ridge: float =
 
   λ = ridge × the mean of the kernel's diagonal over the unmasked rows. rank 0: exact scores
   from the class kernel; rank r > 0: Nyström with r landmarks drawn among the unmasked rows (for
-  classes too large for an n × n kernel). Masked rows and columns are zeroed, so they change no
-  other row's score, and are never drawn.
+  classes too large for an n × n kernel). A kernel with `features` (random features) gives the
+  scores of K = Φ Φᵀ from Φ directly, whatever the rank. Masked rows and columns are zeroed, so
+  they change no other row's score, and are never drawn.
   """
   k_rank, k_draw = jax.random.split(key)
   x = jnp.asarray(x, jnp.float32)
   valid = _valid(x, mask)
   w = valid.astype(jnp.float32)
   keep = sensitivity.dedup_mask(x, threshold=dedup_threshold, mask=valid)
-  if rank:
+  features = getattr(kernel_fn, "features", None)
+  if features is not None:  # Random features: leverage of Φ, O(n M²), no n × n kernel.
+    phi = features(x) * w[:, None]
+    lam = ridge * jnp.sum(phi ** 2) / jnp.maximum(jnp.sum(w), 1)
+    scores = sensitivity.feature_leverage_scores(phi, ridge=lam)
+  elif rank:
     rank = min(rank, x.shape[0])
     landmarks, _ = sensitivity.weighted_sample(k_rank, w, num=rank)
     k_nm = kernel_fn(x, x[landmarks]) * w[:, None] * w[landmarks][None, :]

@@ -1,0 +1,127 @@
+"""Random-feature estimates of an architecture's NNGP kernel (RFAD, Loo et al. 2022).
+
+The NNGP kernel of an architecture is the covariance of the outputs of its randomly initialised
+networks. Each output unit of a finite network drawn in NT's parameterisation is one sample of a
+Gaussian process with (approximately, exactly at infinite width) that covariance, so the outputs
+of M/width networks with `width` output units each give features Φ (n, M) with
+
+    K(x₁, x₂) ≈ Φ(x₁) Φ(x₂)ᵀ / M.
+
+The estimate is unbiased for one hidden layer (the output covariance given the first layer averages
+to the infinite-width kernel); deeper networks add an O(1/width) finite-width bias. Its standard
+deviation falls as 1/√M. Costs are linear in the number of images, and no (n × n) matrix of real
+images is ever formed: KRR needs Φ of the support set and of the targets.
+
+`RandomFeatureKernel` is a hashable description (usable as a static jit argument). `sample(key)`
+returns a plain `k(x1, x2)` kernel function of one draw, with `features(x)` attached, so it drops
+in wherever an exact kernel function goes (KIP, KRR evaluation, leverage scores). KIP draws a new
+kernel every step from the step's key; evaluation uses one fixed, larger draw (`fixed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+
+from robust_dd import kernels
+from robust_dd import precision
+from robust_dd import training
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFeatureKernel:
+  """The random-feature NNGP of `kernels.make_architecture(arch, ...)`.
+
+  Attributes:
+    arch, depth, w_std, b_std, pool, readout: the architecture (as for `make_kernel_fn`).
+    num_features: M, the number of features; a multiple of `width`.
+    width: hidden channels (conv) / units (fc) of each network, and its number of output units.
+    batch_size: images pushed through the networks at once (bounds memory for large n).
+  """
+  arch: str = "conv"
+  num_features: int = 1024
+  width: int = 32
+  depth: int = 3
+  w_std: float = 2.0 ** 0.5
+  b_std: float = 0.1
+  pool: bool = True
+  readout: str = "flatten"
+  batch_size: int = 500
+
+  def __post_init__(self):
+    if self.width < 1 or self.num_features < self.width or self.num_features % self.width:
+      raise ValueError(f"random_features={self.num_features} must be a positive multiple of the "
+                       f"network width {self.width} (M/width networks of width outputs each).")
+
+  @property
+  def num_networks(self) -> int:
+    return self.num_features // self.width
+
+  def _apply_fn(self):
+    return _architecture(self)[1]
+
+  def init_networks(self, key: jax.Array, input_shape) -> Any:
+    """Parameters of the M/width networks, stacked on a leading axis; network i from
+    `fold_in(key, i)`."""
+    init_fn = _architecture(self)[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(self.num_networks))
+    return jax.vmap(lambda k: init_fn(k, (-1, *input_shape))[1])(keys)
+
+  @precision.full_precision
+  def features(self, key: jax.Array, x: jax.Array) -> jax.Array:
+    """Φ(x) / √M: (n, M) features of one draw (the key), so that K ≈ Φ Φᵀ. Jittable."""
+    params = self.init_networks(key, x.shape[1:])
+    apply_fn = self._apply_fn()
+
+    def block(xb):  # (b, ...) -> (b, M): networks one after another (bounded memory).
+      out = jax.lax.map(lambda p: apply_fn(p, xb), params)  # (N, b, width)
+      return jnp.moveaxis(out, 0, 1).reshape(xb.shape[0], -1)
+
+    phi = training.map_batches(block, x, batch_size=self.batch_size)
+    return phi / jnp.sqrt(jnp.asarray(self.num_features, phi.dtype))
+
+  def sample(self, key: jax.Array) -> kernels.KernelFn:
+    """The kernel function `k(x1, x2) = Φ(x1) Φ(x2)ᵀ` of the draw `key`, with `.features(x)`."""
+    features = functools.partial(self.features, key)
+
+    @precision.full_precision
+    def kernel_fn(x1: jax.Array, x2: jax.Array) -> jax.Array:
+      return features(x1) @ features(x2).T
+
+    kernel_fn.features = features
+    kernel_fn.__name__ = f"rf{self.num_features}_{self.arch}{self.depth}_nngp"
+    return kernel_fn
+
+  def fixed(self, seed: int = 0) -> kernels.KernelFn:
+    """`sample(key(seed))`, the same function object for the same seed (so jitted evaluation
+    compiles once): the fixed draw of evaluation."""
+    return _fixed(self, int(seed))
+
+
+@functools.lru_cache(maxsize=None)
+def _architecture(rf: RandomFeatureKernel):
+  return kernels.make_architecture(rf.arch, num_classes=rf.width, depth=rf.depth, width=rf.width,
+                                   w_std=rf.w_std, b_std=rf.b_std, pool=rf.pool,
+                                   readout=rf.readout)
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed(rf: RandomFeatureKernel, seed: int) -> kernels.KernelFn:
+  return rf.sample(jax.random.key(seed))
+
+
+Kernel = Union[kernels.KernelFn, RandomFeatureKernel]
+
+
+def bind(kernel: Kernel, key) -> kernels.KernelFn:
+  """The kernel function of one step: `kernel.sample(key)` for a random-feature kernel (a new
+  draw per key), `kernel` itself for an exact kernel function."""
+  if isinstance(kernel, RandomFeatureKernel):
+    if key is None:
+      raise ValueError("A random-feature kernel needs a key (one draw per step).")
+    return kernel.sample(key)
+  return kernel
