@@ -4,7 +4,7 @@ import setuptools
 
 setuptools.setup(
     name="robust_dd",
-    version="0.2.0",
+    version="0.3.0",
     description=("Dataset distillation in JAX: KIP with neural-tangents kernels, gradient and "
                  "curvature matching, provable subset selection and group-robust distillation."),
     long_description=open("README.md", encoding="utf-8").read(),
@@ -18,6 +18,7 @@ setuptools.setup(
         "optax",
         "neural-tangents==0.6.5",  # Adapted to current JAX by robust_dd/_nt_compat.py.
         "tensorflow-datasets",
+        "importlib_resources",  # tfds.load of real builders imports it; TFDS does not declare it.
         "tensorflow",  # For TFDS loading (neural-tangents pulls it in through tf2jax as well).
         "numpy",
         "scipy",

@@ -18,7 +18,8 @@ import numpy as np
 from robust_dd import groups
 
 EMBEDDED_DATASETS = ("digits", "mnist5k", "mnist1d")
-TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")  # mnist and
+# fashion_mnist are read from IDX files when present (`idx_directory`), from TFDS otherwise.
 ALL_DATASETS = EMBEDDED_DATASETS + TFDS_DATASETS + ("npz",)
 
 
@@ -106,6 +107,80 @@ def load_mnist1d() -> Dataset:
                   "seed": int(args.seed)})
 
 
+# ------------------------------------------------------------------------------ IDX files
+
+IDX_DATASETS = ("mnist", "fashion_mnist")
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# Where Debian's packages install the IDX files (`dpkg -L dataset-fashion-mnist`).
+SYSTEM_IDX_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
+                   "mnist": ("/usr/share/datasets/mnist",)}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str) -> np.ndarray:
+  """The array in an IDX file (the MNIST format; gzipped when the name ends in .gz).
+
+  Header: two zero bytes, a type code (0x08 uint8 ... 0x0E float64), the number of dimensions,
+  then each dimension as a big-endian int32; then the data, row-major.
+  """
+  import gzip
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
+    raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}).")
+  ndim = raw[3]
+  shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+  dtype = np.dtype(_IDX_DTYPES[raw[2]])
+  offset = 4 + 4 * ndim
+  size = int(np.prod(shape)) * dtype.itemsize
+  if len(raw) - offset != size:
+    raise ValueError(f"{path}: the header says shape {shape} ({size} bytes of data) but the file "
+                     f"holds {len(raw) - offset}; it is truncated or corrupt.")
+  return np.frombuffer(raw, dtype, offset=offset).reshape(shape)
+
+
+def _idx_path(directory: str, stem: str) -> Optional[str]:
+  for name in (stem + ".gz", stem):
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def idx_directory(name: str, data_dir: Optional[str] = None) -> Optional[str]:
+  """The first directory holding all four IDX files of `name`: `data_dir`, `data_dir/name`,
+  then the system location (`SYSTEM_IDX_DIRS`); None if none does."""
+  candidates = []
+  if data_dir:
+    candidates += [data_dir, os.path.join(data_dir, name)]
+  candidates += SYSTEM_IDX_DIRS.get(name, ())
+  for directory in candidates:
+    if all(_idx_path(directory, stem) for pair in IDX_FILES.values() for stem in pair):
+      return directory
+  return None
+
+
+def load_idx(name: str, directory: str) -> Dataset:
+  """MNIST-format IDX files (images (n, H, W) uint8, labels (n,)) of the standard train/test
+  split in `directory`, scaled to [0, 1]."""
+  arrays, files = {}, []
+  for part, (images_stem, labels_stem) in IDX_FILES.items():
+    images_path, labels_path = _idx_path(directory, images_stem), _idx_path(directory, labels_stem)
+    x, y = read_idx(images_path), read_idx(labels_path)
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+      raise ValueError(f"{images_path} holds {x.shape} and {labels_path} {y.shape}; expected "
+                       "(n, H, W) images and (n,) labels.")
+    arrays[part] = ((x[..., None] / 255.0).astype(np.float32), y.astype(np.int32))
+    files += [os.path.basename(images_path), os.path.basename(labels_path)]
+  (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
+  num_classes = int(max(y_train.max(), y_test.max())) + 1
+  return Dataset(name, x_train, y_train, x_test, y_test, num_classes,
+                 {"source": f"idx:{os.path.abspath(directory)}", "files": files,
+                  "train": "train", "test": "t10k"})
+
+
 def _tfds_split_to_numpy(builder_name: str, split: str, data_dir: Optional[str]):
   import tensorflow_datasets as tfds
   ds = tfds.load(builder_name, split=split, data_dir=data_dir, as_supervised=True,
@@ -133,6 +208,22 @@ def load_tfds(name: str, *, data_dir: Optional[str] = None) -> Dataset:
                  (x_test / scale).astype(np.float32), y_test.astype(np.int32), int(num_classes),
                  {"source": f"tfds:{name}", "train": "train", "test": "test",
                   "data_dir": data_dir})
+
+
+def _load_tfds_or_explain(name: str, data_dir: Optional[str]) -> Dataset:
+  """TFDS's copy of an IDX dataset; if TFDS cannot provide it, an error naming both ways."""
+  try:
+    return load_tfds(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except  # Download or build failures.
+    system = ", ".join(SYSTEM_IDX_DIRS[name])
+    debian = ("`apt-get install dataset-fashion-mnist` (the system location), or "
+              if name == "fashion_mnist" else "")
+    raise ValueError(
+        f"--dataset={name}: no IDX files (train-images-idx3-ubyte.gz, ...) in "
+        f"--data_dir={data_dir} or {system}, and TFDS could not provide it "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Install it with "
+        f"{debian}put the four IDX files in --data_dir, or let TFDS download it into --data_dir "
+        "on a machine with internet.") from e
 
 
 def load_npz(path: str) -> Dataset:
@@ -187,6 +278,11 @@ def load_dataset(name: str, *, data_dir: Optional[str] = None, data_path: Option
     return load_mnist1d()
   if name == "npz":
     return load_npz(data_path)
+  if name in IDX_DATASETS:
+    directory = idx_directory(name, data_dir)
+    if directory is not None:
+      return load_idx(name, directory)
+    return _load_tfds_or_explain(name, data_dir)
   if name in TFDS_DATASETS or name.startswith("tfds:"):
     return load_tfds(name.removeprefix("tfds:"), data_dir=data_dir)
   raise ValueError(f"Unknown dataset {name!r}. Choose one of {', '.join(ALL_DATASETS)}, or "

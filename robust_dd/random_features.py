@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from robust_dd import kernels
+from robust_dd import models
 from robust_dd import precision
 from robust_dd import training
 
@@ -61,8 +62,29 @@ class RandomFeatureKernel:
   def num_networks(self) -> int:
     return self.num_features // self.width
 
-  def _apply_fn(self):
-    return _architecture(self)[1]
+  def apply(self, params, x: jax.Array) -> jax.Array:
+    """The network's outputs (n, width): NT's `apply_fn` of the architecture, computed with
+    convolutions as one matmul each (`models.conv_patches`) and pooling as a reshape-mean, whose
+    gradients XLA:CPU runs several times faster than `lax.conv` and `reduce_window` (equal
+    outputs: tests/test_random_features.py)."""
+    layers = list(params)
+    ntk = lambda w, fan_in: self.w_std / jnp.sqrt(jnp.asarray(fan_in, x.dtype)) * w
+    if self.arch == "fc":
+      h = x.reshape(x.shape[0], -1)
+      for w, b in layers[1:-1:2]:  # Flatten, then (Dense, Relu) pairs.
+        h = jax.nn.relu(h @ ntk(w, w.shape[0]) + self.b_std * b)
+    else:
+      h = x
+      per_block = 3 if self.pool else 2
+      for i in range(self.depth):
+        w, b = layers[per_block * i]
+        h = jax.nn.relu(models.conv_patches(h, ntk(w, w.shape[0] * w.shape[1] * w.shape[2]))
+                        + self.b_std * b)
+        if self.pool:
+          h = _avg_pool_2x2_same(h)
+      h = h.reshape(h.shape[0], -1) if self.readout == "flatten" else h.mean(axis=(1, 2))
+    w, b = layers[-1]
+    return h @ ntk(w, w.shape[0]) + self.b_std * b
 
   def init_networks(self, key: jax.Array, input_shape) -> Any:
     """Parameters of the M/width networks, stacked on a leading axis; network i from
@@ -75,10 +97,8 @@ class RandomFeatureKernel:
   def features(self, key: jax.Array, x: jax.Array) -> jax.Array:
     """Φ(x) / √M: (n, M) features of one draw (the key), so that K ≈ Φ Φᵀ. Jittable."""
     params = self.init_networks(key, x.shape[1:])
-    apply_fn = self._apply_fn()
-
     def block(xb):  # (b, ...) -> (b, M): networks one after another (bounded memory).
-      out = jax.lax.map(lambda p: apply_fn(p, xb), params)  # (N, b, width)
+      out = jax.lax.map(lambda p: self.apply(p, xb), params)  # (N, b, width)
       return jnp.moveaxis(out, 0, 1).reshape(xb.shape[0], -1)
 
     phi = training.map_batches(block, x, batch_size=self.batch_size)
@@ -100,6 +120,14 @@ class RandomFeatureKernel:
     """`sample(key(seed))`, the same function object for the same seed (so jitted evaluation
     compiles once): the fixed draw of evaluation."""
     return _fixed(self, int(seed))
+
+
+def _avg_pool_2x2_same(h: jax.Array) -> jax.Array:
+  """NT's AvgPool((2, 2), strides=(2, 2), padding='SAME'): zero padding at the end of odd sides,
+  counted in the mean."""
+  n, height, width, c = h.shape
+  h = jnp.pad(h, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
+  return h.reshape(n, h.shape[1] // 2, 2, h.shape[2] // 2, 2, c).mean(axis=(2, 4))
 
 
 @functools.lru_cache(maxsize=None)

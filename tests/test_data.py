@@ -162,3 +162,108 @@ def test_rare_subgroup_fractions_transform_and_seed():
     data.subgroup_transform(np.zeros((2, 10)), "rotate")
   with pytest.raises(ValueError, match="train_fraction"):
     data.make_rare_subgroup(ds, train_fraction=1.5)
+
+
+# ------------------------------------------------------------------------------ IDX files
+
+
+def _write_idx(path, array, gz=True):
+  import gzip
+  codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+  header = bytes([0, 0, codes[array.dtype], array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  (gzip.open if gz else open)(path, "wb").write(header + array.tobytes())
+
+
+def _write_idx_dataset(directory, *, n_train=12, n_test=6, gz=True):
+  rng = np.random.default_rng(0)
+  directory.mkdir(parents=True, exist_ok=True)
+  arrays = {}
+  for part, n in (("train", n_train), ("test", n_test)):
+    x = rng.integers(0, 256, (n, 4, 5), dtype=np.uint8)
+    y = (np.arange(n) % 3).astype(np.uint8)
+    images, labels = data.IDX_FILES[part]
+    suffix = ".gz" if gz else ""
+    _write_idx(directory / (images + suffix), x, gz)
+    _write_idx(directory / (labels + suffix), y, gz)
+    arrays[part] = (x, y)
+  return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_round_trips_and_load_idx_scales(tmp_path, gz):
+  arrays = _write_idx_dataset(tmp_path, gz=gz)
+  ds = data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+  assert ds.x_train.shape == (12, 4, 5, 1) and ds.num_classes == 3
+  np.testing.assert_allclose(ds.x_train[..., 0] * 255.0, arrays["train"][0], atol=1e-4)
+  np.testing.assert_array_equal(ds.y_test, arrays["test"][1])
+  assert ds.split["source"] == f"idx:{tmp_path}"
+  wide = np.arange(6, dtype=">i4").reshape(2, 3)
+  _write_idx(tmp_path / "wide.gz", wide)
+  np.testing.assert_array_equal(data.read_idx(str(tmp_path / "wide.gz")), wide)
+
+
+def test_idx_directory_order_and_corrupt_files(tmp_path):
+  _write_idx_dataset(tmp_path / "mnist")
+  assert data.idx_directory("mnist", str(tmp_path)) == str(tmp_path / "mnist")  # data_dir/name
+  assert data.idx_directory("mnist", str(tmp_path / "nothing")) in (None, "/usr/share/datasets/mnist")
+  path = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+  import gzip
+  raw = gzip.open(path).read()
+  gzip.open(path, "wb").write(raw[:-2])
+  with pytest.raises(ValueError, match="truncated or corrupt"):
+    data.load_dataset("mnist", data_dir=str(tmp_path))
+  (tmp_path / "bad").write_bytes(b"PK\x03\x04rest")
+  with pytest.raises(ValueError, match="not an IDX file"):
+    data.read_idx(str(tmp_path / "bad"))
+
+
+def test_missing_idx_and_failing_tfds_name_both_ways(tmp_path, monkeypatch):
+  def no_download(*args, **kwargs):
+    raise ConnectionError("no internet")
+  monkeypatch.setattr(data, "load_tfds", no_download)
+  monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {"fashion_mnist": (str(tmp_path / "sys"),),
+                                                "mnist": ()})
+  with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist.*--data_dir.*TFDS"):
+    data.load_dataset("fashion_mnist", data_dir=str(tmp_path))
+
+
+FASHION = data.SYSTEM_IDX_DIRS["fashion_mnist"][0]
+needs_fashion = pytest.mark.skipif(
+    data.idx_directory("fashion_mnist") is None,
+    reason="apt-get install dataset-fashion-mnist (CI installs it)")
+
+
+@needs_fashion
+def test_full_fashion_mnist_from_the_debian_package():
+  ds = data.load_dataset("fashion_mnist")
+  assert ds.x_train.shape == (60000, 28, 28, 1) and ds.x_test.shape == (10000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(ds.y_train), [6000] * 10)
+  np.testing.assert_array_equal(np.bincount(ds.y_test), [1000] * 10)
+  assert ds.split["source"] == f"idx:{FASHION}"
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_tfds_real_builder_prepares_fashion_mnist_offline(tmp_path, monkeypatch):
+  """TFDS's own fashion_mnist builder, fed the local IDX files instead of its download: imports
+  every module a real `tfds.load` needs (importlib_resources, ...) and yields the same data."""
+  import gzip
+  import shutil
+  import tensorflow_datasets as tfds
+  local = {}
+  for part, (images, labels) in data.IDX_FILES.items():
+    for kind, stem in (("data", images), ("labels", labels)):
+      target = tmp_path / "extracted" / stem
+      target.parent.mkdir(exist_ok=True)
+      with gzip.open(f"{FASHION}/{stem}.gz") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+      local[f"{part}_{kind}"] = str(target)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract",
+                      lambda self, urls: {k: local[k] for k in urls})
+  tfds.builder("fashion_mnist", data_dir=str(tmp_path / "tfds")).download_and_prepare()
+  via_tfds = data.load_tfds("fashion_mnist", data_dir=str(tmp_path / "tfds"))
+  via_idx = data.load_dataset("fashion_mnist")
+  assert via_tfds.x_test.shape == via_idx.x_test.shape and via_tfds.num_classes == 10
+  for c in range(10):  # TFDS reorders examples: compare each class's pixel sum.
+    np.testing.assert_allclose(via_tfds.x_test[via_tfds.y_test == c].sum(),
+                               via_idx.x_test[via_idx.y_test == c].sum(), rtol=1e-6)
