@@ -20,6 +20,7 @@ import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import precision
+from robust_dd import training
 
 FEATURES = ("pixels", "random", "embed")
 
@@ -159,7 +160,8 @@ def features(kind: str, x, *, key: Optional[jax.Array] = None,
              embed: Optional[Callable[[jax.Array], jax.Array]] = None,
              batch_size: int = 1000) -> jax.Array:
   """(n, d) clustering features of `x`: 'pixels' (flattened), 'random' (`random_features`) or
-  'embed' (`embed(x_batch) -> features`, e.g. a network's penultimate layer)."""
+  'embed' (`embed(x_batch) -> features`, e.g. a network's penultimate layer, `batch_size` rows
+  at a time: one compiled block however large x is)."""
   if kind == "pixels":
     return jnp.asarray(x, jnp.float32).reshape(len(x), -1)
   if kind == "random":
@@ -167,6 +169,5 @@ def features(kind: str, x, *, key: Optional[jax.Array] = None,
   if kind == "embed":
     if embed is None:
       raise ValueError("cluster features 'embed' need an embed function.")
-    return jnp.concatenate([embed(jnp.asarray(x[i:i + batch_size]))
-                            for i in range(0, len(x), batch_size)])
+    return training.map_batches(embed, jnp.asarray(x), batch_size=batch_size)
   raise ValueError(f"Unknown cluster features {kind!r}; choose one of {FEATURES}.")

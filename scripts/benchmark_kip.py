@@ -1,6 +1,14 @@
-r"""Benchmarks KIP steps: steps per second and peak memory for FC and Conv kernels.
+r"""Benchmarks KIP steps: steps per second and peak memory for FC, Conv and random-feature kernels.
 
   python scripts/benchmark_kip.py --out=runs/benchmark_kip.json
+
+Kernels (`--archs`): fc (exact FC NTK), conv (exact Conv NTK, no pooling), conv_pool (exact, with
+pooling: O((HW)²) memory per image pair), conv_rf (ConvNet-`--rf_depth` with pooling, its NNGP
+estimated by `--rf_features` random features of width `--rf_width`, redrawn every step).
+
+A second table (`--target_counts`) times the loss of every one of n real targets under an IPC-10
+support set (`krr.krr_sample_losses`, what importance rescoring and evaluation cost), for n in
+1k/10k/60k (28×28 images; tiled from mnist5k), to show that random-feature cost grows linearly.
 
 For every architecture × IPC × target batch it compiles the distillation step of
 `robust_dd.distill.make_step` on mnist5k (28×28), runs it until `--min_seconds` have passed
@@ -25,28 +33,69 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import distill
-from robust_dd import methods
 from robust_dd import kernels
+from robust_dd import krr
+from robust_dd import methods
+from robust_dd import random_features
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("archs", ["fc", "conv"], "Architectures: fc, conv, conv_pool.")
+flags.DEFINE_list("archs", ["fc", "conv", "conv_rf"], "Kernels: fc, conv, conv_pool, conv_rf.")
 flags.DEFINE_list("ipcs", ["1", "10", "50"], "Images per class.")
 flags.DEFINE_list("batches", ["100", "1000"], "Target batch sizes.")
 flags.DEFINE_integer("depth", 1, "Layers / conv blocks.")
 flags.DEFINE_float("min_seconds", 2.0, "Time each configuration at least this long.")
 flags.DEFINE_integer("min_steps", 3, "and at least this many steps.")
+flags.DEFINE_integer("rf_features", 256, "conv_rf: random features per step (M).")
+flags.DEFINE_integer("rf_width", 32, "conv_rf: width of each random network.")
+flags.DEFINE_integer("rf_depth", 3, "conv_rf: conv blocks (each with AvgPool 2x2).")
+flags.DEFINE_list("target_counts", ["1000", "10000", "60000"],
+                  "Targets per evaluation for the linear-cost table (empty: skip it).")
+flags.DEFINE_list("target_archs", ["fc", "conv_rf"], "Kernels of the linear-cost table.")
 flags.DEFINE_string("out", "runs/benchmark_kip.json", "JSON output path.")
 
 
 def _kernel(arch):
   if arch == "conv_pool":
     return kernels.make_kernel_fn("conv", depth=FLAGS.depth, pool=True)
+  if arch == "conv_rf":
+    return random_features.RandomFeatureKernel("conv", num_features=FLAGS.rf_features,
+                                               width=FLAGS.rf_width, depth=FLAGS.rf_depth,
+                                               pool=True)
   return kernels.make_kernel_fn(arch, depth=FLAGS.depth)
+
+
+def _name(arch, depth):
+  if arch == "conv_rf":
+    return f"conv{FLAGS.rf_depth}-pool RF nngp (M={FLAGS.rf_features}, width {FLAGS.rf_width})"
+  return {"fc": f"fc{depth} ntk", "conv": f"conv{depth} ntk (no pool)",
+          "conv_pool": f"conv{depth}-pool ntk"}[arch]
+
+
+def bench_targets(arch, num_targets, x, y):
+  """Seconds for the losses of `num_targets` real targets under an IPC-10 support set."""
+  kernel = _kernel(arch)
+  kernel_fn = kernel.fixed(0) if arch == "conv_rf" else kernel
+  idx = np.concatenate([np.flatnonzero(y == c)[:10] for c in range(10)])
+  support, labels = jnp.asarray(x[idx]), data_lib.one_hot_centered(y[idx], 10)
+  reps = -(-num_targets // len(x))
+  targets = jnp.asarray(np.tile(x, (reps, 1, 1, 1))[:num_targets])
+  target_labels = data_lib.one_hot_centered(np.tile(y, reps)[:num_targets], 10)
+  fn = jax.jit(lambda s, t: krr.krr_sample_losses(s, labels, t, target_labels,
+                                                  kernel_fn=kernel_fn))
+  t0 = time.time()
+  compiled = fn.lower(support, targets).compile()
+  compile_seconds = time.time() - t0
+  t0 = time.time()
+  jax.block_until_ready(compiled(support, targets))
+  return {"table": "targets", "arch": arch, "num_targets": num_targets,
+          "seconds": time.time() - t0, "compile_seconds": compile_seconds,
+          **_bench.memory_fields(compiled)}
 
 
 def bench_one(arch, ipc, batch, x, y, real):
@@ -87,20 +136,39 @@ def main(argv):
   ds, x, real = _bench.mnist5k_real()
   configs = [dict(arch=arch, ipc=ipc, target_batch=batch) for arch in FLAGS.archs
              for ipc in map(int, FLAGS.ipcs) for batch in map(int, FLAGS.batches)]
-  results = _bench.run_all(
-      lambda arch, ipc, target_batch: bench_one(arch, ipc, target_batch, x, ds.y_train, real),
-      configs, out=FLAGS.out)
+  configs += [dict(table="targets", arch=arch, num_targets=int(n))
+              for arch in FLAGS.target_archs for n in FLAGS.target_counts]
+
+  def run(table="step", **kw):
+    if table == "targets":
+      return bench_targets(kw["arch"], kw["num_targets"], x, ds.y_train)
+    return bench_one(kw["arch"], kw["ipc"], kw["target_batch"], x, ds.y_train, real)
+
+  results = _bench.run_all(run, configs, out=FLAGS.out)
   print(f"\nKIP step benchmark on {jax.devices()[0]} (jax {jax.__version__})\n")
   print("| kernel | IPC | target batch | steps/s | ms/step | XLA step MiB | device peak MiB |")
   print("|---|---|---|---|---|---|---|")
   for r in results:
+    if r.get("table") == "targets":
+      continue
     if "error" in r:
       print(f"| {r['arch']} | {r['ipc']} | {r['target_batch']} | failed: {r['error'][:60]} |||")
       continue
-    name = f"{r['arch']}{r['depth']} ntk{' (no pool)' if r['arch'] == 'conv' else ''}"
+    name = _name(r["arch"], r["depth"])
     print(f"| {name} | {r['ipc']} | {r['target_batch']} | "
           f"{r['steps_per_second']:.3g} | {1000 / r['steps_per_second']:.4g} | "
           f"{_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
+  targets = [r for r in results if r.get("table") == "targets"]
+  if targets:
+    print("\nLosses of n real targets under an IPC-10 support set (krr_sample_losses):\n")
+    print("| kernel | targets | seconds | µs/target | XLA MiB |")
+    print("|---|---|---|---|---|")
+    for r in targets:
+      if "error" in r:
+        print(f"| {r['arch']} | {r['num_targets']} | failed: {r['error'][:60]} |||")
+        continue
+      print(f"| {_name(r['arch'], FLAGS.depth)} | {r['num_targets']} | {r['seconds']:.3g} | "
+            f"{1e6 * r['seconds'] / r['num_targets']:.3g} | {_bench.mib(r['xla_step_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")
 

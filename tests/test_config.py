@@ -83,3 +83,23 @@ def test_workdir_checks_create_nothing(tmp_path):
   config_lib.check_workdir(str(run), c.replace(steps=50, eval_seeds=1))  # Resumable fields.
   with pytest.raises(ValueError, match="different config .*ipc: saved 2 vs now 3"):
     config_lib.check_workdir(str(run), c.replace(ipc=3))
+
+
+def test_random_feature_settings_resolve_and_bad_ones_are_refused():
+  from robust_dd import random_features
+  c = DistillConfig.make(arch="conv", pool=True, random_features=64, rf_width=32)
+  assert c.kernel.kernel_kind == "nngp" and c.kernel.eval_features == 256
+  assert DistillConfig().kernel.kernel_kind == "ntk" and DistillConfig().kernel.eval_features == 0
+  train = methods.config_kernel_fn(c)
+  assert isinstance(train, random_features.RandomFeatureKernel)
+  assert (train.num_features, train.width, train.pool) == (64, 32, True)
+  assert methods.config_eval_kernel_fn(c) is methods.config_eval_kernel_fn(c)  # One fixed draw.
+  assert hasattr(methods.config_eval_kernel_fn(c), "features")
+  exact = methods.config_eval_kernel_fn(c.replace(eval_random_features=0))
+  assert not hasattr(exact, "features") and exact.__name__ == "conv1_nngp"
+  for bad, match in ((dict(random_features=100), "multiple of --rf_width=32"),
+                     (dict(random_features=64, eval_random_features=48), "multiple of"),
+                     (dict(random_features=64, kernel="ntk"), "estimates the NNGP"),
+                     (dict(random_features=-32), ">= 0")):
+    with pytest.raises(ValueError, match=match):
+      config_lib.validate_config(DistillConfig.make(**bad))

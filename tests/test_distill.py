@@ -412,3 +412,26 @@ def test_importance_cluster_batches_weight_the_mask():
       i = members[np.flatnonzero(x0[members] == drawn[k, j])[0]]
       expected = 1.0 / (len(members) * p[list(members).index(i)])
       assert batch["mask"][k, j] == pytest.approx(expected, rel=1e-5)
+
+
+def test_random_feature_kip_step_redraws_the_kernel_from_the_step_key():
+  """The step's loss is the KIP loss under the draw `fold_in(fold_in(loop key, step), ...)`:
+  the same key and state give the same step, another step index another kernel."""
+  from robust_dd import random_features
+  x, y, real = _problem()
+  rf = random_features.RandomFeatureKernel("fc", num_features=64, width=32, depth=1)
+  optimizer = distill.make_optimizer(learning_rate=0.01)
+  idx = np.array([0, 20, 40])
+  state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 3), optimizer)
+  step = distill.make_step(methods.kip_loss_fn(kernel_fn=rf), optimizer, per_class=5)
+  key = jax.random.key(0)
+  _, m1 = step(_copy(state), real, key)
+  _, m2 = step(_copy(state), real, key)
+  _, m3 = step(_copy(state)._replace(step=jnp.asarray(1, jnp.int32)), real, key)
+  assert float(m1["loss"]) == float(m2["loss"]) and float(m1["loss"]) != float(m3["loss"])
+  # The loss the step reports is the KIP loss of its batch under its own kernel draw.
+  k_batch, k_loss = jax.random.split(jax.random.fold_in(key, 0))
+  batch = distill.class_balanced_batch(k_batch, real, per_class=5)
+  expected = krr.kip_loss(state.params["images"], state.params["labels"], batch["images"],
+                          batch["labels"], kernel_fn=rf.sample(k_loss))
+  np.testing.assert_allclose(float(m1["loss"]), float(expected), rtol=1e-5)

@@ -261,3 +261,23 @@ def test_golden_values_of_a_tiny_run(method, tmp_path):
   assert r.metrics["init"]["indices"] == GOLDEN_INIT
   np.testing.assert_allclose(r.metrics["final_loss"], loss, rtol=1e-5)
   np.testing.assert_allclose(np.abs(images).sum(), abs_sum, rtol=1e-5)
+
+
+def test_random_feature_kip_runs_every_kernel_path_and_reports_its_fixed_draw(tmp_path):
+  """Conv random features through the loss, the robust per-cluster loss, importance rescoring,
+  sensitivity_krr initialisation (feature leverage) and KRR evaluation with the fixed draw."""
+  workdir = str(tmp_path / "rf")
+  result = run(**dict(FAST, ipc=1, log_every=2, checkpoint_every=2), arch="conv", pool=True,
+               random_features=64, eval_random_features=128, steps=4, robust="cvar", num_clusters=5, sampler="importance", sampler_every=2,
+               init="sensitivity_krr", workdir=workdir)
+  metrics = outputs(workdir)
+  assert "KRR, conv1-pool nngp, 128 random features" in result.stdout
+  saved = np.load(os.path.join(workdir, "distilled.npz"))
+  ds = data_lib.load_dataset("digits")
+  x = (ds.x_test - saved["mean"]) / saved["std"]
+  config = config_lib.DistillConfig.make(arch="conv", pool=True, random_features=64,
+                                         eval_random_features=128)
+  from robust_dd import methods
+  acc = evaluate.krr_accuracy(methods.config_eval_kernel_fn(config), saved["images"],
+                              saved["labels"], x, ds.y_test)
+  assert abs(acc - metrics["distilled_test_acc"]) < 1e-9 and acc > 0.3
