@@ -24,8 +24,7 @@ flags.DEFINE_bool("krr", None, "Evaluate with KRR and the run's kernel (default:
 flags.DEFINE_bool("baseline", True, "Also evaluate random real subsets of the same size.")
 flags.DEFINE_string("output", "evaluation.json", "File name written in --workdir.")
 # The evaluation fields a re-evaluation may change, generated from the config (default: the run's).
-OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
-             "eval_augment", "robust_eval")
+OVERRIDES = config_lib.EVAL_OVERRIDES
 for _spec in config_lib.flag_specs(config_lib.DistillConfig):
   if _spec.name in OVERRIDES:
     (flags.DEFINE_enum(_spec.name, None, list(_spec.choices), _spec.help + " Default: the run's.")

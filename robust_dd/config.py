@@ -532,6 +532,11 @@ def validate_select_config(config: SelectConfig) -> None:
 # ------------------------------------------------------------------------------------ workdirs
 
 
+# The fields a re-evaluation of a saved run may change (`experiment.evaluate_workdir`).
+EVAL_OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
+                  "eval_augment", "robust_eval", "eval_random_features", "kernel_batch")
+
+
 def check_workdir(workdir: str, config) -> None:
   """Raises ValueError if `workdir` cannot be written, or holds a run (config.json) of a
   different config (fields in RESUMABLE may differ). Creates nothing."""

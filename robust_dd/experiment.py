@@ -271,9 +271,18 @@ def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_t
                     num_clusters: int = 10) -> RobustnessData:
   """Corrupted test sets (from the raw test images), k-means (k = 10) test clusters on the
   preprocessed test inputs, and the rare-subgroup ids when the dataset has them."""
-  return RobustnessData(evaluate.corrupted_test_sets(dataset.x_test, prep),
+  test_sets = {name: _frozen(x) for name, x in evaluate.corrupted_test_sets(dataset.x_test,
+                                                                            prep).items()}
+  return RobustnessData(test_sets,
                         evaluate.cluster_test_set(x_test, k=num_clusters), num_clusters,
                         dataset.group_test)
+
+
+def _frozen(x) -> np.ndarray:
+  """A read-only view of x (test sets: their random features can then be cached)."""
+  view = np.asarray(x).view()
+  view.flags.writeable = False
+  return view
 
 
 class Evaluator(NamedTuple):
@@ -304,6 +313,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   (`DistillConfig`, `SelectConfig`).
   """
   e = config.evaluation
+  x_test = _frozen(x_test)  # Read-only: kernels.feature_matrix may keep its features.
   if evaluator == "krr":
     kernel_fn = methods_lib.config_eval_kernel_fn(config)
     krr_kw = dict(diag_reg=config.kernel.diag_reg, batch_size=e.kernel_batch)
@@ -494,8 +504,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   return metrics
 
 
-EVAL_OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
-                  "eval_augment", "robust_eval")
+EVAL_OVERRIDES = config_lib.EVAL_OVERRIDES
 
 
 def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] = None,

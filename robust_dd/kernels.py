@@ -11,6 +11,7 @@ image's features once, so costs are linear in the number of images.
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Callable
 
@@ -135,13 +136,27 @@ def _feature_block(kernel_fn, x):
   return kernel_fn.features(x)
 
 
+_FEATURE_CACHE: collections.deque = collections.deque(maxlen=8)
+
+
 def feature_matrix(kernel_fn: KernelFn, x, *, batch_size: int = 256) -> np.ndarray:
   """The features Φ (n, M) of a kernel function that has them, `batch_size` rows at a time
-  (one compilation), as a host NumPy array."""
-  x = np.asarray(x)
-  b = min(batch_size, len(x))
-  return np.concatenate([np.asarray(_feature_block(kernel_fn, _pad_to(x[i:i + b], b)))
-                         [:min(b, len(x) - i)] for i in range(0, len(x), b)])
+  (one compilation), as a host NumPy array.
+
+  The features of the last few NumPy arrays are kept (keyed by the array object itself, which the
+  cache holds, and the kernel function), so evaluating many support sets on one test set (random
+  baselines, evaluation during training) computes the test set's features once.
+  """
+  for cached_fn, cached_x, phi in _FEATURE_CACHE:
+    if cached_fn is kernel_fn and cached_x is x:
+      return phi
+  xs = np.asarray(x)
+  b = min(batch_size, len(xs))
+  phi = np.concatenate([np.asarray(_feature_block(kernel_fn, _pad_to(xs[i:i + b], b)))
+                        [:min(b, len(xs) - i)] for i in range(0, len(xs), b)])
+  if isinstance(x, np.ndarray) and not x.flags.writeable:
+    _FEATURE_CACHE.append((kernel_fn, x, phi))
+  return phi
 
 
 def _pad_to(x: np.ndarray, n: int) -> np.ndarray:

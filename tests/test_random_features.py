@@ -107,3 +107,14 @@ def test_bad_sizes_and_missing_key_are_clear_errors():
     rf_lib.bind(rf_lib.RandomFeatureKernel(num_features=64, width=32), None)
   exact = kernels.make_kernel_fn("fc")
   assert rf_lib.bind(exact, None) is exact
+
+
+def test_features_of_a_read_only_test_set_are_computed_once():
+  k = rf_lib.RandomFeatureKernel(num_features=64, width=32, depth=1).fixed(5)
+  x = np.asarray(X).copy()
+  x.flags.writeable = False
+  first = kernels.feature_matrix(k, x)
+  assert kernels.feature_matrix(k, x) is first  # Cached: the same array object.
+  writable = np.asarray(X).copy()
+  assert kernels.feature_matrix(k, writable) is not kernels.feature_matrix(k, writable)
+  np.testing.assert_allclose(kernels.feature_matrix(k, writable), first, rtol=1e-6)
