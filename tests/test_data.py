@@ -205,7 +205,8 @@ def test_read_idx_round_trips_and_load_idx_scales(tmp_path, gz):
 def test_idx_directory_order_and_corrupt_files(tmp_path):
   _write_idx_dataset(tmp_path / "mnist")
   assert data.idx_directory("mnist", str(tmp_path)) == str(tmp_path / "mnist")  # data_dir/name
-  assert data.idx_directory("mnist", str(tmp_path / "nothing")) in (None, "/usr/share/datasets/mnist")
+  assert data.idx_directory("mnist", str(tmp_path / "nothing")) in (None,
+                                                                   "/usr/share/datasets/mnist")
   path = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
   import gzip
   raw = gzip.open(path).read()

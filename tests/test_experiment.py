@@ -268,8 +268,9 @@ def test_random_feature_kip_runs_every_kernel_path_and_reports_its_fixed_draw(tm
   sensitivity_krr initialisation (feature leverage) and KRR evaluation with the fixed draw."""
   workdir = str(tmp_path / "rf")
   result = run(**dict(FAST, ipc=1, log_every=2, checkpoint_every=2), arch="conv", pool=True,
-               random_features=64, eval_random_features=128, steps=4, robust="cvar", num_clusters=5, sampler="importance", sampler_every=2,
-               init="sensitivity_krr", workdir=workdir)
+               random_features=64, eval_random_features=128, steps=4, robust="cvar",
+               num_clusters=5, sampler="importance", sampler_every=2, init="sensitivity_krr",
+               workdir=workdir)
   metrics = outputs(workdir)
   assert "KRR, conv1-pool nngp, 128 random features" in result.stdout
   saved = np.load(os.path.join(workdir, "distilled.npz"))

@@ -43,7 +43,7 @@ def test_a_new_method_is_one_record(monkeypatch):
 
   def linear_loss(config, ctx):
     del ctx
-    return lambda params, batch: krr.kip_loss(
+    return lambda params, batch, key: krr.kip_loss(
         params["images"], params["labels"], batch["images"], batch["labels"],
         kernel_fn=lambda a, b: a @ b.T, diag_reg=config.kernel.diag_reg)
 
