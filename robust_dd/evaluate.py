@@ -29,7 +29,14 @@ dsa_per_sample = functools.partial(augment_lib.dsa, per_sample=True)
 
 def krr_predictions(kernel_fn, support_images, support_labels, test_images, *,
                     diag_reg: float = 1e-6, batch_size: int = 256) -> np.ndarray:
-  """KRR predictions (n_test, C) of a support set on test images, kernels computed in blocks."""
+  """KRR predictions (n_test, C) of a support set on test images, kernels (or, for kernels with
+  features, the features) computed in blocks."""
+  if hasattr(kernel_fn, "features"):
+    phi_s = kernels.feature_matrix(kernel_fn, support_images, batch_size=batch_size)
+    phi_t = kernels.feature_matrix(kernel_fn, test_images, batch_size=batch_size)
+    predict = krr.make_feature_krr_predictor(jnp.asarray(phi_s), jnp.asarray(support_labels),
+                                             diag_reg=diag_reg)
+    return np.asarray(predict(jnp.asarray(phi_t)))
   k_ss = kernels.kernel_matrix(kernel_fn, support_images, batch_size=batch_size)
   k_ts = kernels.kernel_matrix(kernel_fn, test_images, support_images, batch_size=batch_size)
   predict = krr.make_krr_predictor(jnp.asarray(k_ss), jnp.asarray(support_labels),

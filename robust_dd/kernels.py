@@ -5,7 +5,7 @@ plain `k(x1, x2) -> (n1, n2)` array function for one kernel ('ntk' or 'nngp'), p
 `kernel_matrix` evaluates it block by block so that memory stays bounded for large matrices.
 
 A kernel function may carry `features(x) -> Φ (n, M)` with k(x1, x2) = Φ(x1) Φ(x2)ᵀ (random
-features, `robust_dd.random_features`); `gram_and_cross` and `kernel_matrix` then compute each
+features, `robust_dd.random_features`); `krr.make_predictor` and `kernel_matrix` then compute each
 image's features once, so costs are linear in the number of images.
 """
 
@@ -113,17 +113,6 @@ def check_inputs(arch: str, x: np.ndarray) -> None:
   if arch == "conv" and x.ndim != 4:
     raise ValueError(f"arch='conv' needs images (n, H, W, C); this dataset has samples of shape "
                      f"{x.shape[1:]}. Use --arch=fc.")
-
-
-def gram_and_cross(kernel_fn: KernelFn, support: jax.Array, targets: jax.Array
-                   ) -> tuple[jax.Array, jax.Array]:
-  """(k(support, support), k(targets, support)), from the features when the kernel has them
-  (the support set's features computed once)."""
-  features = getattr(kernel_fn, "features", None)
-  if features is None:
-    return kernel_fn(support, support), kernel_fn(targets, support)
-  phi_s = features(support)
-  return phi_s @ phi_s.T, features(targets) @ phi_s.T
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -16,7 +16,6 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from robust_dd import kernels
 from robust_dd import precision
 from robust_dd import risk
 from robust_dd import training
@@ -42,6 +41,42 @@ def make_krr_predictor(k_ss: jax.Array, y_s: jax.Array, *, diag_reg: float = 1e-
 
 
 @precision.full_precision
+def make_feature_krr_predictor(phi_s: jax.Array, y_s: jax.Array, *, diag_reg: float = 1e-6
+                               ) -> Callable[[jax.Array], jax.Array]:
+  """KRR with K = Φ Φᵀ from the support features Φ_s (m, M): `predict(phi_t) -> (n_t, C)`.
+
+  The same predictor as `make_krr_predictor(Φ_s Φ_sᵀ, ...)` (ridge λ = diag_reg · tr(Φ_s Φ_sᵀ)/m),
+  solved in whichever space is smaller: the m × m dual system when m ≤ M, else the M × M primal
+  one, Φ_t (Φ_sᵀ Φ_s + λI)⁻¹ Φ_sᵀ Y. With more support points than features the dual kernel has
+  rank M < m, which a float32 Cholesky with a relative ridge of 1e-6 cannot factor.
+  """
+  m, num_features = phi_s.shape
+  if m <= num_features:
+    predict_dual = make_krr_predictor(phi_s @ phi_s.T, y_s, diag_reg=diag_reg)
+    return precision.full_precision(lambda phi_t: predict_dual(phi_t @ phi_s.T))
+  lam = diag_reg * jnp.sum(phi_s ** 2) / m
+  gram = phi_s.T @ phi_s + lam * jnp.eye(num_features, dtype=phi_s.dtype)
+  weights = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(gram, lower=True),
+                                       phi_s.T @ y_s)
+  return precision.full_precision(lambda phi_t: phi_t @ weights)
+
+
+def make_predictor(kernel_fn: Callable[[jax.Array, jax.Array], jax.Array], support_images,
+                   support_labels, *, diag_reg: float = 1e-6) -> Callable[[jax.Array], jax.Array]:
+  """`predict(target_images) -> (n_t, C)`, the KRR predictor of a support set: through the
+  kernel's features when it has them (each image's features computed once), else through
+  k(targets, support)."""
+  features = getattr(kernel_fn, "features", None)
+  if features is not None:
+    predict = make_feature_krr_predictor(features(support_images), support_labels,
+                                         diag_reg=diag_reg)
+    return lambda x: predict(features(x))
+  predict = make_krr_predictor(kernel_fn(support_images, support_images), support_labels,
+                               diag_reg=diag_reg)
+  return lambda x: predict(kernel_fn(x, support_images))
+
+
+@precision.full_precision
 def krr_predict(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, *, diag_reg: float = 1e-6
                 ) -> jax.Array:
   """KRR predictions for targets with cross-kernel k_ts (n_t, m)."""
@@ -53,8 +88,14 @@ def krr_loss(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, y_t: jax.Array, *
              diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:
   """½ · mean over targets of ‖y_t − ŷ_t‖² for the KRR predictor fitted on the support set
   (with `target_weights` (n_t,): the weighted mean Σ w_t ℓ_t / Σ w_t)."""
-  residual = y_t - krr_predict(k_ss, k_ts, y_s, diag_reg=diag_reg)
-  losses = 0.5 * jnp.sum(residual ** 2, axis=-1)
+  return squared_loss(y_t, krr_predict(k_ss, k_ts, y_s, diag_reg=diag_reg),
+                      target_weights=target_weights)
+
+
+def squared_loss(y_t: jax.Array, y_hat: jax.Array, *,
+                 target_weights: Optional[jax.Array] = None) -> jax.Array:
+  """½ · mean over targets of ‖y_t − ŷ_t‖² (weighted: Σ w_t ℓ_t / Σ w_t)."""
+  losses = 0.5 * jnp.sum((y_t - y_hat) ** 2, axis=-1)
   if target_weights is None:
     return jnp.mean(losses)
   w = jnp.asarray(target_weights, losses.dtype)
@@ -68,17 +109,8 @@ def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
                       diag_reg: float = 1e-6, batch_size: int = 500) -> jax.Array:
   """(n_t,) per-target losses ½‖y_t − ŷ_t‖² of the KRR predictor of the support set, the cross
   kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
-  features = getattr(kernel_fn, "features", None)
-  if features is not None:  # One feature pass per image.
-    phi_s = features(support_images)
-    predict = make_krr_predictor(phi_s @ phi_s.T, support_labels, diag_reg=diag_reg)
-    preds = training.map_batches(lambda xb: predict(features(xb) @ phi_s.T), target_images,
-                                 batch_size=batch_size)
-    return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
-  predict = make_krr_predictor(kernel_fn(support_images, support_images), support_labels,
-                               diag_reg=diag_reg)
-  preds = training.map_batches(lambda xb: predict(kernel_fn(xb, support_images)), target_images,
-                               batch_size=batch_size)
+  predict = make_predictor(kernel_fn, support_images, support_labels, diag_reg=diag_reg)
+  preds = training.map_batches(predict, target_images, batch_size=batch_size)
   return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
 
 
@@ -96,18 +128,17 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
     target_images: (K, S, ...) padded real targets of each cluster; target_labels: (K, S, C).
     mask: (K, S) bool (or weights) marking real rows.
   """
-  k_ss, k_ts = kernels.gram_and_cross(kernel_fn, support_images,
-                                      target_images.reshape(-1, *target_images.shape[2:]))
-  predict = make_krr_predictor(k_ss, support_labels, diag_reg=diag_reg)
-  k_ts = k_ts.reshape(*target_images.shape[:2], -1)
+  predict = make_predictor(kernel_fn, support_images, support_labels, diag_reg=diag_reg)
+  preds = predict(target_images.reshape(-1, *target_images.shape[2:]))
+  preds = preds.reshape(*target_images.shape[:2], -1)
 
   def cluster_loss(_, batch, mask):
-    k_cluster, labels = batch
-    residual = labels - predict(k_cluster)
+    cluster_preds, labels = batch
+    residual = labels - cluster_preds
     w = mask.astype(residual.dtype)
     return 0.5 * jnp.sum(w * jnp.sum(residual ** 2, -1)) / jnp.maximum(jnp.sum(w), 1e-12)
 
-  return risk.map_clusters(cluster_loss, None, (k_ts, target_labels), mask)
+  return risk.map_clusters(cluster_loss, None, (preds, target_labels), mask)
 
 
 @precision.full_precision
@@ -123,9 +154,8 @@ def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images
     diag_reg: relative ridge (see module docstring).
     target_weights: optional (b,) weights of the targets (e.g. importance weights).
   """
-  k_ss, k_ts = kernels.gram_and_cross(kernel_fn, support_images, target_images)
-  return krr_loss(k_ss, k_ts, support_labels, target_labels, diag_reg=diag_reg,
-                  target_weights=target_weights)
+  predict = make_predictor(kernel_fn, support_images, support_labels, diag_reg=diag_reg)
+  return squared_loss(target_labels, predict(target_images), target_weights=target_weights)
 
 
 # Jitted aliases for users: only the kernel function is static; diag_reg stays traced, so a new

@@ -109,3 +109,22 @@ def test_jitted_alias_keeps_diag_reg_traced():
   assert krr.kip_loss_jit._cache_size() == before + 1  # One compilation for three ridges.
   np.testing.assert_allclose(values[1], krr.kip_loss(xs, ys, xt, yt, kernel_fn=kernel_fn,
                                                      diag_reg=1e-2), rtol=1e-5)
+
+
+@pytest.mark.parametrize("m, num_features", [(5, 12), (12, 5)])
+def test_feature_predictor_is_krr_with_the_feature_kernel_in_both_spaces(m, num_features):
+  """Dual (m ≤ M) and primal (m > M) solves give NumPy's float64 KRR with K = Φ Φᵀ; the primal one
+  also where the m × m kernel has rank M < m (more support points than features)."""
+  rng = np.random.default_rng(0)
+  phi_s, phi_t = rng.normal(size=(m, num_features)), rng.normal(size=(4, num_features))
+  y = rng.normal(size=(m, 3))
+  k = phi_s @ phi_s.T
+  lam = 1e-2 * np.trace(k) / m
+  expected = phi_t @ phi_s.T @ np.linalg.solve(k + lam * np.eye(m), y)
+  predict = krr.make_feature_krr_predictor(jnp.asarray(phi_s, jnp.float32),
+                                           jnp.asarray(y, jnp.float32), diag_reg=1e-2)
+  np.testing.assert_allclose(predict(jnp.asarray(phi_t, jnp.float32)), expected, rtol=2e-3,
+                             atol=2e-4)
+  tiny = krr.make_feature_krr_predictor(jnp.asarray(phi_s, jnp.float32),
+                                        jnp.asarray(y, jnp.float32), diag_reg=1e-6)
+  assert np.all(np.isfinite(tiny(jnp.asarray(phi_t, jnp.float32))))
