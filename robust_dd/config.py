@@ -486,10 +486,11 @@ def validate_config(config: DistillConfig) -> None:
     value = config.get(name)
     _check(value is None or value >= (name in ("real_per_class", "target_batch")),
            f"--{name} must be >= {int(name in ('real_per_class', 'target_batch'))}, got {value}.")
+  trains_network = methods_lib.get(config.method).trains_network
   for name in ("outer_loop", "inner_loop"):
+    least = int(name == "outer_loop" and trains_network)  # KIP's presets set both to 0.
     value = config.get(name)
-    _check(value is None or value >= (name == "outer_loop"),
-           f"--{name} must be >= {int(name == 'outer_loop')}, got {value}.")
+    _check(value is None or value >= least, f"--{name} must be >= {least}, got {value}.")
   _check(m.class_batch >= 0, f"--class_batch must be >= 0 (0: all classes at once), got "
          f"{m.class_batch}.")
   _check(m.rho > 0 and m.gamma >= 0 and m.net_learning_rate > 0,

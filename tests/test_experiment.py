@@ -76,6 +76,18 @@ def test_saved_set_with_its_preprocessing_scores_new_data_as_reported(finished):
 
 
 @pytest.mark.slow
+def test_a_kip_run_can_be_evaluated_with_a_finite_network(finished):
+  """KIP's saved config (outer_loop 0: no network) passes validation again on re-evaluation."""
+  workdir, _ = finished
+  result = experiment.evaluate_workdir(workdir, krr=True, baseline=False, eval_epochs=2,
+                                       eval_seeds=1, robust_eval=False, output="eval_net.json",
+                                       log=lambda s: None)
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert abs(result["krr"]["distilled_test_acc"] - metrics["distilled_test_acc"]) < 1e-9
+  assert len(result["network"]["distilled_test_accs"]) == 1
+
+
+@pytest.mark.slow
 def test_rerun_resumes_from_checkpoint_and_matches_uninterrupted(finished, tmp_path):
   workdir, _ = finished
   part = str(tmp_path / "part")
