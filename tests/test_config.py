@@ -59,7 +59,8 @@ def test_every_float_field_must_be_finite(field, value):
 
 def test_validation_messages_name_the_flag():
   for bad, message in ((dict(ipc=0), "--ipc"), (dict(method="mtt"), "--method"),
-                       (dict(metric="l2"), "--metric"), (dict(outer_loop=0), "outer_loop"),
+                       (dict(metric="l2"), "--metric"),
+                       (dict(method="dc", outer_loop=0), "outer_loop"),
                        (dict(real_per_class=0), "real_per_class"),
                        (dict(eval_seeds=0), "eval_seeds"), (dict(net_width=0), "net_width")):
     with pytest.raises(ValueError, match=message):

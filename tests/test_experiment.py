@@ -275,6 +275,7 @@ def test_golden_values_of_a_tiny_run(method, tmp_path):
   np.testing.assert_allclose(np.abs(images).sum(), abs_sum, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_random_feature_kip_runs_every_kernel_path_and_reports_its_fixed_draw(tmp_path):
   """Conv random features through the loss, the robust per-cluster loss, importance rescoring,
   sensitivity_krr initialisation (feature leverage) and KRR evaluation with the fixed draw."""
