@@ -245,6 +245,9 @@ class KernelConfig:
                                 "0: the exact kernel.")
   rf_width: int = _field(32, "Random features: width (channels/units and outputs) of each "
                          "network.")
+  rf_integrate_readout: bool = _field(True, "Random features: integrate each network's readout "
+                                      "layer exactly (its last hidden layer are the features: "
+                                      "less noise, same cost); false: the M sampled outputs.")
   eval_random_features: Optional[int] = _field(None, "Random features: M of the one fixed draw "
                                                "that KRR evaluation uses (default 4 x "
                                                "--random_features; 0: the exact kernel).")

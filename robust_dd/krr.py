@@ -47,17 +47,25 @@ def make_feature_krr_predictor(phi_s: jax.Array, y_s: jax.Array, *, diag_reg: fl
 
   The same predictor as `make_krr_predictor(Φ_s Φ_sᵀ, ...)` (ridge λ = diag_reg · tr(Φ_s Φ_sᵀ)/m),
   solved in whichever space is smaller: the m × m dual system when m ≤ M, else the M × M primal
-  one, Φ_t (Φ_sᵀ Φ_s + λI)⁻¹ Φ_sᵀ Y. With more support points than features the dual kernel has
-  rank M < m, which a float32 Cholesky with a relative ridge of 1e-6 cannot factor.
+  one, Φ_t (Φ_sᵀ Φ_s + λI)⁻¹ Φ_sᵀ Y. Both go through the QR factorisation of Φ stacked on √λ I
+  (a ridge least-squares solve) to primal weights W (M, C), never through the Gram matrix, whose
+  condition number is the square of Φ's: a random-feature kernel is low-rank (rank ≤ M; dead or
+  constant features lower it further), and a float32 Cholesky of its Gram matrix with a relative
+  ridge of 1e-6 returns NaN (ConvNet-3 features of 500 support images, one network), and dual
+  weights of size 1/λ lose the predictions to cancellation.
   """
+  phi_s = jnp.asarray(phi_s)
   m, num_features = phi_s.shape
-  if m <= num_features:
-    predict_dual = make_krr_predictor(phi_s @ phi_s.T, y_s, diag_reg=diag_reg)
-    return precision.full_precision(lambda phi_t: predict_dual(phi_t @ phi_s.T))
   lam = diag_reg * jnp.sum(phi_s ** 2) / m
-  gram = phi_s.T @ phi_s + lam * jnp.eye(num_features, dtype=phi_s.dtype)
-  weights = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(gram, lower=True),
-                                       phi_s.T @ y_s)
+  root = jnp.sqrt(lam).astype(phi_s.dtype)
+  solve = jax.scipy.linalg.solve_triangular
+  if m <= num_features:  # [Φ_sᵀ; √λ I] = QR: Φ_sᵀ = Q₁R, so W = Φ_sᵀ(RᵀR)⁻¹Y = Q₁ R⁻ᵀ Y.
+    q, r = jnp.linalg.qr(jnp.concatenate([phi_s.T, root * jnp.eye(m, dtype=phi_s.dtype)]))
+    weights = q[:num_features] @ solve(r, y_s, trans="T", lower=False)
+  else:  # [Φ_s; √λ I] = QR: Φ_s = Q₁R, so W = (RᵀR)⁻¹Φ_sᵀY = R⁻¹ Q₁ᵀ Y.
+    q, r = jnp.linalg.qr(jnp.concatenate([phi_s, root * jnp.eye(num_features,
+                                                                 dtype=phi_s.dtype)]))
+    weights = solve(r, q[:m].T @ y_s, lower=False)
   return precision.full_precision(lambda phi_t: phi_t @ weights)
 
 

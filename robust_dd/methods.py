@@ -184,7 +184,8 @@ def _exact_kernel_fn(k) -> kernels.KernelFn:
 
 def _random_feature_kernel(k, num_features: int) -> rf_lib.RandomFeatureKernel:
   return rf_lib.RandomFeatureKernel(k.arch, num_features=num_features, width=k.rf_width,
-                                    depth=k.depth, w_std=k.w_std, b_std=k.b_std, pool=k.pool)
+                                    depth=k.depth, w_std=k.w_std, b_std=k.b_std, pool=k.pool,
+                                    integrate_readout=k.rf_integrate_readout)
 
 
 def config_kernel_fn(config) -> rf_lib.Kernel:

@@ -7,6 +7,12 @@ of M/width networks with `width` output units each give features Φ (n, M) with
 
     K(x₁, x₂) ≈ Φ(x₁) Φ(x₂)ᵀ / M.
 
+The last (readout) layer need not be sampled: given a network's last hidden layer h, its outputs
+have covariance w_std² ⟨h, h'⟩ / fan_in + b_std² exactly, so by default (`integrate_readout`) each
+network contributes h itself. That is the same kernel in expectation with the readout's sampling
+noise removed, and many more features (512 for ConvNet-3 with pooling at 28×28, width 32) from
+the same forward passes; only the hidden layers are random.
+
 The estimate is unbiased for one hidden layer (the output covariance given the first layer averages
 to the infinite-width kernel); deeper networks add an O(1/width) finite-width bias. Its standard
 deviation falls as 1/√M. Costs are linear in the number of images, and no (n × n) matrix of real
@@ -39,9 +45,15 @@ class RandomFeatureKernel:
 
   Attributes:
     arch, depth, w_std, b_std, pool, readout: the architecture (as for `make_kernel_fn`).
-    num_features: M, the number of features; a multiple of `width`.
+    num_features: M; a multiple of `width`. The kernel averages M/width networks.
     width: hidden channels (conv) / units (fc) of each network, and its number of output units.
     batch_size: images pushed through the networks at once (bounds memory for large n).
+    integrate_readout: True (default): the last Dense layer is integrated out exactly. Given the
+      last hidden layer h (fan_in units), the readout's outputs have covariance
+      w_std² ⟨h, h'⟩ / fan_in + b_std², so each network contributes h itself (fan_in features,
+      e.g. 4·4·32 = 512 for ConvNet-3 with pooling at 28×28) instead of `width` sampled outputs:
+      the same kernel in expectation, without the readout's sampling noise, for the same forward
+      passes. False: Φ is the M sampled outputs (RFAD's construction).
   """
   arch: str = "conv"
   num_features: int = 1024
@@ -52,6 +64,7 @@ class RandomFeatureKernel:
   pool: bool = True
   readout: str = "flatten"
   batch_size: int = 500
+  integrate_readout: bool = True
 
   def __post_init__(self):
     if self.width < 1 or self.num_features < self.width or self.num_features % self.width:
@@ -67,6 +80,13 @@ class RandomFeatureKernel:
     convolutions as one matmul each (`models.conv_patches`) and pooling as a reshape-mean, whose
     gradients XLA:CPU runs several times faster than `lax.conv` and `reduce_window` (equal
     outputs: tests/test_random_features.py)."""
+    w, b = list(params)[-1]
+    h = self.last_hidden(params, x)
+    return h @ (self.w_std / jnp.sqrt(jnp.asarray(w.shape[0], x.dtype)) * w) + self.b_std * b
+
+  def last_hidden(self, params, x: jax.Array) -> jax.Array:
+    """The network's last hidden layer, flattened (or averaged over space): (n, fan_in) of the
+    readout."""
     layers = list(params)
     ntk = lambda w, fan_in: self.w_std / jnp.sqrt(jnp.asarray(fan_in, x.dtype)) * w
     if self.arch == "fc":
@@ -83,8 +103,7 @@ class RandomFeatureKernel:
         if self.pool:
           h = _avg_pool_2x2_same(h)
       h = h.reshape(h.shape[0], -1) if self.readout == "flatten" else h.mean(axis=(1, 2))
-    w, b = layers[-1]
-    return h @ ntk(w, w.shape[0]) + self.b_std * b
+    return h
 
   def init_networks(self, key: jax.Array, input_shape) -> Any:
     """Parameters of the M/width networks, stacked on a leading axis; network i from
@@ -95,14 +114,24 @@ class RandomFeatureKernel:
 
   @precision.full_precision
   def features(self, key: jax.Array, x: jax.Array) -> jax.Array:
-    """Φ(x) / √M: (n, M) features of one draw (the key), so that K ≈ Φ Φᵀ. Jittable."""
+    """Φ(x): (n, D) features of one draw (the key), so that K ≈ Φ Φᵀ. Jittable.
+
+    D = M sampled outputs, scaled by 1/√M; or, with `integrate_readout`, the N = M/width networks'
+    last hidden layers scaled by w_std/√(fan_in·N), plus one constant column b_std (D = N·fan_in
+    + 1)."""
     params = self.init_networks(key, x.shape[1:])
-    def block(xb):  # (b, ...) -> (b, M): networks one after another (bounded memory).
-      out = jax.lax.map(lambda p: self.apply(p, xb), params)  # (N, b, width)
+    one_network = self.last_hidden if self.integrate_readout else self.apply
+
+    def block(xb):  # (b, ...) -> (b, N·d): networks one after another (bounded memory).
+      out = jax.lax.map(lambda p: one_network(p, xb), params)  # (N, b, d)
       return jnp.moveaxis(out, 0, 1).reshape(xb.shape[0], -1)
 
     phi = training.map_batches(block, x, batch_size=self.batch_size)
-    return phi / jnp.sqrt(jnp.asarray(self.num_features, phi.dtype))
+    if not self.integrate_readout:
+      return phi / jnp.sqrt(jnp.asarray(self.num_features, phi.dtype))
+    fan_in = phi.shape[1] // self.num_networks
+    phi = phi * (self.w_std / jnp.sqrt(jnp.asarray(fan_in * self.num_networks, phi.dtype)))
+    return jnp.concatenate([phi, jnp.full((len(phi), 1), self.b_std, phi.dtype)], axis=1)
 
   def sample(self, key: jax.Array) -> kernels.KernelFn:
     """The kernel function `k(x1, x2) = Φ(x1) Φ(x2)ᵀ` of the draw `key`, with `.features(x)`."""

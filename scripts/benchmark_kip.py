@@ -4,7 +4,8 @@ r"""Benchmarks KIP steps: steps per second and peak memory for FC, Conv and rand
 
 Kernels (`--archs`): fc (exact FC NTK), conv (exact Conv NTK, no pooling), conv_pool (exact, with
 pooling: O((HW)²) memory per image pair), conv_rf (ConvNet-`--rf_depth` with pooling, its NNGP
-estimated by `--rf_features` random features of width `--rf_width`, redrawn every step).
+estimated from random networks of width `--rf_width`, redrawn every step; one row per M in
+`--rf_features`, M/width networks whose last hidden layers are the features).
 
 A second table (`--target_counts`) times the loss of every one of n real targets under an IPC-10
 support set (`krr.krr_sample_losses`, what importance rescoring and evaluation cost), for n in
@@ -51,7 +52,7 @@ flags.DEFINE_list("batches", ["100", "1000"], "Target batch sizes.")
 flags.DEFINE_integer("depth", 1, "Layers / conv blocks.")
 flags.DEFINE_float("min_seconds", 2.0, "Time each configuration at least this long.")
 flags.DEFINE_integer("min_steps", 3, "and at least this many steps.")
-flags.DEFINE_integer("rf_features", 256, "conv_rf: random features per step (M).")
+flags.DEFINE_list("rf_features", ["256"], "conv_rf: M per step (M/rf_width networks); a row each.")
 flags.DEFINE_integer("rf_width", 32, "conv_rf: width of each random network.")
 flags.DEFINE_integer("rf_depth", 3, "conv_rf: conv blocks (each with AvgPool 2x2).")
 flags.DEFINE_list("target_counts", ["1000", "10000", "60000"],
@@ -60,26 +61,27 @@ flags.DEFINE_list("target_archs", ["fc", "conv_rf"], "Kernels of the linear-cost
 flags.DEFINE_string("out", "runs/benchmark_kip.json", "JSON output path.")
 
 
-def _kernel(arch):
+def _kernel(arch, rf_features=None):
   if arch == "conv_pool":
     return kernels.make_kernel_fn("conv", depth=FLAGS.depth, pool=True)
   if arch == "conv_rf":
-    return random_features.RandomFeatureKernel("conv", num_features=FLAGS.rf_features,
+    return random_features.RandomFeatureKernel("conv", num_features=rf_features,
                                                width=FLAGS.rf_width, depth=FLAGS.rf_depth,
                                                pool=True)
   return kernels.make_kernel_fn(arch, depth=FLAGS.depth)
 
 
-def _name(arch, depth):
+def _name(arch, depth, rf_features=None):
   if arch == "conv_rf":
-    return f"conv{FLAGS.rf_depth}-pool RF nngp (M={FLAGS.rf_features}, width {FLAGS.rf_width})"
+    return (f"conv{FLAGS.rf_depth}-pool RF nngp ({rf_features // FLAGS.rf_width} networks, "
+            f"M={rf_features}, width {FLAGS.rf_width})")
   return {"fc": f"fc{depth} ntk", "conv": f"conv{depth} ntk (no pool)",
           "conv_pool": f"conv{depth}-pool ntk"}[arch]
 
 
-def bench_targets(arch, num_targets, x, y):
+def bench_targets(arch, num_targets, x, y, rf_features=None):
   """Seconds for the losses of `num_targets` real targets under an IPC-10 support set."""
-  kernel = _kernel(arch)
+  kernel = _kernel(arch, rf_features)
   kernel_fn = kernel.fixed(0) if arch == "conv_rf" else kernel
   idx = np.concatenate([np.flatnonzero(y == c)[:10] for c in range(10)])
   support, labels = jnp.asarray(x[idx]), data_lib.one_hot_centered(y[idx], 10)
@@ -93,13 +95,13 @@ def bench_targets(arch, num_targets, x, y):
   compile_seconds = time.time() - t0
   t0 = time.time()
   jax.block_until_ready(compiled(support, targets))
-  return {"table": "targets", "arch": arch, "num_targets": num_targets,
+  return {"table": "targets", "arch": arch, "num_targets": num_targets, "rf_features": rf_features,
           "seconds": time.time() - t0, "compile_seconds": compile_seconds,
           **_bench.memory_fields(compiled)}
 
 
-def bench_one(arch, ipc, batch, x, y, real):
-  kernel_fn = _kernel(arch)
+def bench_one(arch, ipc, batch, x, y, real, rf_features=None):
+  kernel_fn = _kernel(arch, rf_features)
   optimizer = distill.make_optimizer(learning_rate=0.01, learn_labels=True)
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
@@ -125,7 +127,8 @@ def bench_one(arch, ipc, batch, x, y, real):
     state, metrics = step(state, real, jax.random.fold_in(key, i + 2))
   jax.block_until_ready(metrics)
   seconds = time.time() - t0
-  return {"arch": arch, "depth": FLAGS.depth, "ipc": ipc, "support": 10 * ipc,
+  return {"arch": arch, "rf_features": rf_features, "depth": FLAGS.depth, "ipc": ipc,
+          "support": 10 * ipc,
           "target_batch": batch, "steps_timed": steps, "steps_per_second": steps / seconds,
           "compile_seconds": compile_seconds, "first_step_seconds": first,
           "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
@@ -134,15 +137,20 @@ def bench_one(arch, ipc, batch, x, y, real):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  configs = [dict(arch=arch, ipc=ipc, target_batch=batch) for arch in FLAGS.archs
-             for ipc in map(int, FLAGS.ipcs) for batch in map(int, FLAGS.batches)]
-  configs += [dict(table="targets", arch=arch, num_targets=int(n))
-              for arch in FLAGS.target_archs for n in FLAGS.target_counts]
+  def variants(arch):  # One entry per random-feature size for conv_rf.
+    return [int(m) for m in FLAGS.rf_features] if arch == "conv_rf" else [None]
+
+  configs = [dict(arch=arch, rf_features=m, ipc=ipc, target_batch=batch) for arch in FLAGS.archs
+             for m in variants(arch) for ipc in map(int, FLAGS.ipcs)
+             for batch in map(int, FLAGS.batches)]
+  configs += [dict(table="targets", arch=arch, rf_features=m, num_targets=int(n))
+              for arch in FLAGS.target_archs for m in variants(arch) for n in FLAGS.target_counts]
 
   def run(table="step", **kw):
     if table == "targets":
-      return bench_targets(kw["arch"], kw["num_targets"], x, ds.y_train)
-    return bench_one(kw["arch"], kw["ipc"], kw["target_batch"], x, ds.y_train, real)
+      return bench_targets(kw["arch"], kw["num_targets"], x, ds.y_train, kw["rf_features"])
+    return bench_one(kw["arch"], kw["ipc"], kw["target_batch"], x, ds.y_train, real,
+                     kw["rf_features"])
 
   results = _bench.run_all(run, configs, out=FLAGS.out)
   print(f"\nKIP step benchmark on {jax.devices()[0]} (jax {jax.__version__})\n")
@@ -154,7 +162,7 @@ def main(argv):
     if "error" in r:
       print(f"| {r['arch']} | {r['ipc']} | {r['target_batch']} | failed: {r['error'][:60]} |||")
       continue
-    name = _name(r["arch"], r["depth"])
+    name = _name(r["arch"], r["depth"], r.get("rf_features"))
     print(f"| {name} | {r['ipc']} | {r['target_batch']} | "
           f"{r['steps_per_second']:.3g} | {1000 / r['steps_per_second']:.4g} | "
           f"{_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
@@ -167,7 +175,7 @@ def main(argv):
       if "error" in r:
         print(f"| {r['arch']} | {r['num_targets']} | failed: {r['error'][:60]} |||")
         continue
-      print(f"| {_name(r['arch'], FLAGS.depth)} | {r['num_targets']} | {r['seconds']:.3g} | "
+      print(f"| {_name(r['arch'], FLAGS.depth, r.get('rf_features'))} | {r['num_targets']} | {r['seconds']:.3g} | "
             f"{1e6 * r['seconds'] / r['num_targets']:.3g} | {_bench.mib(r['xla_step_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")

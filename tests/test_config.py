@@ -93,7 +93,9 @@ def test_random_feature_settings_resolve_and_bad_ones_are_refused():
   assert DistillConfig().kernel.kernel_kind == "ntk" and DistillConfig().kernel.eval_features == 0
   train = methods.config_kernel_fn(c)
   assert isinstance(train, random_features.RandomFeatureKernel)
-  assert (train.num_features, train.width, train.pool) == (64, 32, True)
+  assert (train.num_features, train.width, train.pool, train.integrate_readout) == (64, 32, True,
+                                                                                    True)
+  assert not methods.config_kernel_fn(c.replace(rf_integrate_readout=False)).integrate_readout
   assert methods.config_eval_kernel_fn(c) is methods.config_eval_kernel_fn(c)  # One fixed draw.
   assert hasattr(methods.config_eval_kernel_fn(c), "features")
   exact = methods.config_eval_kernel_fn(c.replace(eval_random_features=0))

@@ -34,17 +34,41 @@ def _relative_errors(rf, exact, draws):
   return np.linalg.norm(k - exact, axis=(1, 2)) / np.linalg.norm(exact)
 
 
-def test_converges_to_exact_nngp_at_rate_one_over_sqrt_m():
+@pytest.mark.parametrize("integrate_readout", [True, False])
+def test_converges_to_exact_nngp_at_rate_one_over_sqrt_m(integrate_readout):
   """One conv block with pooling: the estimate is unbiased, so its mean squared error is c/M: 16x
   the features, a quarter of the root-mean-square error (over 24 draws)."""
   exact = np.asarray(kernels.make_kernel_fn("conv", kernel="nngp", depth=1, pool=True)(X, X))
   rms = {}
   for m in (64, 1024):
-    rf = rf_lib.RandomFeatureKernel(num_features=m, width=32, depth=1, pool=True)
+    rf = rf_lib.RandomFeatureKernel(num_features=m, width=32, depth=1, pool=True,
+                                    integrate_readout=integrate_readout)
     rms[m] = np.sqrt(np.mean(_relative_errors(rf, exact, 24) ** 2))
   ratio = rms[64] / rms[1024]
   assert 3.0 < ratio < 5.3, (rms, ratio)  # 4 expected.
   assert rms[1024] < 0.06
+
+
+def test_integrated_readout_is_the_readout_covariance_of_the_same_networks():
+  """Φ Φᵀ = mean over networks of w_std² ⟨h, h'⟩ / fan_in + b_std², h the last hidden layer
+  (computed here network by network in NumPy), and it has less error than sampling the readout."""
+  rf = rf_lib.RandomFeatureKernel(num_features=64, width=32, depth=2, pool=True, b_std=0.3)
+  key = jax.random.key(4)
+  params = rf.init_networks(key, X.shape[1:])
+  expected = 0.0
+  for i in range(rf.num_networks):
+    h = np.asarray(rf.last_hidden(jax.tree_util.tree_map(lambda a: a[i], params), X), np.float64)
+    expected = expected + (rf.w_std ** 2 * h @ h.T / h.shape[1] + rf.b_std ** 2) / rf.num_networks
+  phi = rf.sample(key).features(X)
+  assert phi.shape == (len(X), rf.num_networks * 2 * 2 * 32 + 1)  # 8x8 -> 4 -> 2; 32 channels.
+  np.testing.assert_allclose(phi @ phi.T, expected, rtol=1e-4, atol=1e-6)
+  exact = np.asarray(kernels.make_kernel_fn("conv", kernel="nngp", depth=1, pool=True)(X, X))
+  sampled, integrated = (
+      np.sqrt(np.mean(_relative_errors(
+          rf_lib.RandomFeatureKernel(num_features=64, width=32, depth=1, pool=True,
+                                     integrate_readout=flag), exact, 24) ** 2))
+      for flag in (False, True))
+  assert integrated < 0.5 * sampled, (integrated, sampled)
 
 
 def test_convnet3_with_pooling_approaches_exact_nngp():
@@ -68,7 +92,7 @@ def test_features_are_blockwise_and_give_the_kernel():
   rf = rf_lib.RandomFeatureKernel(num_features=64, width=32, depth=1, batch_size=4)
   k = rf.fixed(0)
   phi = kernels.feature_matrix(k, X, batch_size=4)  # 6 rows: one padded block.
-  assert phi.shape == (6, 64)
+  assert phi.shape == (6, 2 * 4 * 4 * 32 + 1)  # Two networks' last hidden layers, one bias.
   np.testing.assert_allclose(phi, k.features(X), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(kernels.kernel_matrix(k, X, batch_size=4), phi @ phi.T, rtol=1e-4,
                              atol=1e-5)
