@@ -1,10 +1,15 @@
 """robust_dd: dataset distillation in JAX."""
 
+import re
+
 import setuptools
+
+with open("robust_dd/__init__.py", encoding="utf-8") as f:  # One source: robust_dd.__version__.
+  VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 setuptools.setup(
     name="robust_dd",
-    version="0.3.0",
+    version=VERSION,
     description=("Dataset distillation in JAX: KIP with neural-tangents kernels, gradient and "
                  "curvature matching, provable subset selection and group-robust distillation."),
     long_description=open("README.md", encoding="utf-8").read(),

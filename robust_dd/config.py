@@ -537,8 +537,9 @@ def validate_select_config(config: SelectConfig) -> None:
 
 
 # The fields a re-evaluation of a saved run may change (`experiment.evaluate_workdir`).
-EVAL_OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "eval_epochs", "eval_batch",
-                  "eval_augment", "robust_eval", "eval_random_features", "kernel_batch")
+EVAL_OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "baseline_draws", "eval_epochs",
+                  "eval_batch", "eval_augment", "robust_eval", "eval_random_features",
+                  "kernel_batch")
 
 
 def check_workdir(workdir: str, config) -> None:

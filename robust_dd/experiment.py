@@ -331,7 +331,11 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
           draws=e.baseline_draws)
 
     k = config.kernel
-    kind = k.kernel_kind + (f", {k.eval_features} random features" if k.eval_features else "")
+    kind = k.kernel_kind
+    if k.eval_features:
+      readout = "integrated" if k.rf_integrate_readout else "sampled"
+      kind += (f", random features of {k.eval_features // k.rf_width} networks "
+               f"(M={k.eval_features}, readout {readout})")
     return Evaluator("krr", lambda: f"KRR, {k.arch}{k.depth}{'-pool' if k.pool else ''} {kind}",
                      krr_predict, krr_random, e.baseline_draws, x_test, y_test)
   if evaluator != "network":

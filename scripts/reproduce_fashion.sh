@@ -13,7 +13,7 @@ for ipc in 1 10 50; do
   python -m experiments.distill --dataset=fashion_mnist --ipc="$ipc" --norobust_eval \
     --workdir="runs/kip_fashion_fc_ipc${ipc}" | tail -n 4
   python -m experiments.distill --dataset=fashion_mnist --ipc="$ipc" --arch=conv --depth=3 --pool \
-    --random_features=256 --real_per_class=20 --steps="$RF_STEPS" --eval_during=false \
+    --random_features=256 --zca --real_per_class=20 --steps="$RF_STEPS" --eval_during=false \
     --norobust_eval --workdir="runs/kip_fashion_rf_ipc${ipc}" | tail -n 4
 done
 for ipc in 1 10 50; do

@@ -79,12 +79,16 @@ def test_saved_set_with_its_preprocessing_scores_new_data_as_reported(finished):
 def test_a_kip_run_can_be_evaluated_with_a_finite_network(finished):
   """KIP's saved config (outer_loop 0: no network) passes validation again on re-evaluation."""
   workdir, _ = finished
-  result = experiment.evaluate_workdir(workdir, krr=True, baseline=False, eval_epochs=2,
-                                       eval_seeds=1, robust_eval=False, output="eval_net.json",
+  result = experiment.evaluate_workdir(workdir, krr=False, baseline=True, eval_epochs=2,
+                                       eval_seeds=1, baseline_draws=2, robust_eval=False,
+                                       output="eval_net.json", log=lambda s: None)
+  assert len(result["network"]["distilled_test_accs"]) == 1
+  assert len(result["network"]["random_subset_test_acc"]) == 2  # --baseline_draws overrides 5.
+  result = experiment.evaluate_workdir(workdir, krr=True, baseline=False, network=False,
+                                       robust_eval=False, output="eval_krr.json",
                                        log=lambda s: None)
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert abs(result["krr"]["distilled_test_acc"] - metrics["distilled_test_acc"]) < 1e-9
-  assert len(result["network"]["distilled_test_accs"]) == 1
 
 
 @pytest.mark.slow
@@ -285,7 +289,8 @@ def test_random_feature_kip_runs_every_kernel_path_and_reports_its_fixed_draw(tm
                num_clusters=5, sampler="importance", sampler_every=2, init="sensitivity_krr",
                workdir=workdir)
   metrics = outputs(workdir)
-  assert "KRR, conv1-pool nngp, 128 random features" in result.stdout
+  assert ("KRR, conv1-pool nngp, random features of 4 networks (M=128, readout integrated)"
+          in result.stdout)
   saved = np.load(os.path.join(workdir, "distilled.npz"))
   ds = data_lib.load_dataset("digits")
   x = (ds.x_test - saved["mean"]) / saved["std"]
