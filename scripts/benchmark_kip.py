@@ -175,7 +175,8 @@ def main(argv):
       if "error" in r:
         print(f"| {r['arch']} | {r['num_targets']} | failed: {r['error'][:60]} |||")
         continue
-      print(f"| {_name(r['arch'], FLAGS.depth, r.get('rf_features'))} | {r['num_targets']} | {r['seconds']:.3g} | "
+      name = _name(r["arch"], FLAGS.depth, r.get("rf_features"))
+      print(f"| {name} | {r['num_targets']} | {r['seconds']:.3g} | "
             f"{1e6 * r['seconds'] / r['num_targets']:.3g} | {_bench.mib(r['xla_step_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")

@@ -80,15 +80,16 @@ def test_a_kip_run_can_be_evaluated_with_a_finite_network(finished):
   """KIP's saved config (outer_loop 0: no network) passes validation again on re-evaluation."""
   workdir, _ = finished
   result = experiment.evaluate_workdir(workdir, krr=False, baseline=True, eval_epochs=2,
-                                       eval_seeds=1, baseline_draws=2, robust_eval=False,
-                                       output="eval_net.json", log=lambda s: None)
-  assert len(result["network"]["distilled_test_accs"]) == 1
-  assert len(result["network"]["random_subset_test_acc"]) == 2  # --baseline_draws overrides 5.
-  result = experiment.evaluate_workdir(workdir, krr=True, baseline=False, network=False,
-                                       robust_eval=False, output="eval_krr.json",
+                                       eval_seeds=1, robust_eval=False, output="eval_net.json",
                                        log=lambda s: None)
+  assert len(result["network"]["distilled_test_accs"]) == 1
+  assert len(result["network"]["random_subset_test_acc"]) == 1  # One network per eval seed.
+  result = experiment.evaluate_workdir(workdir, krr=True, baseline=True, network=False,
+                                       baseline_draws=2, robust_eval=False,
+                                       output="eval_krr.json", log=lambda s: None)
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert abs(result["krr"]["distilled_test_acc"] - metrics["distilled_test_acc"]) < 1e-9
+  assert len(result["krr"]["random_subset_test_acc"]) == 2  # --baseline_draws overrides 5.
 
 
 @pytest.mark.slow
