@@ -48,12 +48,9 @@ class RandomFeatureKernel:
     num_features: M; a multiple of `width`. The kernel averages M/width networks.
     width: hidden channels (conv) / units (fc) of each network, and its number of output units.
     batch_size: images pushed through the networks at once (bounds memory for large n).
-    integrate_readout: True (default): the last Dense layer is integrated out exactly. Given the
-      last hidden layer h (fan_in units), the readout's outputs have covariance
-      w_std² ⟨h, h'⟩ / fan_in + b_std², so each network contributes h itself (fan_in features,
-      e.g. 4·4·32 = 512 for ConvNet-3 with pooling at 28×28) instead of `width` sampled outputs:
-      the same kernel in expectation, without the readout's sampling noise, for the same forward
-      passes. False: Φ is the M sampled outputs (RFAD's construction).
+    integrate_readout: True (default): the readout layer is integrated out exactly and each
+      network contributes its last hidden layer (module docstring); False: Φ is the M sampled
+      outputs (RFAD's construction).
   """
   arch: str = "conv"
   num_features: int = 1024
