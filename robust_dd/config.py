@@ -28,6 +28,7 @@ from robust_dd import curvature
 from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import kernels
+from robust_dd import krr
 from robust_dd import matching
 from robust_dd import methods as methods_lib
 from robust_dd import models
@@ -300,6 +301,9 @@ class OptimConfig:
   learning_rate: Optional[float] = _field(None, "Learning rate of the synthetic set.")
   momentum: float = _field(0.5, "SGD momentum of the synthetic set.")
   learn_labels: Optional[bool] = _field(None, "Learn the synthetic labels too.")
+  krr_loss: str = _field("mse", "KIP's loss on the KRR predictions: mse, or platt (RFAD: "
+                         "cross-entropy of the predictions times a learned scale).",
+                         choices=krr.LOSSES)
   real_per_class: Optional[int] = _field(None, "Real samples of each class drawn for every "
                                          "update of the set (robust runs: this times the number "
                                          "of classes, shared equally by the clusters).")
@@ -490,6 +494,8 @@ def validate_config(config: DistillConfig) -> None:
     _check(value is None or value >= (name in ("real_per_class", "target_batch")),
            f"--{name} must be >= {int(name in ('real_per_class', 'target_batch'))}, got {value}.")
   trains_network = methods_lib.get(config.method).trains_network
+  _check(o.krr_loss == "mse" or not trains_network,
+         f"--krr_loss={o.krr_loss} is a KIP loss; --method={config.method} matches gradients.")
   for name in ("outer_loop", "inner_loop"):
     least = int(name == "outer_loop" and trains_network)  # KIP's presets set both to 0.
     value = config.get(name)

@@ -1,6 +1,7 @@
 """The one distillation loop: init -> (sample a real batch -> jitted step)* -> save.
 
-A method plugs in as a `loss_fn`, where `params = {'images', 'labels'}` is the synthetic set and
+A method plugs in as a `loss_fn`, where `params = {'images', 'labels', ...}` is the synthetic set
+(plus any parameters the method learns with it, e.g. KIP's Platt log-scale) and
 `batch` a real batch drawn on device inside the step:
 
 - kernel methods (KIP): `loss_fn(params, batch, key) -> scalar`; one step = one update of the set
@@ -50,22 +51,27 @@ OPTIMIZERS = ("adam", "sgd")
 
 def make_optimizer(*, learning_rate: float = 0.01, learn_labels: bool = True,
                    name: str = "adam", momentum: float = 0.5) -> optax.GradientTransformation:
-  """Adam (KIP) or SGD with momentum (DC) on the images, and on the labels when `learn_labels`."""
+  """Adam (KIP) or SGD with momentum (DC) on every parameter of the set (images and any extras),
+  and on the labels too when `learn_labels`."""
   if name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
   opt = (optax.adam(learning_rate) if name == "adam"
          else optax.sgd(learning_rate, momentum=momentum or None))
   if learn_labels:
     return opt
-  return optax.multi_transform({"learn": opt, "fixed": optax.set_to_zero()},
-                               {"images": "learn", "labels": "fixed"})
+  return optax.multi_transform(
+      {"learn": opt, "fixed": optax.set_to_zero()},
+      lambda params: {k: "fixed" if k == "labels" else "learn" for k in params})
 
 
 def init_state(images, labels, optimizer: optax.GradientTransformation, *,
-               num_real: Optional[int] = None) -> DistillState:
+               num_real: Optional[int] = None,
+               extra_params: Optional[dict[str, Any]] = None) -> DistillState:
   """The initial state; `num_real` (the number of real training samples) gives an importance
-  sampler's state, uniform probabilities until the first scoring."""
-  params = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.float32)}
+  sampler's state, uniform probabilities until the first scoring. `extra_params` are learned with
+  the set (`methods.Method.extra_params`)."""
+  params = {"images": jnp.asarray(images, jnp.float32), "labels": jnp.asarray(labels, jnp.float32),
+            **{k: jnp.asarray(v, jnp.float32) for k, v in (extra_params or {}).items()}}
   sampler = None if num_real is None else jnp.ones(num_real, jnp.float32)
   return DistillState(params, optimizer.init(params), jnp.zeros((), jnp.int32), sampler)
 

@@ -406,11 +406,12 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   """Distills, evaluates and writes every output to `workdir`; resumes from its checkpoints.
 
   Writes: config.json (resolved), distilled.npz (images in the space the method sees, labels,
-  and the preprocessing mean/std[/zca]), distilled.png, metrics.json (config, accuracies, split
-  recipe, history), progress.json, checkpoints/ckpt_*.npz. Evaluation: the method's evaluator
-  (KRR with the config's kernel, or the finite network over `eval_seeds` seeds), in both cases
-  beside random real subsets of the same size under the same evaluator. Nothing is written until
-  the config, the data and the workdir have passed every check. Returns the metrics.
+  any other learned parameter such as Platt's log_scale, and the preprocessing mean/std[/zca]),
+  distilled.png, metrics.json (config, accuracies, split recipe, history), progress.json,
+  checkpoints/ckpt_*.npz. Evaluation: the method's evaluator (KRR with the config's kernel, or the
+  finite network over `eval_seeds` seeds), in both cases beside random real subsets of the same
+  size under the same evaluator. Nothing is written until the config, the data and the workdir
+  have passed every check. Returns the metrics.
   """
   config_lib.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
@@ -433,7 +434,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   importance = config.sampler.kind == "importance"
   state = distill.init_state(
       x_train[init_idx], data_lib.one_hot_centered(dataset.y_train[init_idx], num_classes),
-      optimizer, num_real=len(x_train) if importance else None)
+      optimizer, num_real=len(x_train) if importance else None,
+      extra_params=methods_lib.get(config.method).extra_params(config))
   restored, restored_step = io.restore_checkpoint(ckpt_dir, state)
   progress_path = os.path.join(workdir, "progress.json")
   history = []
@@ -482,7 +484,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   distill_seconds = time.time() - t0
 
   images, labels = np.asarray(state.params["images"]), np.asarray(state.params["labels"])
-  io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels,
+  learned = {k: np.asarray(v) for k, v in state.params.items() if k not in ("images", "labels")}
+  io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels, **learned,
               **prep.as_arrays())
   io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
   entry = evaluate_support_set(

@@ -1,12 +1,16 @@
 """Kernel ridge regression and the KIP loss: arrays in, arrays out.
 
-    ŷ_t = K_ts (K_ss + λ·tr(K_ss)/m · I)⁻¹ Y_s,     L = ½ · mean_t ‖Y_t − ŷ_t‖²
+    ŷ_t = K_ts (K_ss + λ·tr(K_ss)/m · I)⁻¹ Y_s,     L = ½ · mean_t ‖Y_t − ŷ_t‖²     (loss='mse')
 
 λ is `diag_reg`, scaled by the mean diagonal of K_ss as neural-tangents' `diag_reg` does
 (`diag_reg_absolute_scale=False`). The solve is a Cholesky factorisation, never an inverse.
+With loss='platt' (RFAD's Platt scaling) the loss is instead the cross-entropy of
+softmax(eˢ · ŷ_t) against the target's class (argmax Y_t), s a learned log-scale.
 
 References:
   T. Nguyen, Z. Chen, J. Lee. Dataset Meta-Learning from Kernel Ridge-Regression. ICLR 2021.
+  N. Loo, R. Hasani, A. Amini, D. Rus. Efficient Dataset Distillation using Random Feature
+  Approximation. NeurIPS 2022 (Platt scaling).
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from robust_dd import precision
 from robust_dd import risk
 from robust_dd import training
+
+LOSSES = ("mse", "platt")
 
 
 def regularize(k_ss: jax.Array, *, diag_reg: float) -> jax.Array:
@@ -93,20 +100,31 @@ def krr_predict(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, *, diag_reg: f
 
 @precision.full_precision
 def krr_loss(k_ss: jax.Array, k_ts: jax.Array, y_s: jax.Array, y_t: jax.Array, *,
-             diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:
-  """½ · mean over targets of ‖y_t − ŷ_t‖² for the KRR predictor fitted on the support set
+             diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None,
+             loss: str = "mse", log_scale: jax.Array | float = 0.0) -> jax.Array:
+  """The mean over targets of `target_losses` of the KRR predictor fitted on the support set
   (with `target_weights` (n_t,): the weighted mean Σ w_t ℓ_t / Σ w_t)."""
-  return squared_loss(y_t, krr_predict(k_ss, k_ts, y_s, diag_reg=diag_reg),
-                      target_weights=target_weights)
+  return weighted_mean(target_losses(y_t, krr_predict(k_ss, k_ts, y_s, diag_reg=diag_reg),
+                                     loss=loss, log_scale=log_scale), target_weights)
 
 
-def squared_loss(y_t: jax.Array, y_hat: jax.Array, *,
-                 target_weights: Optional[jax.Array] = None) -> jax.Array:
-  """½ · mean over targets of ‖y_t − ŷ_t‖² (weighted: Σ w_t ℓ_t / Σ w_t)."""
-  losses = 0.5 * jnp.sum((y_t - y_hat) ** 2, axis=-1)
-  if target_weights is None:
+def target_losses(y_t: jax.Array, y_hat: jax.Array, *, loss: str = "mse",
+                  log_scale: jax.Array | float = 0.0) -> jax.Array:
+  """(n_t,) per-target losses: ½‖y_t − ŷ_t‖² ('mse'), or RFAD's Platt-scaled cross-entropy
+  −log softmax(eˢ ŷ_t)[argmax y_t] ('platt', s = `log_scale`)."""
+  if loss == "mse":
+    return 0.5 * jnp.sum((y_t - y_hat) ** 2, axis=-1)
+  if loss == "platt":
+    return optax.softmax_cross_entropy_with_integer_labels(
+        jnp.exp(log_scale).astype(y_hat.dtype) * y_hat, jnp.argmax(y_t, axis=-1))
+  raise ValueError(f"Unknown KRR loss {loss!r}; choose one of {LOSSES}.")
+
+
+def weighted_mean(losses: jax.Array, weights: Optional[jax.Array] = None) -> jax.Array:
+  """mean(losses), or Σ w ℓ / Σ w with `weights`."""
+  if weights is None:
     return jnp.mean(losses)
-  w = jnp.asarray(target_weights, losses.dtype)
+  w = jnp.asarray(weights, losses.dtype)
   return jnp.sum(w * losses) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
@@ -114,23 +132,25 @@ def squared_loss(y_t: jax.Array, y_hat: jax.Array, *,
 def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
                       target_images: jax.Array, target_labels: jax.Array, *,
                       kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                      diag_reg: float = 1e-6, batch_size: int = 500) -> jax.Array:
-  """(n_t,) per-target losses ½‖y_t − ŷ_t‖² of the KRR predictor of the support set, the cross
-  kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
+                      diag_reg: float = 1e-6, batch_size: int = 500, loss: str = "mse",
+                      log_scale: jax.Array | float = 0.0) -> jax.Array:
+  """(n_t,) per-target losses (`target_losses`) of the KRR predictor of the support set, the
+  cross kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
   predict = make_predictor(kernel_fn, support_images, support_labels, diag_reg=diag_reg)
   preds = training.map_batches(predict, target_images, batch_size=batch_size)
-  return 0.5 * jnp.sum((target_labels - preds) ** 2, axis=-1)
+  return target_losses(target_labels, preds, loss=loss, log_scale=log_scale)
 
 
 @precision.full_precision
 def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
                        target_images: jax.Array, target_labels: jax.Array, mask: jax.Array, *,
                        kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
-                       diag_reg: float = 1e-6) -> jax.Array:
+                       diag_reg: float = 1e-6, loss: str = "mse",
+                       log_scale: jax.Array | float = 0.0) -> jax.Array:
   """The (K,) KIP losses of one support set on K padded clusters of real targets.
 
-  K_ss is factored once; cluster k's loss is ½ · Σ_t mask_kt ‖y_kt − ŷ_kt‖² / Σ_t mask_kt (0 for
-  an empty cluster), computed for all clusters with one `vmap` (`robust_dd.risk`).
+  K_ss is factored once; cluster k's loss is Σ_t mask_kt ℓ_kt / Σ_t mask_kt (0 for an empty
+  cluster; ℓ from `target_losses`), computed for all clusters with one `vmap` (`robust_dd.risk`).
 
   Args:
     target_images: (K, S, ...) padded real targets of each cluster; target_labels: (K, S, C).
@@ -142,9 +162,8 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
 
   def cluster_loss(_, batch, mask):
     cluster_preds, labels = batch
-    residual = labels - cluster_preds
-    w = mask.astype(residual.dtype)
-    return 0.5 * jnp.sum(w * jnp.sum(residual ** 2, -1)) / jnp.maximum(jnp.sum(w), 1e-12)
+    return weighted_mean(target_losses(labels, cluster_preds, loss=loss, log_scale=log_scale),
+                         mask.astype(cluster_preds.dtype))
 
   return risk.map_clusters(cluster_loss, None, (preds, target_labels), mask)
 
@@ -152,7 +171,8 @@ def kip_cluster_losses(support_images: jax.Array, support_labels: jax.Array,
 @precision.full_precision
 def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images: jax.Array,
              target_labels: jax.Array, *, kernel_fn: Callable[[jax.Array, jax.Array], jax.Array],
-             diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None) -> jax.Array:
+             diag_reg: float = 1e-6, target_weights: Optional[jax.Array] = None,
+             loss: str = "mse", log_scale: jax.Array | float = 0.0) -> jax.Array:
   """The KIP loss of a support set (images, labels) on a batch of real targets.
 
   Args:
@@ -161,9 +181,12 @@ def kip_loss(support_images: jax.Array, support_labels: jax.Array, target_images
     kernel_fn: `k(x1, x2) -> (n1, n2)`, e.g. from `robust_dd.make_kernel_fn`.
     diag_reg: relative ridge (see module docstring).
     target_weights: optional (b,) weights of the targets (e.g. importance weights).
+    loss: 'mse' (KIP) or 'platt' (RFAD's Platt-scaled cross-entropy; `target_losses`).
+    log_scale: 'platt': the log of the scale of the predictions (learned with the set).
   """
   predict = make_predictor(kernel_fn, support_images, support_labels, diag_reg=diag_reg)
-  return squared_loss(target_labels, predict(target_images), target_weights=target_weights)
+  return weighted_mean(target_losses(target_labels, predict(target_images), loss=loss,
+                                     log_scale=log_scale), target_weights)
 
 
 # Jitted aliases for users: only the kernel function is static; diag_reg stays traced, so a new

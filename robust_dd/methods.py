@@ -51,16 +51,28 @@ class Context(NamedTuple):
 # ------------------------------------------------------------------------------- loss adapters
 
 
-def kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6) -> distill.LossFn:
+def _krr_loss_kw(params: Params, loss: str) -> dict[str, Any]:
+  """The KRR loss and, for 'platt', the set's learned log-scale (`kip_params`)."""
+  return dict(loss=loss, log_scale=params["log_scale"] if loss == "platt" else 0.0)
+
+
+def kip_params(loss: str = "mse") -> dict[str, jax.Array]:
+  """Parameters KIP learns besides images and labels: Platt scaling's log-scale (init 0)."""
+  return {"log_scale": jnp.zeros((), jnp.float32)} if loss == "platt" else {}
+
+
+def kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
+                loss: str = "mse") -> distill.LossFn:
   """KIP as a distillation method: the KRR loss of the synthetic set on the real batch.
 
   `kernel_fn` is a kernel function or a `RandomFeatureKernel`, drawn anew from each step's key.
+  `loss` is 'mse' or 'platt' (`krr.target_losses`; params then hold `kip_params('platt')`).
   """
 
   def loss_fn(params: Params, batch: Batch, key: Optional[jax.Array] = None) -> jax.Array:
     return krr.kip_loss(params["images"], params["labels"], batch["images"], batch["labels"],
                         kernel_fn=rf_lib.bind(kernel_fn, key), diag_reg=diag_reg,
-                        target_weights=batch.get("weights"))
+                        target_weights=batch.get("weights"), **_krr_loss_kw(params, loss))
 
   return loss_fn
 
@@ -88,7 +100,8 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
 
 
 def robust_kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
-                       tail_fraction: float = 0.2, robust_weight: float = 0.5) -> distill.LossFn:
+                       tail_fraction: float = 0.2, robust_weight: float = 0.5,
+                       loss: str = "mse") -> distill.LossFn:
   """Robust KIP: `risk.robust_objective` of the per-cluster KIP losses of a `cluster_batch`
   (clusters vmapped).
 
@@ -99,7 +112,7 @@ def robust_kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
     losses = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
                                     batch["labels"], batch["mask"],
                                     kernel_fn=rf_lib.bind(kernel_fn, key),
-                                    diag_reg=diag_reg)
+                                    diag_reg=diag_reg, **_krr_loss_kw(params, loss))
     return risk.robust_objective(losses, tail_fraction=tail_fraction,
                                  robust_weight=robust_weight, weights=batch["weights"])
 
@@ -145,14 +158,14 @@ def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
   return distill.Network(init=models.init_fn(model, tuple(input_shape)), train=train)
 
 
-def kip_sample_losses(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6):
-  """Per-real-sample squared errors of the KRR predictor of the synthetic set (a random-feature
-  kernel is drawn from `key`)."""
+def kip_sample_losses(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6, loss: str = "mse"):
+  """Per-real-sample losses (`krr.target_losses`) of the KRR predictor of the synthetic set (a
+  random-feature kernel is drawn from `key`)."""
 
   def sample_losses(params, real, key):
     return krr.krr_sample_losses(params["images"], params["labels"], real["images"],
                                  real["labels"], kernel_fn=rf_lib.bind(kernel_fn, key),
-                                 diag_reg=diag_reg)
+                                 diag_reg=diag_reg, **_krr_loss_kw(params, loss))
 
   return sample_losses
 
@@ -218,20 +231,24 @@ def _risk_kw(config) -> dict[str, float]:
               robust_weight=config.robust.robust_weight)
 
 
+def _kip_kw(config) -> dict[str, Any]:
+  return dict(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg,
+              loss=config.optim.krr_loss)
+
+
 def _kip_loss(config, ctx: Context):
   del ctx
-  return kip_loss_fn(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg)
+  return kip_loss_fn(**_kip_kw(config))
 
 
 def _kip_cluster_loss(config, ctx: Context):
   del ctx
-  return robust_kip_loss_fn(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg,
-                            **_risk_kw(config))
+  return robust_kip_loss_fn(**_kip_kw(config), **_risk_kw(config))
 
 
 def _kip_sample_losses(config, ctx: Context):
   del ctx
-  return kip_sample_losses(kernel_fn=config_kernel_fn(config), diag_reg=config.kernel.diag_reg)
+  return kip_sample_losses(**_kip_kw(config))
 
 
 def _kip_check_inputs(config, x_train) -> None:
@@ -325,6 +342,8 @@ class Method:
     check_inputs: `(config, x_train) -> None`, raises ValueError for data it cannot take.
     ipc_defaults: `ipc -> {field: value}`, presets that depend on the IPC, or None.
     describe: `(config, num_classes) -> str` appended to the run's first log line.
+    extra_params: `config -> {name: array}`, parameters learned with the set besides its images
+      and labels (KIP with --krr_loss=platt: the log-scale of its predictions).
   """
   name: str
   summary: str
@@ -337,6 +356,7 @@ class Method:
   check_inputs: Callable[..., None]
   ipc_defaults: Optional[Callable[[int], dict[str, Any]]] = None
   describe: Callable[..., str] = lambda config, num_classes: ""
+  extra_params: Callable[..., dict[str, Any]] = lambda config: {}
 
   @property
   def trains_network(self) -> bool:
@@ -353,7 +373,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            dict(optimizer="adam", learning_rate=0.01, learn_labels=True, real_per_class=50,
                 steps=2000, log_every=100, checkpoint_every=200, eval_during=True,
                 augment=False, outer_loop=0, inner_loop=0),
-           "krr", _kip_loss, _kip_cluster_loss, _kip_sample_losses, None, _kip_check_inputs),
+           "krr", _kip_loss, _kip_cluster_loss, _kip_sample_losses, None, _kip_check_inputs,
+           extra_params=lambda config: kip_params(config.optim.krr_loss)),
     Method("dc", "Gradient matching (Zhao et al. 2021).", _MATCHING_DEFAULTS, "network",
            **_GRADIENT, check_inputs=_matching_check_inputs, ipc_defaults=dc_loops,
            describe=_describe_matching),

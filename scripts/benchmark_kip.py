@@ -49,7 +49,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["fc", "conv", "conv_rf"], "Kernels: fc, conv, conv_pool, conv_rf.")
 flags.DEFINE_list("ipcs", ["1", "10", "50"], "Images per class.")
 flags.DEFINE_list("batches", ["100", "1000"], "Target batch sizes.")
-flags.DEFINE_integer("depth", 1, "Layers / conv blocks.")
+flags.DEFINE_list("depths", ["1"], "Layers / conv blocks of the exact kernels; a row each (e.g. "
+                  "1,3: Conv1 and the RF networks' own depth).")
 flags.DEFINE_float("min_seconds", 2.0, "Time each configuration at least this long.")
 flags.DEFINE_integer("min_steps", 3, "and at least this many steps.")
 flags.DEFINE_list("rf_features", ["256"], "conv_rf: M per step (M/rf_width networks); a row each.")
@@ -61,14 +62,14 @@ flags.DEFINE_list("target_archs", ["fc", "conv_rf"], "Kernels of the linear-cost
 flags.DEFINE_string("out", "runs/benchmark_kip.json", "JSON output path.")
 
 
-def _kernel(arch, rf_features=None):
+def _kernel(arch, depth, rf_features=None):
   if arch == "conv_pool":
-    return kernels.make_kernel_fn("conv", depth=FLAGS.depth, pool=True)
+    return kernels.make_kernel_fn("conv", depth=depth, pool=True)
   if arch == "conv_rf":
     return random_features.RandomFeatureKernel("conv", num_features=rf_features,
                                                width=FLAGS.rf_width, depth=FLAGS.rf_depth,
                                                pool=True)
-  return kernels.make_kernel_fn(arch, depth=FLAGS.depth)
+  return kernels.make_kernel_fn(arch, depth=depth)
 
 
 def _name(arch, depth, rf_features=None):
@@ -79,9 +80,9 @@ def _name(arch, depth, rf_features=None):
           "conv_pool": f"conv{depth}-pool ntk"}[arch]
 
 
-def bench_targets(arch, num_targets, x, y, rf_features=None):
+def bench_targets(arch, depth, num_targets, x, y, rf_features=None):
   """Seconds for the losses of `num_targets` real targets under an IPC-10 support set."""
-  kernel = _kernel(arch, rf_features)
+  kernel = _kernel(arch, depth, rf_features)
   kernel_fn = kernel.fixed(0) if arch == "conv_rf" else kernel
   idx = np.concatenate([np.flatnonzero(y == c)[:10] for c in range(10)])
   support, labels = jnp.asarray(x[idx]), data_lib.one_hot_centered(y[idx], 10)
@@ -95,13 +96,14 @@ def bench_targets(arch, num_targets, x, y, rf_features=None):
   compile_seconds = time.time() - t0
   t0 = time.time()
   jax.block_until_ready(compiled(support, targets))
-  return {"table": "targets", "arch": arch, "num_targets": num_targets, "rf_features": rf_features,
+  return {"table": "targets", "arch": arch, "depth": depth, "num_targets": num_targets,
+          "rf_features": rf_features,
           "seconds": time.time() - t0, "compile_seconds": compile_seconds,
           **_bench.memory_fields(compiled)}
 
 
-def bench_one(arch, ipc, batch, x, y, real, rf_features=None):
-  kernel_fn = _kernel(arch, rf_features)
+def bench_one(arch, depth, ipc, batch, x, y, real, rf_features=None):
+  kernel_fn = _kernel(arch, depth, rf_features)
   optimizer = distill.make_optimizer(learning_rate=0.01, learn_labels=True)
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
@@ -127,7 +129,7 @@ def bench_one(arch, ipc, batch, x, y, real, rf_features=None):
     state, metrics = step(state, real, jax.random.fold_in(key, i + 2))
   jax.block_until_ready(metrics)
   seconds = time.time() - t0
-  return {"arch": arch, "rf_features": rf_features, "depth": FLAGS.depth, "ipc": ipc,
+  return {"arch": arch, "rf_features": rf_features, "depth": depth, "ipc": ipc,
           "support": 10 * ipc,
           "target_batch": batch, "steps_timed": steps, "steps_per_second": steps / seconds,
           "compile_seconds": compile_seconds, "first_step_seconds": first,
@@ -137,20 +139,24 @@ def bench_one(arch, ipc, batch, x, y, real, rf_features=None):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  def variants(arch):  # One entry per random-feature size for conv_rf.
-    return [int(m) for m in FLAGS.rf_features] if arch == "conv_rf" else [None]
+  def variants(arch):  # (depth, M): one per random-feature size for conv_rf, else per depth.
+    if arch == "conv_rf":
+      return [(FLAGS.rf_depth, int(m)) for m in FLAGS.rf_features]
+    return [(int(d), None) for d in FLAGS.depths]
 
-  configs = [dict(arch=arch, rf_features=m, ipc=ipc, target_batch=batch) for arch in FLAGS.archs
-             for m in variants(arch) for ipc in map(int, FLAGS.ipcs)
+  configs = [dict(arch=arch, depth=d, rf_features=m, ipc=ipc, target_batch=batch)
+             for arch in FLAGS.archs for d, m in variants(arch) for ipc in map(int, FLAGS.ipcs)
              for batch in map(int, FLAGS.batches)]
-  configs += [dict(table="targets", arch=arch, rf_features=m, num_targets=int(n))
-              for arch in FLAGS.target_archs for m in variants(arch) for n in FLAGS.target_counts]
+  configs += [dict(table="targets", arch=arch, depth=d, rf_features=m, num_targets=int(n))
+              for arch in FLAGS.target_archs for d, m in variants(arch)
+              for n in FLAGS.target_counts]
 
   def run(table="step", **kw):
     if table == "targets":
-      return bench_targets(kw["arch"], kw["num_targets"], x, ds.y_train, kw["rf_features"])
-    return bench_one(kw["arch"], kw["ipc"], kw["target_batch"], x, ds.y_train, real,
-                     kw["rf_features"])
+      return bench_targets(kw["arch"], kw["depth"], kw["num_targets"], x, ds.y_train,
+                           kw["rf_features"])
+    return bench_one(kw["arch"], kw["depth"], kw["ipc"], kw["target_batch"], x, ds.y_train,
+                     real, kw["rf_features"])
 
   results = _bench.run_all(run, configs, out=FLAGS.out)
   print(f"\nKIP step benchmark on {jax.devices()[0]} (jax {jax.__version__})\n")
@@ -166,6 +172,17 @@ def main(argv):
     print(f"| {name} | {r['ipc']} | {r['target_batch']} | "
           f"{r['steps_per_second']:.3g} | {1000 / r['steps_per_second']:.4g} | "
           f"{_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
+  steps = [r for r in results if r.get("table") != "targets" and "error" not in r]
+  ratios = [(rf, ex) for rf in steps if rf["arch"] == "conv_rf" for ex in steps
+            if ex["arch"] == "conv" and (ex["ipc"], ex["target_batch"]) == (rf["ipc"],
+                                                                             rf["target_batch"])]
+  if ratios:
+    print("\nRandom-feature step time against the exact conv NTK (no pool), same IPC and batch:\n")
+    for rf, ex in ratios:
+      print(f"- IPC {rf['ipc']}, batch {rf['target_batch']}: "
+            f"{_name('conv_rf', rf['depth'], rf['rf_features'])} is "
+            f"{rf['steps_per_second'] / ex['steps_per_second']:.3g}x as fast as "
+            f"{_name('conv', ex['depth'])}")
   targets = [r for r in results if r.get("table") == "targets"]
   if targets:
     print("\nLosses of n real targets under an IPC-10 support set (krr_sample_losses):\n")
@@ -175,7 +192,7 @@ def main(argv):
       if "error" in r:
         print(f"| {r['arch']} | {r['num_targets']} | failed: {r['error'][:60]} |||")
         continue
-      name = _name(r["arch"], FLAGS.depth, r.get("rf_features"))
+      name = _name(r["arch"], r["depth"], r.get("rf_features"))
       print(f"| {name} | {r['num_targets']} | {r['seconds']:.3g} | "
             f"{1e6 * r['seconds'] / r['num_targets']:.3g} | {_bench.mib(r['xla_step_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "

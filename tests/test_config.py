@@ -62,7 +62,9 @@ def test_validation_messages_name_the_flag():
                        (dict(metric="l2"), "--metric"),
                        (dict(method="dc", outer_loop=0), "outer_loop"),
                        (dict(real_per_class=0), "real_per_class"),
-                       (dict(eval_seeds=0), "eval_seeds"), (dict(net_width=0), "net_width")):
+                       (dict(eval_seeds=0), "eval_seeds"), (dict(net_width=0), "net_width"),
+                       (dict(krr_loss="hinge"), "--krr_loss"),
+                       (dict(method="dc", krr_loss="platt"), "--krr_loss=platt is a KIP loss")):
     with pytest.raises(ValueError, match=message):
       config_lib.validate_config(DistillConfig.make(**bad))
   with pytest.raises(ValueError, match="not both"):

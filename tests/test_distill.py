@@ -67,6 +67,26 @@ def test_labels_stay_fixed_unless_learned():
     assert not np.array_equal(np.asarray(state.params["images"]), images0)
 
 
+def test_platt_scale_is_learned_even_with_fixed_labels():
+  x, y, real = _problem()
+  optimizer = distill.make_optimizer(learning_rate=0.05, learn_labels=False)
+  idx = np.array([0, 20, 40])
+  state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 3), optimizer,
+                             extra_params=methods.kip_params("platt"))
+  assert float(state.params["log_scale"]) == 0.0
+  loss_fn = methods.kip_loss_fn(kernel_fn=kernels.make_kernel_fn("fc"), diag_reg=1e-6,
+                                loss="platt")
+  step = distill.make_step(loss_fn, optimizer, per_class=5)
+  labels0 = np.array(state.params["labels"])
+  for i in range(3):
+    state, _ = step(state, real, jax.random.key(i))
+  assert np.array_equal(np.asarray(state.params["labels"]), labels0)
+  # Centered one-hot labels give predictions in (-1/3, 2/3): a larger scale sharpens the softmax,
+  # so the learned log-scale grows.
+  assert float(state.params["log_scale"]) > 0.1
+  assert methods.kip_params("mse") == {}
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
   state, step, real = _setup()
   key = jax.random.key(3)

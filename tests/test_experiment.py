@@ -276,8 +276,11 @@ def test_golden_values_of_a_tiny_run(method, tmp_path):
   r = run(workdir=tmp_path, **fields, baseline_draws=1, eval_seeds=1, robust_eval=False)
   images = np.load(os.path.join(r.workdir, "distilled.npz"))["images"]
   assert r.metrics["init"]["indices"] == GOLDEN_INIT
-  np.testing.assert_allclose(r.metrics["final_loss"], loss, rtol=1e-5)
-  np.testing.assert_allclose(np.abs(images).sum(), abs_sum, rtol=1e-5)
+  # rtol 1e-4: the values were measured with XLA's optimisations, which the tests turn off
+  # (conftest.py); that reorders float sums (3e-5 apart). A changed stream or preset moves them
+  # by far more.
+  np.testing.assert_allclose(r.metrics["final_loss"], loss, rtol=1e-4)
+  np.testing.assert_allclose(np.abs(images).sum(), abs_sum, rtol=1e-4)
 
 
 @pytest.mark.slow

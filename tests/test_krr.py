@@ -46,6 +46,40 @@ def test_krr_loss_closed_form():
   np.testing.assert_allclose(krr.krr_loss_jit(*args, diag_reg=1e-3), expected, rtol=1e-4)
 
 
+def test_platt_loss_is_the_cross_entropy_of_the_scaled_krr_predictions():
+  rng = np.random.default_rng(12)
+  k_ss, k_ts = _spd(rng, 5), rng.normal(size=(7, 5))
+  y_s, classes = rng.normal(size=(5, 3)), rng.integers(0, 3, size=7)
+  y_t = np.eye(3)[classes] - 1 / 3
+  weights = rng.random(7)
+  logits = np.exp(0.7) * (k_ts @ np.linalg.solve(k_ss + 1e-3 * np.trace(k_ss) / 5 * np.eye(5),
+                                                 y_s))
+  log_softmax = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
+  per_target = -log_softmax[np.arange(7), classes]
+  args = [jnp.asarray(a, jnp.float32) for a in (k_ss, k_ts, y_s, y_t)]
+  kw = dict(diag_reg=1e-3, loss="platt", log_scale=jnp.float32(0.7))
+  np.testing.assert_allclose(krr.krr_loss(*args, **kw), per_target.mean(), rtol=1e-4)
+  np.testing.assert_allclose(krr.krr_loss(*args, **kw, target_weights=jnp.asarray(weights)),
+                             np.sum(weights * per_target) / np.sum(weights), rtol=1e-4)
+  with pytest.raises(ValueError, match="mse"):
+    krr.krr_loss(*args, diag_reg=1e-3, loss="hinge")
+
+
+def test_platt_kip_loss_gradients_match_finite_differences():
+  jax.config.update("jax_enable_x64", True)
+  try:
+    rng = np.random.default_rng(13)
+    xs, ys = jnp.asarray(rng.normal(size=(3, 5))), jnp.asarray(rng.normal(size=(3, 2)))
+    xt = jnp.asarray(rng.normal(size=(4, 5)))
+    yt = jnp.asarray(np.eye(2)[[0, 1, 1, 0]] - 0.5)
+    kernel_fn = lambda a, b: a @ b.T + 1.0
+    loss = lambda a, b, s: krr.kip_loss(a, b, xt, yt, kernel_fn=kernel_fn, diag_reg=1e-2,
+                                        loss="platt", log_scale=s)
+    check_grads(loss, (xs, ys, jnp.asarray(0.3)), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
 def test_kip_loss_is_zero_when_targets_are_the_support():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(6, 10)), jnp.float32)
@@ -96,6 +130,17 @@ def test_kip_cluster_losses_equal_a_numpy_loop_over_unmasked_targets():
                                    jnp.asarray(mask[k:k + 1]), kernel_fn=kernel_fn,
                                    diag_reg=1e-2)[0] for k in range(4)]
   np.testing.assert_allclose(got, looped, rtol=1e-6)  # The vmap equals one cluster at a time.
+  platt = krr.kip_cluster_losses(jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.float32),
+                                 jnp.asarray(xt, jnp.float32), jnp.asarray(yt, jnp.float32),
+                                 jnp.asarray(mask), kernel_fn=kernel_fn, diag_reg=1e-2,
+                                 loss="platt", log_scale=jnp.float32(-0.5))
+  for k in range(3):
+    logits = np.exp(-0.5) * (xt[k][mask[k]] @ xs.T + 1.0) @ alpha
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    classes = yt[k][mask[k]].argmax(-1)
+    np.testing.assert_allclose(platt[k], -log_softmax[np.arange(len(classes)), classes].mean(),
+                               rtol=2e-4)
+  assert float(platt[3]) == 0.0
 
 
 def test_jitted_alias_keeps_diag_reg_traced():
