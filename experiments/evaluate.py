@@ -7,7 +7,8 @@ distilled.npz, and reports test accuracy (mean ± std over seeds) of the finite 
 the set and, for kernel runs or with --krr, of KRR with the run's kernel, each beside random real
 subsets of the same size under the same evaluator; with --robust_eval (default: the run's), also
 accuracy per test cluster (worst and mean), on the rare subgroup of --subgroup runs, and under
-corruptions. Writes <workdir>/evaluation.json.
+corruptions; with --eval_nets=convnet,alexnet,vgg11,resnet18,vit, the set (and random subsets)
+trained into each of those networks. Writes <workdir>/evaluation.json.
 """
 
 from absl import app
@@ -31,11 +32,14 @@ for _spec in config_lib.flag_specs(config_lib.DistillConfig):
      if _spec.kind == "enum" else
      flags.DEFINE_bool(_spec.name, None, _spec.help + " Default: the run's.")
      if _spec.kind == "bool" else
+     flags.DEFINE_list(_spec.name, None, _spec.help + " Default: the run's.")
+     if _spec.kind == "list" else
      flags.DEFINE_integer(_spec.name, None, _spec.help + " Default: the run's."))
 
 
 def main(argv):
-  overrides = {k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}
+  overrides = {k: tuple(v) if isinstance(v, list) else v
+               for k, v in ((k, FLAGS[k].value) for k in OVERRIDES) if v is not None}
   from robust_dd import experiment  # pylint: disable=g-import-not-at-top
   _common.run_experiment(
       argv, lambda w, log: experiment.evaluate_workdir(

@@ -42,10 +42,13 @@ ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
 NETS = models.NETWORKS
 CONV_IMPLS = models.CONV_IMPLS
+PADDINGS = models.PADDINGS
+EVAL_NETS = models.EVAL_NETWORKS
 METRICS = matching.METRICS
 HVP_MODES = curvature.HVP_MODES
 OPTIMIZERS = distill.OPTIMIZERS
 ROBUST = ("none", "cvar")
+ROBUST_ON = ("matching", "network", "both")
 CLUSTER_FEATURES = cluster.FEATURES
 CLUSTER_ASSIGNMENTS = ("kmeans", "prototype")
 CLUSTER_SCOPES = ("class", "global")
@@ -277,6 +280,9 @@ class NetworkConfig:
   net_width: int = _field(128, "ConvNet channels / MLP units.")
   conv_impl: str = _field("patches", "Convolution as one matmul (patches, faster under vmap on "
                           "CPU) or lax.conv.", choices=CONV_IMPLS)
+  net_padding: str = _field("reference", "reference: pad one-channel inputs as the DC/MTT code "
+                            "(ConvNet's first conv by 3: 28x28 maps 32, 16, 8, 4); same: pad by "
+                            "1 (28, 14, 7, 3; robust_dd <= 0.3).", choices=PADDINGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +326,13 @@ class RobustConfig:
   tail_fraction: float = _field(0.2, "CVaR tail fraction alpha in (0, 1] (1: the mean; small: "
                                 "the worst cluster).")
   robust_weight: float = _field(0.5, "Weight lambda of CVaR against the mean.")
+  robust_on: str = _field("matching", "Where the CVaR acts: matching (the set's per-cluster "
+                          "losses), network (matching methods: the network trains on real "
+                          "batches with the CVaR over nearest-synthetic-image clusters in its "
+                          "embedding, the group-robust DD paper's placement), or both.",
+                          choices=ROBUST_ON)
+  robust_net_batch: int = _field(256, "--robust_on=network: real images per SGD step of the "
+                                 "network (class-balanced).")
   num_clusters: int = _field(5, "k-means clusters, per class with --cluster_scope=class (ignored "
                              "by prototype assignment: IPC per class).")
   cluster_features: str = _field("pixels", "Features clustered: inputs, random ReLU features, or "
@@ -371,6 +384,9 @@ class EvalConfig:
   eval_augment: bool = _field(True, "DSA while training evaluation networks.")
   robust_eval: bool = _field(True, "Also report accuracy per test cluster, on the rare subgroup "
                              "and under corruptions (noise, blur, invert).")
+  eval_nets: tuple[str, ...] = _field((), "Cross-architecture evaluation: also train these "
+                                      "networks on the set (and on random subsets), same "
+                                      "schedule: convnet, alexnet, vgg11, resnet18, vit, mlp.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -477,6 +493,9 @@ def validate_eval(config) -> None:
          "--random_features estimates the NNGP kernel; drop --kernel=ntk (or pass --kernel=nngp).")
   _check(config.network.net_depth >= 1 and config.network.net_width >= 1,
          "--net_depth and --net_width must be >= 1.")
+  unknown = [n for n in e.eval_nets if n not in EVAL_NETS]
+  _check(not unknown and len(set(e.eval_nets)) == len(e.eval_nets),
+         f"--eval_nets must name distinct networks of {EVAL_NETS}; got {','.join(e.eval_nets)}.")
   _check(0 <= d.subgroup_train_fraction <= 1 and 0 <= d.subgroup_test_fraction <= 1,
          "--subgroup_train_fraction and --subgroup_test_fraction must be in [0, 1].")
 
@@ -508,6 +527,13 @@ def validate_config(config: DistillConfig) -> None:
          f"--tail_fraction must be in (0, 1] and --robust_weight in [0, 1], got "
          f"{r.tail_fraction} and {r.robust_weight}.")
   _check(r.num_clusters >= 1, f"--num_clusters must be >= 1, got {r.num_clusters}.")
+  _check(r.robust_on == "matching" or r.objective != "none",
+         f"--robust_on={r.robust_on} places the robust objective; pass --robust=cvar with it.")
+  _check(r.robust_on == "matching" or trains_network,
+         f"--robust_on={r.robust_on} trains the matching network on real data with the CVaR; "
+         f"--method={config.method} has no network (its model is a kernel, with nothing to "
+         "train): use --robust_on=matching, the CVaR over its per-cluster KRR losses.")
+  _check(r.robust_net_batch >= 1, f"--robust_net_batch must be >= 1, got {r.robust_net_batch}.")
   _check(s.sampler_every >= 1 and 0 <= s.sampler_beta <= 1,
          f"--sampler_every must be >= 1 and --sampler_beta in [0, 1], got {s.sampler_every} and "
          f"{s.sampler_beta}.")
@@ -543,7 +569,8 @@ def validate_select_config(config: SelectConfig) -> None:
 
 
 # The fields a re-evaluation of a saved run may change (`experiment.evaluate_workdir`).
-EVAL_OVERRIDES = ("net", "net_depth", "net_width", "eval_seeds", "baseline_draws", "eval_epochs",
+EVAL_OVERRIDES = ("net", "net_depth", "net_width", "net_padding", "eval_nets", "eval_seeds",
+                  "baseline_draws", "eval_epochs",
                   "eval_batch", "eval_augment", "robust_eval", "eval_random_features",
                   "kernel_batch")
 

@@ -102,10 +102,14 @@ class Network(NamedTuple):
   """The network a matching method differentiates through.
 
   init: `key -> net_params`, a fresh network (one per outer iteration).
-  train: `(net_params, params, key) -> net_params`, the inner loop on the synthetic set.
+  train: `(net_params, params, real, key) -> net_params`, the inner loop: DC's trains on the
+    synthetic set `params`; the paper's robust placement on batches of the real data `real`.
+  train_first: also train the fresh network before the first update of the outer iteration (DC
+    trains only between updates, so at outer_loop 1 its network is never trained).
   """
   init: Callable[[jax.Array], Any]
-  train: Callable[[Any, Params, jax.Array], Any]
+  train: Callable[[Any, Params, dict, jax.Array], Any]
+  train_first: bool = False
 
 
 def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: int,
@@ -144,7 +148,8 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   `cluster_batch`). Without `network`: one update of the set on `loss_fn(params, batch, key)`. With
   `network`: a fresh network, then `updates_per_network` updates on
   `loss_fn(params, batch, net_params, key)`, each on a new real batch, with `network.train`
-  between consecutive updates. `metrics['loss']` is the mean loss of the step's updates.
+  between consecutive updates (and before the first with `network.train_first`).
+  `metrics['loss']` is the mean loss of the step's updates.
 
   Importance sampling: with `rescore(params, real, key) -> probs (n,)`, the sampler state
   `state.sampler` is recomputed from the current synthetic set at every step that is a multiple of
@@ -182,13 +187,15 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       return DistillState(params, opt_state, state.step + 1, probs), {"loss": loss}
     k_net, k_loop = jax.random.split(key)
     net = network.init(k_net)
+    if network.train_first:
+      net = network.train(net, state.params, real, jax.random.fold_in(k_net, 1))
     params, opt_state, loss = update(state.params, state.opt_state, real,
                                      jax.random.fold_in(k_loop, 0), probs, net)
 
     def body(i, carry):
       params, opt_state, net, total = carry
       k_train, k_update = jax.random.split(jax.random.fold_in(k_loop, i))
-      net = network.train(net, params, k_train)
+      net = network.train(net, params, real, k_train)
       params, opt_state, loss = update(params, opt_state, real, k_update, probs, net)
       return params, opt_state, net, total + loss
 

@@ -16,6 +16,7 @@ call in-process (as flax examples keep `train_and_evaluate(config, workdir)`):
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -86,8 +87,12 @@ def prepare_data(config: DistillConfig):
   data_lib.check_per_class(counts, config.ipc, what=f"--ipc={config.ipc}")
   data_lib.check_per_class(counts, config.optim.real_per_class,
                            what=f"--real_per_class={config.optim.real_per_class}")
-  if config.robust.objective != "none":
+  if methods_lib.robust_on_matching(config):
     check_clusters(config, counts)
+  if methods_lib.robust_on_network(config):
+    per_class = max(1, config.robust.robust_net_batch // dataset.num_classes)
+    data_lib.check_per_class(counts, per_class, what=f"--robust_net_batch="
+                             f"{config.robust.robust_net_batch} ({per_class} per class)")
   prep, x_train, x_test = preprocess(config, dataset)
   return dataset, prep, x_train, x_test, config
 
@@ -278,6 +283,11 @@ def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_t
                         dataset.group_test)
 
 
+def _jsonable(value):
+  """`value` as it reads back from JSON (tuples become lists), so returned and saved dicts agree."""
+  return json.loads(json.dumps(value))
+
+
 def _frozen(x) -> np.ndarray:
   """A read-only view of x (test sets: their random features can then be cached)."""
   view = np.asarray(x).view()
@@ -306,8 +316,9 @@ class Evaluator(NamedTuple):
 
 
 def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int,
-                   evaluator: str) -> Evaluator:
-  """KRR with the config's kernel ('krr') or the config's finite network ('network').
+                   evaluator: str, net: Optional[str] = None) -> Evaluator:
+  """KRR with the config's kernel ('krr') or the config's finite network ('network'; `net`
+  replaces `--net`, for cross-architecture evaluation).
 
   `config` is any config with kernel, network and evaluation sections and a seed
   (`DistillConfig`, `SelectConfig`).
@@ -340,7 +351,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
                      krr_predict, krr_random, e.baseline_draws, x_test, y_test)
   if evaluator != "network":
     raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
-  model = methods_lib.network_model(config, num_classes, x_train.shape[1:])
+  model = methods_lib.network_model(config, num_classes, x_train.shape[1:], net=net)
   settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
                   augment=e.eval_augment and x_train.ndim == 4)
 
@@ -355,8 +366,11 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
         per_class=per_class, num_classes=num_classes, draws=e.eval_seeds)
 
   def describe():
-    return (f"{type(model).__name__}-{config.network.net_depth} w{config.network.net_width}, "
-            f"{e.eval_epochs} epochs, DSA {'on' if settings['augment'] else 'off'}")
+    n = config.network
+    size = (f"-{n.net_depth} w{n.net_width}" if isinstance(model, (models.ConvNet, models.MLP))
+            else "")
+    return (f"{type(model).__name__}{size}, {e.eval_epochs} epochs, "
+            f"DSA {'on' if settings['augment'] else 'off'}")
 
   return Evaluator("network", describe, net_predict, net_random, e.eval_seeds, x_test, y_test)
 
@@ -390,6 +404,28 @@ def evaluate_support_set(evaluator: Evaluator, images, labels, *, key: jax.Array
                            ("random_subset_test_acc", "random_subset_test_acc_mean",
                             "random_subset_test_acc_std", "random_subset_robustness")))
   return entry
+
+
+def cross_architecture(config, x_train, y_train, x_test, y_test, images, labels, *,
+                       num_classes: int, key: jax.Array, per_class: int,
+                       on_entry: Optional[Callable[[dict], None]] = None, log: Log = print
+                       ) -> dict[str, Any]:
+  """`--eval_nets`: the set, and random real subsets of the same size, trained into each named
+  network with the same schedule (`evaluate_support_set` with that network as evaluator).
+
+  Returns {net: metrics}; `on_entry(results so far)` is called after every network (a long
+  evaluation's finished networks survive a crash).
+  """
+  results: dict[str, Any] = {}
+  for net in config.evaluation.eval_nets:
+    evaluator = make_evaluator(config, x_train, y_train, x_test, y_test,
+                               num_classes=num_classes, evaluator="network", net=net)
+    log(f"Cross-architecture evaluation: {net} ({evaluator.describe()}) ...")
+    results[net] = evaluate_support_set(evaluator, images, labels, key=key,
+                                        per_class=per_class, log=log)
+    if on_entry is not None:
+      on_entry(results)
+  return results
 
 
 # --------------------------------------------------------------------------------- experiment
@@ -450,7 +486,12 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
           "labels": data_lib.one_hot_centered(jnp.asarray(dataset.y_train), num_classes),
           "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
   refresh, num_clusters, r = None, None, config.robust
-  if r.objective != "none":
+  if methods_lib.robust_on_network(config):
+    log(f"Robust network (--robust_on={r.robust_on}): {config.matching.inner_loop} SGD steps on "
+        f"real batches of {r.robust_net_batch} before and between updates, CVaR("
+        f"tail_fraction={r.tail_fraction}) with robust_weight {r.robust_weight} over the "
+        "real images' nearest synthetic images in the network's embedding.")
+  if methods_lib.robust_on_matching(config):
     refresh = make_reclusterer(config, real, x_train, dataset.y_train, num_classes=num_classes,
                                key=stream(config.seed, CLUSTER_STREAM))
     real = refresh(state, int(state.step))
@@ -494,7 +535,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
                   else None), log=log)
   metrics = {
       "config": config.to_dict(),
-      "flags": config.flat(),
+      "flags": _jsonable(config.flat()),
       **entry,
       "final_loss": history[-1]["loss"] if history else None,
       "steps": int(state.step),
@@ -506,8 +547,16 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
       "jax_version": jax.__version__,
       "backend": jax.default_backend(),
   }
-  io.save_json(os.path.join(workdir, "metrics.json"), metrics)
+  metrics_path = os.path.join(workdir, "metrics.json")
+  io.save_json(metrics_path, metrics)
   log(reporting.results_table([metrics]))
+  if config.evaluation.eval_nets:
+    metrics["eval_nets"] = cross_architecture(
+        config, x_train, dataset.y_train, x_test, dataset.y_test, images, labels,
+        num_classes=num_classes, key=baseline_key, per_class=config.ipc, log=log,
+        on_entry=lambda r: io.save_json(metrics_path, {**metrics, "eval_nets": r}))
+    io.save_json(metrics_path, metrics)
+    log(reporting.eval_nets_table(metrics))
   return metrics
 
 
@@ -543,7 +592,8 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   ipc = len(images) // dataset.num_classes
   if krr is None:
     krr = methods_lib.get(config.method).evaluator == "krr"
-  results = {"workdir": workdir, "config": config.to_dict(), "flags": config.flat(), "ipc": ipc}
+  results = {"workdir": workdir, "config": config.to_dict(),
+             "flags": _jsonable(config.flat()), "ipc": ipc}
   robustness = (robustness_data(dataset, prep, x_test) if config.evaluation.robust_eval
                 else None)
   for name in (["network"] if network else []) + (["krr"] if krr else []):
@@ -553,6 +603,14 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
     results[name] = evaluate_support_set(
         evaluator, images, labels, key=stream(config.seed, REEVAL_STREAM), per_class=ipc,
         robustness=robustness, baseline=baseline, log=log)
-  io.save_json(os.path.join(workdir, output), results)
+  out_path = os.path.join(workdir, output)
+  io.save_json(out_path, results)
   log(reporting.evaluation_table(results))
+  if config.evaluation.eval_nets:
+    results["eval_nets"] = cross_architecture(
+        config, x_train, dataset.y_train, x_test, dataset.y_test, images, labels,
+        num_classes=dataset.num_classes, key=stream(config.seed, REEVAL_STREAM), per_class=ipc,
+        log=log, on_entry=lambda r: io.save_json(out_path, {**results, "eval_nets": r}))
+    io.save_json(out_path, results)
+    log(reporting.eval_nets_table(results))
   return results

@@ -31,6 +31,11 @@ def _rows(g: jax.Array) -> jax.Array:
   return jnp.moveaxis(g, -1, 0).reshape(g.shape[-1], -1)
 
 
+def _safe_norm(x: jax.Array) -> jax.Array:
+  """Row norms whose gradient is 0, not NaN, at an all-zero row (a dead unit's gradient)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1), 1e-30))
+
+
 def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
                             eps: float = 1e-6) -> jax.Array:
   """Distance between two gradient pytrees of the same structure.
@@ -51,7 +56,7 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
       if s.ndim < 2:
         continue
       s, r = _rows(s), _rows(r)
-      cos = jnp.sum(s * r, -1) / (jnp.linalg.norm(s, axis=-1) * jnp.linalg.norm(r, axis=-1) + eps)
+      cos = jnp.sum(s * r, -1) / (_safe_norm(s) * _safe_norm(r) + eps)
       total = total + jnp.sum(1.0 - cos)
     return total
   if metric == "mse":
@@ -59,7 +64,7 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
   if metric == "cos":
     s = jnp.concatenate([a.reshape(-1) for a in syn])
     r = jnp.concatenate([a.reshape(-1) for a in real])
-    return 1.0 - jnp.sum(s * r) / (jnp.linalg.norm(s) * jnp.linalg.norm(r) + eps)
+    return 1.0 - jnp.sum(s * r) / (_safe_norm(s) * _safe_norm(r) + eps)
   raise ValueError(f"Unknown matching metric {metric!r}; choose one of {METRICS}.")
 
 

@@ -149,13 +149,53 @@ def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
   steps on the synthetic set (labels: argmax of the synthetic label vectors)."""
   apply_fn = models.logits_fn(model)
 
-  def train(net_params, params, key):
+  def train(net_params, params, real, key):
+    del real
     labels = jnp.argmax(params["labels"], axis=-1)
     return training.sgd_steps(apply_fn, net_params, jax.lax.stop_gradient(params["images"]),
                               labels, key=key, steps=steps, learning_rate=learning_rate,
                               augment=augment)
 
   return distill.Network(init=models.init_fn(model, tuple(input_shape)), train=train)
+
+
+def robust_network(model, *, input_shape, steps: int, learning_rate: float, per_class: int,
+                   tail_fraction: float = 0.2, robust_weight: float = 0.5,
+                   augment: Optional[matching.AugmentFn] = None) -> distill.Network:
+  """The group-robust DD paper's placement (`--robust_on=network`): the matching network is
+  trained on REAL data, before every update of the set and between updates, by `steps` SGD steps,
+  each on a fresh class-balanced real batch of `per_class` images per class, on
+  `training.prototype_robust_loss` (CVaR over clusters of the real batch around the current
+  synthetic images in the network's own embedding, recomputed at every step)."""
+  apply_fn, embed_fn = models.logits_fn(model), models.embed_fn(model)
+
+  def train(net_params, params, real, key):
+    prototypes = jax.lax.stop_gradient(params["images"])
+
+    def body(i, p):
+      k_batch, k_aug = jax.random.split(jax.random.fold_in(key, i))
+      batch = distill.class_balanced_batch(k_batch, real, per_class=per_class)
+      x = batch["images"] if augment is None else augment(k_aug, batch["images"])
+      g = jax.grad(lambda q: training.prototype_robust_loss(
+          apply_fn, embed_fn, q, x, jnp.argmax(batch["labels"], -1), prototypes,
+          tail_fraction=tail_fraction, robust_weight=robust_weight))(p)
+      return jax.tree_util.tree_map(lambda a, b: a - learning_rate * b, p, g)
+
+    return jax.lax.fori_loop(0, steps, body, net_params)
+
+  return distill.Network(init=models.init_fn(model, tuple(input_shape)), train=train,
+                         train_first=True)
+
+
+def robust_on_matching(config) -> bool:
+  """Whether the CVaR is on the per-cluster losses of the set (`--robust_on=matching|both`)."""
+  return config.robust.objective != "none" and config.robust.robust_on in ("matching", "both")
+
+
+def robust_on_network(config) -> bool:
+  """Whether the matching network trains on real data with the CVaR (`--robust_on=network|both`,
+  the group-robust DD paper's placement)."""
+  return config.robust.objective != "none" and config.robust.robust_on in ("network", "both")
 
 
 def kip_sample_losses(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6, loss: str = "mse"):
@@ -219,11 +259,13 @@ def config_eval_kernel_fn(config, *, seed: int = 0) -> kernels.KernelFn:
   return _random_feature_kernel(k, k.eval_features).fixed(seed)
 
 
-def network_model(config, num_classes: int, input_shape):
-  """The Flax network of a config (matching and finite-network evaluation)."""
+def network_model(config, num_classes: int, input_shape, *, net: Optional[str] = None):
+  """The Flax network of a config (matching and finite-network evaluation); `net` replaces
+  `--net` (cross-architecture evaluation: 'convnet' is the config's ConvNet)."""
   n = config.network
-  return models.make_network(n.net, num_classes=num_classes, input_shape=input_shape,
-                             depth=n.net_depth, width=n.net_width, conv_impl=n.conv_impl)
+  return models.make_network(net or n.net, num_classes=num_classes, input_shape=input_shape,
+                             depth=n.net_depth, width=n.net_width, conv_impl=n.conv_impl,
+                             padding=n.net_padding)
 
 
 def _risk_kw(config) -> dict[str, float]:
@@ -285,11 +327,15 @@ def _matching_parts(class_loss_fn):
                                    **_risk_kw(config))
 
   def network(config, ctx):
-    return inner_loop_network(network_model(config, ctx.num_classes, ctx.input_shape),
-                              input_shape=ctx.input_shape, steps=config.matching.inner_loop,
-                              learning_rate=config.matching.net_learning_rate,
-                              augment=evaluate.dsa_per_sample if config.matching.augment
-                              else None)
+    m = config.matching
+    kw = dict(input_shape=ctx.input_shape, steps=m.inner_loop,
+              learning_rate=m.net_learning_rate,
+              augment=evaluate.dsa_per_sample if m.augment else None)
+    model = network_model(config, ctx.num_classes, ctx.input_shape)
+    if robust_on_network(config):
+      return robust_network(model, **kw, **_risk_kw(config),
+                            per_class=max(1, config.robust.robust_net_batch // ctx.num_classes))
+    return inner_loop_network(model, **kw)
 
   def sample_losses(config, ctx):
     model = network_model(config, ctx.num_classes, ctx.input_shape)
@@ -400,15 +446,17 @@ def build_step(config, optimizer, *, num_classes: int, input_shape,
                num_clusters: Optional[int] = None):
   """The jitted step of a resolved config's method (see `distill.make_step`).
 
-  Robust configs (`robust.objective='cvar'`) need `num_clusters`, the K of the cluster table the
-  real data carries (`experiment.with_clusters`); each update draws real_per_class · C // K samples
-  per cluster. `sampler.kind='importance'` rescores every real sample every `sampler_every` steps
+  Robust configs with the CVaR on the set's loss (`robust_on_matching`) need `num_clusters`, the
+  K of the cluster table the real data carries (`experiment.with_clusters`); each update draws
+  real_per_class · C // K samples per cluster. With `robust_on_network` the method's network is
+  `robust_network` (trained on real data with the CVaR). `sampler.kind='importance'` rescores
+  every real sample every `sampler_every` steps
   (the state must carry the sampler, `distill.init_state(..., num_real=n)`).
   """
   method = get(config.method)
   ctx = Context(num_classes, tuple(input_shape))
   draw_kw = dict(unbiased=config.sampler.sampler_unbiased)
-  if config.robust.objective != "none":
+  if robust_on_matching(config):
     if not num_clusters:
       raise ValueError("A robust step needs num_clusters (the K of the cluster table).")
     total = config.optim.real_per_class * num_classes

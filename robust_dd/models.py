@@ -1,71 +1,96 @@
-"""Finite networks (Flax): ConvNet-D for images and an MLP for flat inputs, each with `embed`.
+"""Finite networks (Flax), each with `embed`: ConvNet-D and an MLP (matching and evaluation),
+and AlexNet, VGG-11, ResNet-18 and a small ViT for cross-architecture evaluation.
 
 `model.apply({'params': p}, x)` gives logits; `model.apply({'params': p}, x, method='embed')` the
-features the classifier reads (used for clustering). Neither network has batch statistics or
-dropout, so applying one is a pure function of (params, x).
+features the classifier reads (used for clustering). No network has batch statistics or dropout
+(the normalised ones use instance norm, as the DC/MTT code's default variants do), so applying one
+is a pure function of (params, x).
+
+The convolutional networks follow the DC/DSA/MTT code's definitions (`networks.py` of
+VICO-UoE/DatasetCondensation), including its padding of one-channel 28x28 inputs to 32x32 maps:
+ConvNet and VGG pad their first convolution by 3 (AlexNet its 5x5 one by 4) on (28, 28, 1)
+inputs (`padding='reference'`, the default; 'same' pads every 3x3 convolution by 1, as robust_dd
+<= 0.3 did). Other inputs (8x8 digits, 32x32 colour) are padded as 'same' under both: the
+reference pads every one-channel input by 3, but only ever feeds it 28x28 images, and on 8x8
+digits ConvNet-3 would end on 1x1 maps that instance norm sets to zero.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-NETWORKS = ("auto", "convnet", "mlp")
+NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
+# Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
+EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
 CONV_IMPLS = ("patches", "lax")
+PADDINGS = ("reference", "same")
 
 
-def conv_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """'SAME' stride-1 cross-correlation of NHWC `x` with an HWIO `kernel`, as one matmul.
+def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
+  """Stride-1 cross-correlation of NHWC `x` with an HWIO `kernel`, as one matmul.
 
-  Equal to `lax.conv_general_dilated(x, kernel, (1, 1), 'SAME')` (tested). The patches are built
-  from shifted slices, so the weight gradient is a plain (batched) matmul; under `vmap` over classes
-  the lax form turns weight gradients into grouped convolutions, about 3x slower on XLA:CPU.
+  `padding=None` is 'SAME'; an int p pads every side by p zeros (output H + 2p - kh + 1). Equal to
+  `lax.conv_general_dilated` with that padding (tested). The patches are built from shifted
+  slices, so the weight gradient is a plain (batched) matmul; under `vmap` over classes the lax
+  form turns weight gradients into grouped convolutions, about 3x slower on XLA:CPU.
   """
   kh, kw, cin, cout = kernel.shape
-  n, h, w, _ = x.shape
-  ph, pw = (kh - 1) // 2, (kw - 1) // 2
-  xp = jnp.pad(x, ((0, 0), (ph, kh - 1 - ph), (pw, kw - 1 - pw), (0, 0)))
+  if padding is None:
+    pads = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+  else:
+    pads = (padding, padding), (padding, padding)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
   patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
                             axis=-1)
   return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
 class PatchConv(nn.Module):
-  """A 'SAME' stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias')."""
+  """A stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias'), padded
+  'SAME' or by `padding` pixels on every side."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
+  padding: Optional[int] = None
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return conv_patches(x, kernel) + bias
+    return conv_patches(x, kernel, self.padding) + bias
 
 
 class ConvNet(nn.Module):
   """depth x [Conv 3x3 (width) -> InstanceNorm -> ReLU -> AvgPool 2x2] -> Dense(num_classes).
 
   The DC/DSA ConvNet. Works for any NHWC input whose spatial size stays >= 1 after `depth`
-  poolings (8x8 digits with depth <= 3, 28x28 MNIST, 32x32 CIFAR). `norm='none'` drops the
-  InstanceNorm (with its affine parameters). `conv_impl='patches'` (default) computes each
-  convolution as one matmul (see `conv_patches`); 'lax' uses `nn.Conv`. Both have the same
-  parameters and outputs.
+  poolings (8x8 digits with depth <= 3, 28x28 MNIST, 32x32 CIFAR). The first convolution pads by
+  `first_padding` (the reference pads one-channel inputs by 3: 28x28 maps become 32, 16, 8, 4),
+  the others by 1. `norm='none'` drops the InstanceNorm (with its affine parameters).
+  `conv_impl='patches'` (default) computes each convolution as one matmul (see `conv_patches`);
+  'lax' uses `nn.Conv`. Both have the same parameters and outputs.
   """
   num_classes: int
   depth: int = 3
   width: int = 128
   norm: str = "instance"
   conv_impl: str = "patches"
+  first_padding: int = 1
 
   def setup(self):
-    conv = (PatchConv if self.conv_impl == "patches"
-            else lambda w, k, name: nn.Conv(w, k, padding="SAME", name=name))
-    self.convs = [conv(self.width, (3, 3), name=f"conv{i}") for i in range(self.depth)]
+    def conv(i):
+      pad = self.first_padding if i == 0 else 1
+      if self.conv_impl == "patches":
+        return PatchConv(self.width, (3, 3), padding=pad, name=f"conv{i}")
+      return nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{i}")
+
+    self.convs = [conv(i) for i in range(self.depth)]
     if self.norm == "instance":
       self.norms = [nn.InstanceNorm(epsilon=1e-5, name=f"norm{i}") for i in range(self.depth)]
     self.head = nn.Dense(self.num_classes, name="head")
@@ -103,16 +128,200 @@ class MLP(nn.Module):
     return self.head(self.embed(x))
 
 
+def _instance_norm(name: str) -> nn.Module:
+  # The reference's 'instancenorm': GroupNorm(C, C) with affine parameters, eps 1e-5.
+  return nn.InstanceNorm(epsilon=1e-5, name=name)
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class _Classifier(nn.Module):
+  """A feature network (`features()`, a compact module) with a Dense head: `embed` and logits."""
+  num_classes: int
+
+  def setup(self):
+    self.body = self.features()
+    self.head = nn.Dense(self.num_classes)
+
+  def features(self) -> nn.Module:
+    raise NotImplementedError
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    return self.body(x)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.embed(x))
+
+
+class AlexNetFeatures(nn.Module):
+  """AlexNet's convolutional part, flattened (see `AlexNet`)."""
+  first_padding: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.first_padding
+    x = _max_pool(nn.relu(nn.Conv(128, (5, 5), padding=((p, p), (p, p)), name="conv0")(x)))
+    x = _max_pool(nn.relu(nn.Conv(192, (5, 5), padding=((2, 2), (2, 2)), name="conv1")(x)))
+    for i, width in enumerate((256, 192, 192)):
+      x = nn.relu(nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)), name=f"conv{i + 2}")(x))
+    return _max_pool(x).reshape(x.shape[0], -1)
+
+
+class AlexNet(_Classifier):
+  """The DC code's small-image AlexNet (no normalisation): Conv 5x5 128 -> MaxPool -> Conv 5x5
+  192 -> MaxPool -> Conv 3x3 256, 192, 192 -> MaxPool -> Dense. The first convolution pads by
+  `first_padding` (reference: 4 for one channel, 2 otherwise); 28x28 and 32x32 inputs end 4x4."""
+  first_padding: int = 2
+
+  def features(self):
+    return AlexNetFeatures(self.first_padding)
+
+
+VGG11_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11Features(nn.Module):
+  """VGG-11's convolutional part, flattened (see `VGG11`)."""
+  first_padding: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = 0
+    for layer in VGG11_LAYERS:
+      if layer == "M":
+        x = _max_pool(x)
+        continue
+      p = self.first_padding if conv == 0 else 1
+      x = nn.Conv(layer, (3, 3), padding=((p, p), (p, p)), name=f"conv{conv}")(x)
+      x = nn.relu(_instance_norm(f"norm{conv}")(x))
+      conv += 1
+    return x.reshape(x.shape[0], -1)
+
+
+class VGG11(_Classifier):
+  """The DC code's VGG-11: [Conv 3x3 -> InstanceNorm -> ReLU] with MaxPools as `VGG11_LAYERS`,
+  then Dense on the 512 channels left (inputs of 32x32 maps; the first convolution pads by
+  `first_padding`, 3 for one-channel 28x28 inputs)."""
+  first_padding: int = 1
+
+  def features(self):
+    return VGG11Features(self.first_padding)
+
+
+class BasicBlock(nn.Module):
+  """ResNet's basic block: two 3x3 convolutions (no bias) with instance norm, and a 1x1
+  convolution + norm on the shortcut when the shape changes."""
+  planes: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    s = self.stride
+    out = nn.Conv(self.planes, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), use_bias=False,
+                  name="conv1")(x)
+    out = nn.relu(_instance_norm("norm1")(out))
+    out = nn.Conv(self.planes, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+                  name="conv2")(out)
+    out = _instance_norm("norm2")(out)
+    if s != 1 or x.shape[-1] != self.planes:
+      x = nn.Conv(self.planes, (1, 1), strides=(s, s), use_bias=False, name="shortcut")(x)
+      x = _instance_norm("shortcut_norm")(x)
+    return nn.relu(out + x)
+
+
+class ResNet18Features(nn.Module):
+  """ResNet-18 up to its pooled 512 features (see `ResNet18`)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Conv(64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv0")(x)
+    x = nn.relu(_instance_norm("norm0")(x))
+    for stage, planes in enumerate((64, 128, 256, 512)):
+      for block in range(2):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(planes, stride, name=f"stage{stage}_block{block}")(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class ResNet18(_Classifier):
+  """The DC code's ResNet-18 for small images: Conv 3x3 64 (no bias) -> norm -> ReLU, four stages
+  of two basic blocks (64, 128, 256, 512 channels; stride 2 from the second), global average
+  pooling (the reference's avg_pool(4) on its 4x4 maps), Dense."""
+
+  def features(self):
+    return ResNet18Features()
+
+
+class ViTFeatures(nn.Module):
+  """The ViT's class-token embedding (see `ViT`)."""
+  patch: int = 4
+  dim: int = 128
+  depth: int = 4
+  heads: int = 4
+  mlp_dim: int = 256
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.patch
+    x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", name="patch_embed")(x)
+    x = x.reshape(x.shape[0], -1, self.dim)
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, self.dim))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.dim)), x], axis=1)
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
+    x = x + pos
+    for i in range(self.depth):
+      y = nn.LayerNorm(name=f"block{i}_norm1")(x)
+      x = x + nn.MultiHeadDotProductAttention(self.heads, name=f"block{i}_attn")(y, y)
+      y = nn.LayerNorm(name=f"block{i}_norm2")(x)
+      y = nn.Dense(self.mlp_dim, name=f"block{i}_mlp1")(y)
+      x = x + nn.Dense(self.dim, name=f"block{i}_mlp2")(nn.gelu(y))
+    return nn.LayerNorm(name="norm")(x)[:, 0]
+
+
+class ViT(_Classifier):
+  """A small vision transformer: 4x4 patches embedded to 128, a class token and learned position
+  embeddings, 4 pre-norm blocks [LayerNorm -> 4-head self-attention, LayerNorm -> MLP (256,
+  GELU)], a final LayerNorm; the class token is the embedding, then Dense. No dropout. Inputs whose
+  sides are not multiples of 4 lose the remainder (28x28: 49 patches)."""
+
+  def features(self):
+    return ViTFeatures()
+
+
+def _side_after(size: int, name: str, depth: int, first_padding: int) -> int:
+  """The smallest spatial side of the last feature map of network `name` on `size` inputs."""
+  if name == "convnet":
+    size = size + 2 * first_padding - 2
+    for _ in range(depth):
+      size //= 2
+    return size
+  if name == "alexnet":
+    return (size + 2 * first_padding - 4) // 8
+  if name == "vgg11":
+    return (size + 2 * first_padding - 2) // 32
+  if name == "resnet18":  # Its last maps (size / 8) are instance-normalised: 1x1 would be zero.
+    return size // 16
+  return size // ViTFeatures.patch  # vit
+
+
 def make_network(name: str, *, num_classes: int, input_shape: Sequence[int], depth: int = 3,
-                 width: int = 128, conv_impl: str = "patches") -> nn.Module:
+                 width: int = 128, conv_impl: str = "patches",
+                 padding: str = "reference") -> nn.Module:
   """Builds the network for samples of `input_shape` (without the batch axis).
 
-  `name='auto'` picks ConvNet for images (H, W, C) and MLP for flat inputs. Raises ValueError for
-  a ConvNet on flat inputs or one so deep that pooling leaves no pixels.
+  `name='auto'` picks ConvNet for images (H, W, C) and MLP for flat inputs; `depth` and `width`
+  apply to ConvNet and MLP (the other networks have their reference sizes). `padding='reference'`
+  pads one-channel inputs as the DC code does (module docstring), 'same' keeps every map's size
+  through convolutions. Raises ValueError for an image network on flat inputs or images so small
+  that pooling leaves no pixels.
   """
   input_shape = tuple(input_shape)
   if name not in NETWORKS:
     raise ValueError(f"Unknown network {name!r}; choose one of {NETWORKS}.")
+  if padding not in PADDINGS:
+    raise ValueError(f"Unknown padding {padding!r}; choose one of {PADDINGS}.")
   if name == "auto":
     name = "convnet" if len(input_shape) == 3 else "mlp"
   if depth < 1 or width < 1:
@@ -120,14 +329,33 @@ def make_network(name: str, *, num_classes: int, input_shape: Sequence[int], dep
   if name == "mlp":
     return MLP(num_classes=num_classes, depth=depth, width=width)
   if len(input_shape) != 3:
-    raise ValueError(f"ConvNet needs images (H, W, C); got samples of shape {input_shape}. "
+    raise ValueError(f"{name} needs images (H, W, C); got samples of shape {input_shape}. "
                      "Use --net=mlp for flat inputs.")
-  if min(input_shape[:2]) < 2 ** depth:
-    raise ValueError(f"ConvNet-{depth} pools {depth} times; {input_shape[:2]} images are too "
-                     f"small. Use depth <= {int(min(input_shape[:2])).bit_length() - 1}.")
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"Unknown conv_impl {conv_impl!r}; choose one of {CONV_IMPLS}.")
-  return ConvNet(num_classes=num_classes, depth=depth, width=width, conv_impl=conv_impl)
+  # The reference pads one-channel inputs, which in its datasets are all 28x28 (to 32x32 maps).
+  one_channel = padding == "reference" and input_shape == (28, 28, 1)
+  first_padding = {"convnet": 3 if one_channel else 1, "vgg11": 3 if one_channel else 1,
+                   "alexnet": 4 if one_channel else 2}.get(name, 1)
+  if _side_after(min(input_shape[:2]), name, depth, first_padding) < 1:
+    what = f"ConvNet-{depth} pools {depth} times" if name == "convnet" else f"{name} downsamples"
+    raise ValueError(f"{what}; {input_shape[:2]} images are too small for it"
+                     + (f". Use depth <= {_max_depth(min(input_shape[:2]), first_padding)}."
+                        if name == "convnet" else "."))
+  if name == "convnet":
+    return ConvNet(num_classes=num_classes, depth=depth, width=width, conv_impl=conv_impl,
+                   first_padding=first_padding)
+  if name == "alexnet":
+    return AlexNet(num_classes=num_classes, first_padding=first_padding)
+  if name == "vgg11":
+    return VGG11(num_classes=num_classes, first_padding=first_padding)
+  if name == "resnet18":
+    return ResNet18(num_classes=num_classes)
+  return ViT(num_classes=num_classes)
+
+
+def _max_depth(size: int, first_padding: int) -> int:
+  return int(size + 2 * first_padding - 2).bit_length() - 1
 
 
 def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> Any:

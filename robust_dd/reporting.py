@@ -145,3 +145,17 @@ def load_runs(workdirs: Iterable[str], name: str = "metrics.json"
     else:
       missing.append(w)
   return runs, missing
+
+
+def eval_nets_table(report: dict[str, Any]) -> str:
+  """Cross-architecture evaluation (`--eval_nets`) of a metrics.json or evaluation.json: one row
+  per network, the set's accuracy beside random subsets of the same size (mean ± std over
+  seeds)."""
+  c = flags_of(report)
+  rows = []
+  for net, e in report.get("eval_nets", {}).items():
+    rows.append([c["method"], c["ipc"], net, e["evaluator"],
+                 _cell(e["distilled_test_accs"]),
+                 _cell(e["random_subset_test_acc"]) if "random_subset_test_acc" in e else "-"])
+  return _table(["method", "IPC", "network", "evaluator", "distilled acc", "random subset acc"],
+                rows)

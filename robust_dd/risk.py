@@ -72,6 +72,15 @@ def robust_objective(cluster_losses: jax.Array, *, tail_fraction: float, robust_
           + robust_weight * cvar(losses, tail_fraction=tail_fraction, weights=p))
 
 
+def group_mean_losses(losses: jax.Array, group_ids: jax.Array, *, num_groups: int
+                      ) -> tuple[jax.Array, jax.Array]:
+  """The (K,) mean of per-sample `losses` (n,) over each group's members, and the (K,) member
+  counts; an empty group's mean is 0. Differentiable in `losses` (a one-hot matmul, jittable)."""
+  onehot = jax.nn.one_hot(group_ids, num_groups, dtype=losses.dtype)
+  counts = jnp.sum(onehot, 0)
+  return (onehot.T @ losses) / jnp.maximum(counts, 1.0), counts
+
+
 def worst_group(values, *, counts=None) -> float:
   """The smallest of per-group `values` (e.g. accuracies), over groups with `counts` > 0."""
   values = np.asarray(values, np.float64)

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from robust_dd import cluster
+from robust_dd import risk
+
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, images) -> images
 
@@ -54,6 +57,25 @@ def sgd_steps(apply_fn: ApplyFn, params, images, labels, *, key: jax.Array, step
     return jax.tree_util.tree_map(lambda a, b: a - learning_rate * b, p, g)
 
   return jax.lax.fori_loop(0, steps, body, params)
+
+
+def prototype_robust_loss(apply_fn: ApplyFn, embed_fn: ApplyFn, params, images, labels,
+                          prototypes, *, tail_fraction: float, robust_weight: float
+                          ) -> jax.Array:
+  """The group-robust DD paper's network objective on a real batch.
+
+  Each real image joins the cluster of its nearest prototype (a synthetic image) in the
+  network's current embedding `embed_fn(params, .)` (the assignment carries no gradient); the
+  loss is `risk.robust_objective` of the clusters' mean cross-entropies, uniform over the
+  non-empty clusters. Unlike the reference code's, its CVaR is differentiable in `params`.
+  """
+  feats = jax.lax.stop_gradient(embed_fn(params, images))
+  protos = jax.lax.stop_gradient(embed_fn(params, prototypes))
+  ids = cluster.nearest_prototype(feats, protos)
+  losses = optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, images), labels)
+  means, counts = risk.group_mean_losses(losses, ids, num_groups=protos.shape[0])
+  return risk.robust_objective(means, tail_fraction=tail_fraction, robust_weight=robust_weight,
+                               weights=(counts > 0).astype(means.dtype))
 
 
 def evaluation_optimizer(*, learning_rate: float, momentum: float, weight_decay: float,

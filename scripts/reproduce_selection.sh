@@ -27,7 +27,7 @@ if [[ $part == all || $part == coreset ]]; then
     for fraction in 0.002 0.01 0.05; do
       for method in random herding kcenter sensitivity lcmat; do
         $PY -m experiments.select --method=$method --fraction=$fraction --seed=$seed \
-          --eval_seeds=1 --workdir=runs/coreset_${method}_${fraction}_seed${seed}
+          --eval_seeds=1 --net_padding=same --workdir=runs/coreset_${method}_${fraction}_seed${seed}
       done
     done
   done

@@ -64,7 +64,14 @@ def test_validation_messages_name_the_flag():
                        (dict(real_per_class=0), "real_per_class"),
                        (dict(eval_seeds=0), "eval_seeds"), (dict(net_width=0), "net_width"),
                        (dict(krr_loss="hinge"), "--krr_loss"),
-                       (dict(method="dc", krr_loss="platt"), "--krr_loss=platt is a KIP loss")):
+                       (dict(method="dc", krr_loss="platt"), "--krr_loss=platt is a KIP loss"),
+                       (dict(method="dc", robust_on="network"), "pass --robust=cvar"),
+                       (dict(robust="cvar", robust_on="both"), "--method=kip has no network"),
+                       (dict(method="dc", robust="cvar", robust_on="network",
+                             robust_net_batch=0), "--robust_net_batch"),
+                       (dict(eval_nets=("convnet", "lenet")), "--eval_nets"),
+                       (dict(eval_nets=("vit", "vit")), "--eval_nets"),
+                       (dict(net_padding="valid"), "--net_padding")):
     with pytest.raises(ValueError, match=message):
       config_lib.validate_config(DistillConfig.make(**bad))
   with pytest.raises(ValueError, match="not both"):

@@ -193,7 +193,7 @@ def test_network_step_is_the_dc_outer_iteration_written_out():
     k_update = jax.random.fold_in(k_loop, 0)
     if i:
       k_train, k_update = jax.random.split(jax.random.fold_in(k_loop, i))
-      net = train(net, params, k_train)
+      net = train(net, params, real, k_train)
     k_batch, k_loss = jax.random.split(k_update)
     batch = draw(k_batch, real)
     loss, grads = value_and_grad(params, batch, net, k_loss)
@@ -455,3 +455,42 @@ def test_random_feature_kip_step_redraws_the_kernel_from_the_step_key():
   expected = krr.kip_loss(state.params["images"], state.params["labels"], batch["images"],
                           batch["labels"], kernel_fn=rf.sample(k_loss))
   np.testing.assert_allclose(float(m1["loss"]), float(expected), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_robust_network_trains_on_real_batches_first_then_matches():
+  """--robust_on=network: a fresh network, `steps` SGD steps on real class-balanced batches with
+  the prototype CVaR loss, then the update, written out against make_step at outer_loop 1."""
+  import optax
+  from robust_dd import models, training
+  state, _, real, loss_fn, _, optimizer = _matching_setup(1)
+  model = models.make_network("convnet", num_classes=3, input_shape=(6, 6, 1), depth=1, width=3)
+  kw = dict(tail_fraction=0.5, robust_weight=0.5)
+  network = methods.robust_network(model, input_shape=(6, 6, 1), steps=2, learning_rate=0.05,
+                                   per_class=4, **kw)
+  assert network.train_first
+  step = distill.make_step(loss_fn, optimizer, per_class=4, network=network,
+                           updates_per_network=1)
+  key = jax.random.key(3)
+  params, opt_state = _copy(state.params), _copy(state.opt_state)
+  new_state, _ = step(state, real, key)
+  k_net, k_loop = jax.random.split(jax.random.fold_in(key, 0))
+  net = network.init(k_net)
+  k_train = jax.random.fold_in(k_net, 1)
+  apply_fn, embed_fn = models.logits_fn(model), models.embed_fn(model)
+  for i in range(2):
+    k_batch, _ = jax.random.split(jax.random.fold_in(k_train, i))
+    batch = distill.class_balanced_batch(k_batch, real, per_class=4)
+    g = jax.grad(lambda q: training.prototype_robust_loss(
+        apply_fn, embed_fn, q, batch["images"], jnp.argmax(batch["labels"], -1),
+        params["images"], **kw))(net)
+    net = jax.tree_util.tree_map(lambda a, b: a - 0.05 * b, net, g)
+  untrained = network.init(k_net)
+  assert not np.allclose(net["conv0"]["kernel"], untrained["conv0"]["kernel"])
+  k_batch, k_loss = jax.random.split(jax.random.fold_in(k_loop, 0))
+  batch = distill.class_balanced_batch(k_batch, real, per_class=4)
+  grads = jax.grad(loss_fn)(params, batch, net, k_loss)
+  updates, _ = optimizer.update(grads, opt_state, params)
+  expected = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(new_state.params["images"], expected["images"], rtol=1e-4,
+                             atol=1e-6)

@@ -153,3 +153,17 @@ def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
     np.testing.assert_allclose(vmapped[k], expected, rtol=1e-4, atol=1e-6)
   # An empty cluster has a zero real gradient: finite, not NaN.
   assert np.isfinite(float(vmapped[4]))
+
+
+def test_a_dead_units_zero_gradient_row_gives_finite_gradients():
+  g_real = {"w": jnp.ones((3, 2))}
+
+  def distance(v):
+    return matching.gradient_match_distance({"w": v}, g_real)
+
+  v = jnp.asarray([[1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])  # Output unit 1's row is all zero.
+  grad = jax.grad(distance)(v)
+  assert np.all(np.isfinite(grad))
+  a = np.array([1.0, 2.0, 0.5])
+  cos0 = a.sum() / (np.linalg.norm(a) * np.sqrt(3.0) + 1e-6)
+  np.testing.assert_allclose(distance(v), (1.0 - cos0) + 1.0, rtol=1e-5)

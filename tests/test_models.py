@@ -1,4 +1,6 @@
-"""robust_dd.models: the patch convolution equals lax.conv; logits = head(embed); shapes; errors."""
+"""robust_dd.models: the patch convolution equals lax.conv; logits = head(embed); shapes; the
+cross-architecture networks' parameter counts against the reference definitions (counted here from
+the layer lists of the DC code's networks.py) and that each learns a separable problem; errors."""
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,18 @@ def test_patch_convolution_equals_lax_conv(kernel_size):
   np.testing.assert_allclose(models.conv_patches(x, kernel), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", [0, 2, 3])
+def test_padded_patch_convolution_equals_lax_conv(padding):
+  kx, kk = jax.random.split(jax.random.key(3))
+  x = jax.random.normal(kx, (2, 6, 5, 2))
+  kernel = jax.random.normal(kk, (3, 3, 2, 4))
+  expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out = models.conv_patches(x, kernel, padding)
+  assert out.shape == (2, 6 + 2 * padding - 2, 5 + 2 * padding - 2, 4)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_convnet_patch_and_lax_implementations_agree():
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
@@ -32,12 +46,14 @@ def test_convnet_patch_and_lax_implementations_agree():
                              models.logits_fn(lax_net)(params, x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape,depth,features", [((28, 28, 1), 3, 3 * 3 * 8),
-                                                  ((32, 32, 3), 3, 4 * 4 * 8),
-                                                  ((8, 8, 1), 3, 8)])
+@pytest.mark.parametrize("shape,padding,features", [((28, 28, 1), "reference", 4 * 4 * 8),
+                                                    ((28, 28, 1), "same", 3 * 3 * 8),
+                                                    ((32, 32, 3), "reference", 4 * 4 * 8),
+                                                    ((8, 8, 1), "reference", 8)])
 @pytest.mark.slow
-def test_convnet_embed_shape_and_head(shape, depth, features):
-  model = models.make_network("auto", num_classes=10, input_shape=shape, depth=depth, width=8)
+def test_convnet_embed_shape_and_head(shape, padding, features):
+  model = models.make_network("auto", num_classes=10, input_shape=shape, depth=3, width=8,
+                              padding=padding)
   assert isinstance(model, models.ConvNet)
   params = models.init_params(model, jax.random.key(0), shape)
   x = jax.random.normal(jax.random.key(1), (2, *shape))
@@ -84,3 +100,121 @@ def test_equal_models_share_one_function_object():
   a = models.make_network("auto", num_classes=2, input_shape=(8, 8, 1), width=4)
   b = models.make_network("auto", num_classes=2, input_shape=(8, 8, 1), width=4)
   assert models.logits_fn(a) is models.logits_fn(b)
+
+
+# ------------------------------------------------------------------ cross-architecture networks
+
+
+def _conv(cin, cout, k, bias=True):
+  return cin * cout * k * k + (cout if bias else 0)
+
+
+def _reference_count(name: str, channels: int, classes: int = 10) -> int:
+  """Parameters of the DC code's networks.py definition (instance norm = GroupNorm(C, C) with
+  affine: 2C), on 28x28 one-channel or 32x32 inputs, counted from its layer lists."""
+  if name == "convnet":  # ConvNet(width 128, depth 3, instancenorm, avgpooling), 4x4 maps left.
+    return (_conv(channels, 128, 3) + 2 * _conv(128, 128, 3) + 3 * 2 * 128
+            + 128 * 16 * classes + classes)
+  if name == "alexnet":
+    convs = [(channels, 128, 5), (128, 192, 5), (192, 256, 3), (256, 192, 3), (192, 192, 3)]
+    return sum(_conv(*c) for c in convs) + 192 * 4 * 4 * classes + classes
+  if name == "vgg11":
+    widths = [64, 128, 256, 256, 512, 512, 512, 512]
+    total, cin = 0, channels
+    for w in widths:
+      total += _conv(cin, w, 3) + 2 * w
+      cin = w
+    return total + 512 * classes + classes
+  if name == "resnet18":
+    total = _conv(channels, 64, 3, bias=False) + 2 * 64
+    cin = 64
+    for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+      for block in range(2):
+        s = stride if block == 0 else 1
+        total += _conv(cin, planes, 3, False) + 2 * planes + _conv(planes, planes, 3, False)
+        total += 2 * planes
+        if s != 1 or cin != planes:
+          total += _conv(cin, planes, 1, False) + 2 * planes
+        cin = planes
+    return total + 512 * classes + classes
+  raise ValueError(name)
+
+
+def _vit_count(channels: int, tokens: int, classes: int = 10, dim=128, depth=4, mlp=256) -> int:
+  """The ViT documented in models.ViT: patch embedding (4x4), class token, positions, blocks of
+  [LN, attention (q, k, v, out with biases), LN, MLP], final LN, head."""
+  block = 2 * 2 * dim + 4 * (dim * dim + dim) + (dim * mlp + mlp) + (mlp * dim + dim)
+  return ((16 * channels * dim + dim) + dim + (tokens + 1) * dim + depth * block + 2 * dim
+          + dim * classes + classes)
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+@pytest.mark.parametrize("name", ["convnet", "alexnet", "vgg11", "resnet18", "vit"])
+def test_parameter_counts_match_the_reference_definitions(name, shape):
+  model = models.make_network(name, num_classes=10, input_shape=shape)
+  params = jax.eval_shape(lambda k: models.init_params(model, k, shape), jax.random.key(0))
+  expected = (_vit_count(shape[-1], (shape[0] // 4) ** 2) if name == "vit"
+              else _reference_count(name, shape[-1]))
+  assert _count(params) == expected
+  embed = jax.eval_shape(models.embed_fn(model), params, jnp.zeros((2, *shape)))
+  width = {"convnet": 2048, "alexnet": 3072, "vgg11": 512, "resnet18": 512, "vit": 128}[name]
+  assert embed.shape == (2, width)
+
+
+def _separable(n, size, seed=0):
+  """Two classes: a bright left or right half, plus noise."""
+  rng = np.random.default_rng(seed)
+  y = np.arange(n) % 2
+  x = rng.normal(0.0, 0.3, (n, size, size, 1)).astype(np.float32)
+  x[y == 0, :, : size // 2] += 2.0
+  x[y == 1, :, size // 2:] += 2.0
+  return x, y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alexnet", "vit"])
+def test_network_fits_a_separable_problem(name):
+  """Trained on 16 8x8 images (the evaluation schedule, 10 epochs), the network fits them."""
+  from robust_dd import training  # pylint: disable=g-import-not-at-top
+  x, y = _separable(16, 8)
+  model = models.make_network(name, num_classes=2, input_shape=x.shape[1:])
+  f = models.logits_fn(model)
+  params, _ = training.train_network(
+      jax.random.key(0), x, y, apply_fn=f, init_fn=models.init_fn(model, x.shape[1:]),
+      epochs=10, batch_size=8, learning_rate=0.01, momentum=0.9, weight_decay=0.0)
+  assert float(training.cross_entropy(f(params, x), y)) < 0.1
+  assert training.accuracy(f, params, x, y) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size", [("resnet18", 16), ("vgg11", 32)])
+def test_every_parameter_gets_a_gradient_and_a_step_lowers_the_loss(name, size):
+  """ResNet-18 and VGG-11 are too slow to train in the CPU suite (XLA optimisations off): one
+  gradient reaches every parameter tensor, and a small step lowers the loss on a separable batch."""
+  from robust_dd import training  # pylint: disable=g-import-not-at-top
+  x, y = _separable(4, size)
+  model = models.make_network(name, num_classes=2, input_shape=x.shape[1:])
+  f = models.logits_fn(model)
+  params = models.init_params(model, jax.random.key(0), x.shape[1:])
+  loss = lambda p: training.cross_entropy(f(p, x), y)
+  value, grads = jax.value_and_grad(loss)(params)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
+  stepped = jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, params, grads)
+  assert float(loss(stepped)) < float(value)
+
+
+def test_reference_padding_only_changes_one_channel_28x28_inputs():
+  for shape in ((8, 8, 1), (32, 32, 3)):
+    a = models.make_network("convnet", num_classes=2, input_shape=shape, padding="reference")
+    b = models.make_network("convnet", num_classes=2, input_shape=shape, padding="same")
+    assert a == b
+  ref = models.make_network("vgg11", num_classes=2, input_shape=(28, 28, 1))
+  assert ref.first_padding == 3
+  with pytest.raises(ValueError, match="too small"):
+    models.make_network("vgg11", num_classes=2, input_shape=(8, 8, 1))
+  with pytest.raises(ValueError, match="padding"):
+    models.make_network("convnet", num_classes=2, input_shape=(8, 8, 1), padding="valid")

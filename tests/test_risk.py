@@ -136,3 +136,16 @@ def test_jitted_aliases_keep_floats_traced():
         risk.robust_objective(losses, tail_fraction=alpha, robust_weight=lam), rtol=1e-6)
   assert risk.robust_objective_jit._cache_size() == before + 1
   np.testing.assert_allclose(risk.cvar_jit(losses[:4], tail_fraction=0.5), 1.05, rtol=1e-6)
+
+
+def test_group_mean_losses_match_numpy_and_carry_gradients():
+  rng = np.random.default_rng(3)
+  losses, ids = rng.random(12).astype(np.float32), rng.integers(0, 4, 12)
+  ids[ids == 2] = 1  # Group 2 is empty.
+  means, counts = risk.group_mean_losses(jnp.asarray(losses), jnp.asarray(ids), num_groups=4)
+  expected = [losses[ids == k].mean() if (ids == k).any() else 0.0 for k in range(4)]
+  np.testing.assert_allclose(means, expected, rtol=1e-6)
+  np.testing.assert_array_equal(counts, np.bincount(ids, minlength=4))
+  grad = jax.grad(lambda l: risk.group_mean_losses(l, jnp.asarray(ids), num_groups=4)[0][0])(
+      jnp.asarray(losses))
+  np.testing.assert_allclose(grad, (ids == 0) / max((ids == 0).sum(), 1), rtol=1e-6)

@@ -80,3 +80,35 @@ def test_predict_in_padded_batches_equals_one_call():
   params = {"w": jnp.ones((4, 2)), "b": jnp.arange(2.0)}
   np.testing.assert_allclose(training.predict(_linear, params, x, batch_size=10),
                              _linear(params, x), rtol=1e-6)
+
+
+def test_prototype_robust_loss_matches_numpy_and_its_cvar_reaches_the_gradient():
+  from robust_dd import risk  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(20, 5)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, 20))
+  protos = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+  params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.zeros(3)}
+  embed = lambda p, v: jnp.tanh(v @ p["w"])  # The embedding depends on the parameters.
+  kw = dict(tail_fraction=0.3, robust_weight=0.7)
+  loss = training.prototype_robust_loss(_linear, embed, params, x, y, protos, **kw)
+  # NumPy: assign in the embedding, mean cross-entropy per non-empty cluster, CVaR by brute force.
+  w = np.asarray(params["w"])
+  feats, pf = np.tanh(np.asarray(x) @ w), np.tanh(np.asarray(protos) @ w)
+  ids = np.argmin(((feats[:, None] - pf[None]) ** 2).sum(-1), 1)
+  logits = np.asarray(x) @ w
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  ce = -logp[np.arange(20), np.asarray(y)]
+  means = np.array([ce[ids == k].mean() for k in range(4) if (ids == k).any()])
+  p = np.full(len(means), 1.0 / len(means))
+  etas = np.concatenate([means, [0.0]])
+  cvar = min(e + np.sum(p * np.maximum(means - e, 0)) / kw["tail_fraction"] for e in etas)
+  expected = (1 - kw["robust_weight"]) * means.mean() + kw["robust_weight"] * cvar
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  # The CVaR is differentiable: the gradient is the robust objective's, not plain ERM's.
+  grad = jax.grad(lambda q: training.prototype_robust_loss(_linear, embed, q, x, y, protos,
+                                                           **kw))(params)
+  mean_only = jax.grad(lambda q: training.prototype_robust_loss(
+      _linear, embed, q, x, y, protos, tail_fraction=1.0, robust_weight=0.0))(params)
+  assert not np.allclose(grad["w"], mean_only["w"], atol=1e-4)
+  del risk
