@@ -407,14 +407,13 @@ def evaluate_support_set(evaluator: Evaluator, images, labels, *, key: jax.Array
 
 
 def cross_architecture(config, x_train, y_train, x_test, y_test, images, labels, *,
-                       num_classes: int, key: jax.Array, per_class: int,
-                       on_entry: Optional[Callable[[dict], None]] = None, log: Log = print
-                       ) -> dict[str, Any]:
+                       num_classes: int, key: jax.Array, per_class: int, report: dict,
+                       path: str, log: Log = print) -> dict[str, Any]:
   """`--eval_nets`: the set, and random real subsets of the same size, trained into each named
   network with the same schedule (`evaluate_support_set` with that network as evaluator).
 
-  Returns {net: metrics}; `on_entry(results so far)` is called after every network (a long
-  evaluation's finished networks survive a crash).
+  Adds {net: metrics} to `report` as 'eval_nets', writing `report` to `path` after every network
+  (a long evaluation's finished networks survive a crash), logs the table and returns `report`.
   """
   results: dict[str, Any] = {}
   for net in config.evaluation.eval_nets:
@@ -423,9 +422,10 @@ def cross_architecture(config, x_train, y_train, x_test, y_test, images, labels,
     log(f"Cross-architecture evaluation: {net} ({evaluator.describe()}) ...")
     results[net] = evaluate_support_set(evaluator, images, labels, key=key,
                                         per_class=per_class, log=log)
-    if on_entry is not None:
-      on_entry(results)
-  return results
+    report["eval_nets"] = results
+    io.save_json(path, report)
+  log(reporting.eval_nets_table(report))
+  return report
 
 
 # --------------------------------------------------------------------------------- experiment
@@ -551,12 +551,9 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   io.save_json(metrics_path, metrics)
   log(reporting.results_table([metrics]))
   if config.evaluation.eval_nets:
-    metrics["eval_nets"] = cross_architecture(
-        config, x_train, dataset.y_train, x_test, dataset.y_test, images, labels,
-        num_classes=num_classes, key=baseline_key, per_class=config.ipc, log=log,
-        on_entry=lambda r: io.save_json(metrics_path, {**metrics, "eval_nets": r}))
-    io.save_json(metrics_path, metrics)
-    log(reporting.eval_nets_table(metrics))
+    cross_architecture(config, x_train, dataset.y_train, x_test, dataset.y_test, images, labels,
+                       num_classes=num_classes, key=baseline_key, per_class=config.ipc,
+                       report=metrics, path=metrics_path, log=log)
   return metrics
 
 
@@ -607,10 +604,7 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   io.save_json(out_path, results)
   log(reporting.evaluation_table(results))
   if config.evaluation.eval_nets:
-    results["eval_nets"] = cross_architecture(
-        config, x_train, dataset.y_train, x_test, dataset.y_test, images, labels,
-        num_classes=dataset.num_classes, key=stream(config.seed, REEVAL_STREAM), per_class=ipc,
-        log=log, on_entry=lambda r: io.save_json(out_path, {**results, "eval_nets": r}))
-    io.save_json(out_path, results)
-    log(reporting.eval_nets_table(results))
+    cross_architecture(config, x_train, dataset.y_train, x_test, dataset.y_test, images, labels,
+                       num_classes=dataset.num_classes, key=stream(config.seed, REEVAL_STREAM),
+                       per_class=ipc, report=results, path=out_path, log=log)
   return results
