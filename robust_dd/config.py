@@ -36,7 +36,8 @@ from robust_dd import select
 
 # Flags that may change between a run and its resumption without changing its result.
 RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir", "eval_seeds",
-             "eval_epochs", "eval_batch", "eval_augment", "baseline_draws", "robust_eval")
+             "eval_epochs", "eval_batch", "eval_augment", "baseline_draws", "robust_eval",
+             "feature_cluster_epochs")
 # Choices of string fields, checked by `validate_config` and shown by `--help`.
 ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
@@ -387,6 +388,10 @@ class EvalConfig:
   eval_nets: tuple[str, ...] = _field((), "Cross-architecture evaluation: also train these "
                                       "networks on the set (and on random subsets), same "
                                       "schedule: convnet, alexnet, vgg11, resnet18, vit, mlp.")
+  feature_cluster_epochs: int = _field(0, "Worst-group evaluation on features as well as pixels: "
+                                       "k-means (k = 10) of the test set in the embedding of "
+                                       "the --net network trained this many epochs on the "
+                                       "whole training set (0: pixel clusters only).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,6 +484,8 @@ def validate_eval(config) -> None:
   e, d = config.evaluation, config.data
   _check(e.eval_seeds >= 1 and e.eval_epochs >= 1 and e.eval_batch >= 1,
          "--eval_seeds, --eval_epochs and --eval_batch must be >= 1.")
+  _check(e.feature_cluster_epochs >= 0,
+         f"--feature_cluster_epochs must be >= 0 (0: off), got {e.feature_cluster_epochs}.")
   _check(e.baseline_draws >= 1 and e.kernel_batch >= 1,
          "--baseline_draws and --kernel_batch must be >= 1.")
   k = config.kernel
@@ -571,8 +578,8 @@ def validate_select_config(config: SelectConfig) -> None:
 # The fields a re-evaluation of a saved run may change (`experiment.evaluate_workdir`).
 EVAL_OVERRIDES = ("net", "net_depth", "net_width", "net_padding", "eval_nets", "eval_seeds",
                   "baseline_draws", "eval_epochs",
-                  "eval_batch", "eval_augment", "robust_eval", "eval_random_features",
-                  "kernel_batch")
+                  "eval_batch", "eval_augment", "robust_eval", "feature_cluster_epochs",
+                  "eval_random_features", "kernel_batch")
 
 
 def check_workdir(workdir: str, config) -> None:

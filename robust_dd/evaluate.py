@@ -177,25 +177,37 @@ def cluster_test_set(x_test, *, k: int = 10, seed: int = 0) -> np.ndarray:
   return np.asarray(cluster.kmeans(jax.random.key(seed), x, k=k, restarts=3).assignment)
 
 
-def robustness_metrics(predictions: dict[str, np.ndarray], test_labels, *, clusters,
-                       num_clusters: int, groups=None) -> dict[str, Any]:
-  """Summaries of predicted classes (runs, n) on the clean test set ('test') and on any other
-  named test sets (corruptions). Every number is a mean over runs (seeds or random subsets):
-
-  accuracy; cluster_accuracies (per test cluster) with worst_cluster_accuracy (the mean over runs
-  of each run's worst cluster) and mean_cluster_accuracy; with `groups` (1 = rare subgroup),
-  rare_accuracy and common_accuracy; and `corruptions: {name: accuracy}`.
-  """
-  y = np.asarray(test_labels)
-  correct = predictions["test"] == y[None]
+def cluster_summary(correct, clusters, *, num_clusters: int, prefix: str = ""
+                    ) -> dict[str, Any]:
+  """Per-cluster accuracy of `correct` (runs, n): `{prefix}cluster_accuracies` (mean over runs),
+  `{prefix}worst_cluster_accuracy` (the mean over runs of each run's worst non-empty cluster)
+  and `{prefix}mean_cluster_accuracy`."""
   per_run = [risk.group_accuracies(c, clusters, num_groups=num_clusters) for c in correct]
   accs = np.stack([a for a, _ in per_run])
   counts = per_run[0][1]
+  return {f"{prefix}cluster_accuracies": np.nanmean(accs, 0).round(4).tolist(),
+          f"{prefix}worst_cluster_accuracy": float(np.mean([risk.worst_group(a, counts=counts)
+                                                            for a in accs])),
+          f"{prefix}mean_cluster_accuracy": float(np.mean(np.nanmean(accs, 1)))}
+
+
+def robustness_metrics(predictions: dict[str, np.ndarray], test_labels, *, clusters,
+                       num_clusters: int, groups=None, feature_clusters=None
+                       ) -> dict[str, Any]:
+  """Summaries of predicted classes (runs, n) on the clean test set ('test') and on any other
+  named test sets (corruptions). Every number is a mean over runs (seeds or random subsets):
+
+  accuracy; `cluster_summary` of the (pixel) test `clusters`, and with `feature_clusters` the
+  same with the prefix 'feature_' (test clusters in a network's embedding); with `groups`
+  (1 = rare subgroup), rare_accuracy and common_accuracy; and `corruptions: {name: accuracy}`.
+  """
+  y = np.asarray(test_labels)
+  correct = predictions["test"] == y[None]
   out = {"accuracy": float(correct.mean()),
-         "cluster_accuracies": np.nanmean(accs, 0).round(4).tolist(),
-         "worst_cluster_accuracy": float(np.mean([risk.worst_group(a, counts=counts)
-                                                  for a in accs])),
-         "mean_cluster_accuracy": float(np.mean(np.nanmean(accs, 1)))}
+         **cluster_summary(correct, clusters, num_clusters=num_clusters)}
+  if feature_clusters is not None:
+    out.update(cluster_summary(correct, feature_clusters, num_clusters=num_clusters,
+                               prefix="feature_"))
   if groups is not None:
     groups = np.asarray(groups)
     out["rare_accuracy"] = float(correct[:, groups == 1].mean())

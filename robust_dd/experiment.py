@@ -36,13 +36,15 @@ from robust_dd import models
 from robust_dd import reporting
 from robust_dd import risk
 from robust_dd import select
+from robust_dd import training
 
 DistillConfig = config_lib.DistillConfig
 Log = Callable[[str], None]
 
 # Every random stream of a run is `fold_in(key(seed), STREAM)` with one of these constants: no key
 # is split and then reused, and no stream of seed s equals a stream of seed s + 1.
-INIT_STREAM, LOOP_STREAM, BASELINE_STREAM, CLUSTER_STREAM, EVAL_STREAM, REEVAL_STREAM = range(6)
+(INIT_STREAM, LOOP_STREAM, BASELINE_STREAM, CLUSTER_STREAM, EVAL_STREAM, REEVAL_STREAM,
+ FEATURE_STREAM) = range(7)
 
 
 def stream(seed: int, name: int) -> jax.Array:
@@ -267,20 +269,57 @@ def initial_indices(config: DistillConfig, key: jax.Array, x_train, y_train, *,
 class RobustnessData(NamedTuple):
   """Extra test data for robustness metrics (`evaluate.robustness_metrics`)."""
   test_sets: dict          # name -> preprocessed corrupted test images
-  clusters: np.ndarray     # (n_test,) k-means cluster of each test sample
+  clusters: np.ndarray     # (n_test,) k-means cluster of each test sample (pixels)
   num_clusters: int
   groups: Optional[np.ndarray]  # (n_test,) 1 on the rare subgroup, or None
+  feature_clusters: Optional[np.ndarray] = None  # (n_test,) k-means cluster in an embedding
 
 
 def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_test, *,
-                    num_clusters: int = 10) -> RobustnessData:
+                    num_clusters: int = 10, embed: Optional[Callable] = None) -> RobustnessData:
   """Corrupted test sets (from the raw test images), k-means (k = 10) test clusters on the
-  preprocessed test inputs, and the rare-subgroup ids when the dataset has them."""
+  preprocessed test inputs and, with `embed` (`f(x_batch) -> features`), on their features too,
+  and the rare-subgroup ids when the dataset has them."""
   test_sets = {name: _frozen(x) for name, x in evaluate.corrupted_test_sets(dataset.x_test,
                                                                             prep).items()}
+  feature_clusters = None
+  if embed is not None:
+    features = np.asarray(cluster.features("embed", jnp.asarray(x_test), embed=embed))
+    feature_clusters = evaluate.cluster_test_set(features, k=num_clusters)
   return RobustnessData(test_sets,
                         evaluate.cluster_test_set(x_test, k=num_clusters), num_clusters,
-                        dataset.group_test)
+                        dataset.group_test, feature_clusters)
+
+
+def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int) -> Callable:
+  """`f(x) -> features`: the penultimate layer of the config's evaluation network (`--net`)
+  trained for `epochs` on all of (x_train, y_train) with the evaluation schedule (no
+  augmentation). Its key depends on nothing but a constant, so every run on the same data and
+  preprocessing gets the same embedding, hence the same test clusters."""
+  e = config.evaluation
+  shape = tuple(x_train.shape[1:])
+  model = methods_lib.network_model(config, num_classes, shape)
+  params, _ = training.train_network(
+      stream(0, FEATURE_STREAM), x_train, np.asarray(y_train), apply_fn=models.logits_fn(model),
+      init_fn=models.init_fn(model, shape), epochs=epochs, batch_size=e.eval_batch)
+  embed = models.embed_fn(model)
+  return lambda x: embed(params, x)
+
+
+def config_robustness_data(config, dataset: data_lib.Dataset, prep: data_lib.Preprocessing,
+                           x_train, x_test, *, log: Log = print) -> Optional[RobustnessData]:
+  """`robustness_data` as the config asks (None without --robust_eval; feature clusters with
+  --feature_cluster_epochs)."""
+  e = config.evaluation
+  if not e.robust_eval:
+    return None
+  embed = None
+  if e.feature_cluster_epochs:
+    log(f"Training the feature-cluster network ({e.feature_cluster_epochs} epochs on "
+        f"{len(x_train)} images) ...")
+    embed = trained_embedding(config, x_train, dataset.y_train, num_classes=dataset.num_classes,
+                              epochs=e.feature_cluster_epochs)
+  return robustness_data(dataset, prep, x_test, embed=embed)
 
 
 def _jsonable(value):
@@ -390,7 +429,8 @@ def evaluate_support_set(evaluator: Evaluator, images, labels, *, key: jax.Array
     if robustness:
       out[robust_key] = evaluate.robustness_metrics(
           preds, evaluator.y_test, clusters=robustness.clusters,
-          num_clusters=robustness.num_clusters, groups=robustness.groups)
+          num_clusters=robustness.num_clusters, groups=robustness.groups,
+          feature_clusters=robustness.feature_clusters)
     return out
 
   log(f"Evaluating the distilled set ({evaluator.describe()}) ...")
@@ -531,8 +571,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
   entry = evaluate_support_set(
       evaluator, images, labels, key=baseline_key, per_class=config.ipc,
-      robustness=(robustness_data(dataset, prep, x_test) if config.evaluation.robust_eval
-                  else None), log=log)
+      robustness=config_robustness_data(config, dataset, prep, x_train, x_test, log=log),
+      log=log)
   metrics = {
       "config": config.to_dict(),
       "flags": _jsonable(config.flat()),
@@ -591,8 +631,7 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
     krr = methods_lib.get(config.method).evaluator == "krr"
   results = {"workdir": workdir, "config": config.to_dict(),
              "flags": _jsonable(config.flat()), "ipc": ipc}
-  robustness = (robustness_data(dataset, prep, x_test) if config.evaluation.robust_eval
-                else None)
+  robustness = config_robustness_data(config, dataset, prep, x_train, x_test, log=log)
   for name in (["network"] if network else []) + (["krr"] if krr else []):
     evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
                                num_classes=dataset.num_classes, evaluator=name)

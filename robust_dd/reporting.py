@@ -79,31 +79,40 @@ def evaluation_table(report: dict[str, Any]) -> str:
                 rows)
 
 
+def _objective(c: dict[str, Any]) -> str:
+  """A run's robust objective in words: plain, or the CVaR's settings and placement."""
+  if c.get("robust", "none") == "none":
+    return "plain"
+  extra = "" if c.get("num_clusters", 5) == 5 else f", k={c['num_clusters']}"
+  return (f"CVaR α={c['tail_fraction']} λ={c['robust_weight']}{extra} on "
+          f"{c.get('robust_on', 'matching')}")
+
+
 def robustness_table(runs: list[dict[str, Any]]) -> str:
-  """Robustness metrics, runs grouped by (method, IPC, objective) and each number the mean ± std
-  over the group's runs (e.g. seeds): test accuracy, worst and mean test cluster, rare subgroup,
-  common samples, and the random real subsets' accuracy and rare-subgroup accuracy under the
-  same evaluator. Runs need `distilled_robustness` (`robust_eval`)."""
+  """Robustness metrics, runs grouped by (dataset, subgroup, method, IPC, objective) and each
+  number the mean ± std over the group's runs (e.g. seeds): test accuracy, worst and mean test
+  cluster (pixel k-means), worst feature cluster (`--feature_cluster_epochs`; '-' without),
+  rare subgroup, common samples, and the random real subsets' accuracy and rare-subgroup accuracy
+  under the same evaluator. Runs need `distilled_robustness` (`robust_eval`)."""
 
   def key(c, _):
-    objective = ("plain" if c.get("robust", "none") == "none" else
-                 f"CVaR α={c['tail_fraction']} λ={c['robust_weight']}")
-    return c["method"], c["ipc"], objective
+    return c["dataset"], c.get("subgroup", "none"), c["method"], c["ipc"], _objective(c)
 
   rows = []
-  for (method, ipc, objective), ms in sorted(_group(runs, key).items(),
-                                             key=lambda kv: (*kv[0][:2], kv[0][2] != "plain")):
+  for (dataset, subgroup, method, ipc, objective), ms in sorted(
+      _group(runs, key).items(), key=lambda kv: (*kv[0][:4], kv[0][4] != "plain", kv[0][4])):
     d = [m["distilled_robustness"] for m in ms]
     r = [m.get("random_subset_robustness", {}) for m in ms]
-    rows.append([method, ipc, objective, len(ms), ms[0]["steps"],
+    rows.append([dataset, subgroup, method, ipc, objective, len(ms), ms[0]["steps"],
                  _cell(x["accuracy"] for x in d), _cell(x["worst_cluster_accuracy"] for x in d),
                  _cell(x["mean_cluster_accuracy"] for x in d),
+                 _cell(x.get("feature_worst_cluster_accuracy") for x in d),
                  _cell(x.get("rare_accuracy") for x in d),
                  _cell(x.get("common_accuracy") for x in d), _cell(x.get("accuracy") for x in r),
                  _cell(x.get("rare_accuracy") for x in r)])
-  return _table(["method", "IPC", "objective", "runs", "steps", "test acc", "worst cluster",
-                 "mean cluster", "rare subgroup", "common", "random subset acc",
-                 "random subset rare"], rows)
+  return _table(["dataset", "subgroup", "method", "IPC", "objective", "runs", "steps", "test acc",
+                 "worst cluster", "mean cluster", "worst feature cluster", "rare subgroup",
+                 "common", "random subset acc", "random subset rare"], rows)
 
 
 def coreset_table(runs: list[dict[str, Any]]) -> str:

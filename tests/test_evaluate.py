@@ -100,3 +100,12 @@ def test_robustness_metrics_against_hand_computation():
   np.testing.assert_allclose(m["rare_accuracy"], 1.0)  # Samples 3 and 4, right in both runs.
   np.testing.assert_allclose(m["common_accuracy"], 5 / 8)
   np.testing.assert_allclose(m["corruptions"]["invert"], (2 + 6) / 12)
+  assert "feature_worst_cluster_accuracy" not in m
+  # Feature clusters: the same summary under another partition, with the prefix 'feature_'.
+  f = evaluate.robustness_metrics(preds, y, clusters=clusters, num_clusters=3, groups=groups,
+                                  feature_clusters=np.array([0, 1, 0, 1, 2, 2]))
+  # Run 1 per feature cluster: [.5, 1, .5]; run 2: [1, .5, 1].
+  np.testing.assert_allclose(f["feature_cluster_accuracies"], [0.75, 0.75, 0.75])
+  np.testing.assert_allclose(f["feature_worst_cluster_accuracy"], 0.5)
+  np.testing.assert_allclose(f["feature_mean_cluster_accuracy"], 2.0 / 3 + 1.0 / 12)
+  assert f["worst_cluster_accuracy"] == m["worst_cluster_accuracy"]

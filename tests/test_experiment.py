@@ -14,6 +14,8 @@ from robust_dd import data as data_lib
 from robust_dd import evaluate
 from robust_dd import experiment
 from robust_dd import kernels
+from robust_dd import models
+from robust_dd import training
 
 FAST = dict(dataset="digits", ipc=2, real_per_class=10, log_every=10, checkpoint_every=10,
             baseline_draws=2)
@@ -238,7 +240,8 @@ ROBUST = dict(FAST, robust="cvar", subgroup="invert", cluster_assignment="protot
 @pytest.mark.slow
 def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
-  result = run(**ROBUST, steps=20, workdir=full)
+  result = run(**ROBUST, steps=20, feature_cluster_epochs=2, workdir=full)
+  assert "Training the feature-cluster network (2 epochs" in result.stdout
   assert "over 20 clusters (prototype on pixels, per class, reclustered every 1 steps)" in (
       result.stdout)
   metrics = json.load(open(os.path.join(full, "metrics.json")))
@@ -246,16 +249,46 @@ def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
     r = metrics[name]
     assert 0 <= r["worst_cluster_accuracy"] <= r["mean_cluster_accuracy"] <= 1
     assert len(r["cluster_accuracies"]) == 10 and 0 <= r["rare_accuracy"] <= 1
+    assert 0 <= r["feature_worst_cluster_accuracy"] <= r["feature_mean_cluster_accuracy"] <= 1
     assert set(r["corruptions"]) == {"gaussian_noise_s1", "gaussian_noise_s3", "gaussian_noise_s5",
                                      "blur_s1", "blur_s3", "blur_s5", "invert"}
     assert np.isclose(r["accuracy"], np.mean(metrics[
         "distilled_test_accs" if name.startswith("distilled") else "random_subset_test_acc"]))
   assert metrics["split"]["subgroup"]["transform"] == "invert"
   run(**ROBUST, steps=10, workdir=part)
-  result = run(**ROBUST, steps=20, workdir=part)
+  result = run(**ROBUST, steps=20, workdir=part)  # Without feature clusters: evaluation only.
   assert "Resuming from step 10" in result.stdout
   np.testing.assert_array_equal(np.load(os.path.join(part, "distilled.npz"))["images"],
                                 np.load(os.path.join(full, "distilled.npz"))["images"])
+
+
+def test_feature_clusters_are_k_means_of_a_trained_embedding_shared_by_all_seeds():
+  """--feature_cluster_epochs: test clusters in the embedding of the --net network trained on the
+  whole training set, with a key that does not depend on the run's seed."""
+  ds = data_lib.load_dataset("digits")
+  prep = data_lib.fit_preprocessing(ds.x_train)
+  x_train, x_test = (data_lib.apply_preprocessing(x, prep) for x in (ds.x_train, ds.x_test))
+  config = config_lib.DistillConfig.make(dataset="digits", net_width=8, feature_cluster_epochs=2)
+  data = experiment.config_robustness_data(config, ds, prep, x_train, x_test, log=lambda _: None)
+  again = experiment.config_robustness_data(config.replace(seed=3), ds, prep, x_train, x_test,
+                                            log=lambda _: None)
+  np.testing.assert_array_equal(data.feature_clusters, again.feature_clusters)
+  # Rebuilt by hand: the evaluation network trained 2 epochs, its penultimate layer, k-means.
+  model = models.make_network("convnet", num_classes=10, input_shape=x_train.shape[1:], width=8,
+                              depth=3)
+  params, _ = training.train_network(experiment.stream(0, experiment.FEATURE_STREAM), x_train,
+                                     ds.y_train, apply_fn=models.logits_fn(model),
+                                     init_fn=models.init_fn(model, x_train.shape[1:]), epochs=2)
+  features = np.asarray(models.embed_fn(model)(params, jnp.asarray(x_test)))
+  np.testing.assert_array_equal(data.feature_clusters, evaluate.cluster_test_set(features))
+  np.testing.assert_array_equal(data.clusters, evaluate.cluster_test_set(x_test))
+  assert len(np.unique(data.feature_clusters)) == 10
+  assert not np.array_equal(data.feature_clusters, data.clusters)
+  no_features = config.replace(feature_cluster_epochs=0)
+  assert experiment.config_robustness_data(no_features, ds, prep, x_train, x_test
+                                           ).feature_clusters is None
+  assert experiment.config_robustness_data(no_features.replace(robust_eval=False), ds, prep,
+                                           x_train, x_test) is None
 
 
 # Provable subset selection on DC: a sensitivity init and importance-sampled batches rescored

@@ -17,22 +17,29 @@ def test_reporting_imports_no_jax():
 
 
 def test_robustness_table_groups_runs_and_averages_over_seeds():
-  def run(robust, seed_acc, new):
+  def run(robust, seed_acc, new, robust_on="matching"):
     rob = {"accuracy": seed_acc, "worst_cluster_accuracy": seed_acc / 2,
            "mean_cluster_accuracy": seed_acc, "rare_accuracy": seed_acc / 4,
            "common_accuracy": seed_acc}
-    flags = {"method": "kip", "ipc": 1, "robust": robust, "tail_fraction": 0.2,
-             "robust_weight": 0.5}
+    if new:
+      rob["feature_worst_cluster_accuracy"] = seed_acc / 3
+    flags = {"method": "kip", "dataset": "mnist5k", "subgroup": "invert", "ipc": 1,
+             "robust": robust, "tail_fraction": 0.2, "robust_weight": 0.5,
+             "robust_on": robust_on}
     return {("flags" if new else "config"): flags, "config": {} if new else flags, "steps": 10,
             "distilled_robustness": rob, "random_subset_robustness": rob}
 
   table = reporting.robustness_table([run("cvar", 0.6, True), run("cvar", 0.8, False),
+                                      run("cvar", 0.9, True, "network"),
                                       run("none", 0.5, True)])
   lines = table.splitlines()
-  assert len(lines) == 4
-  assert lines[2].startswith("| kip | 1 | plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 |")
-  assert lines[3].startswith("| kip | 1 | CVaR α=0.2 λ=0.5 | 2 | 10 | 70.0 ± 10.0 | 35.0 ± 5.0 |")
-  assert "| 17.5 ± 2.5 |" in lines[3]
+  assert len(lines) == 5
+  row = "| mnist5k | invert | kip | 1 |"
+  assert lines[2].startswith(f"{row} plain | 1 | 10 | 50.0 ± 0.0 | 25.0 ± 0.0 | 50.0 ± 0.0 | "
+                             "16.7 ± 0.0 |")
+  assert lines[3].startswith(f"{row} CVaR α=0.2 λ=0.5 on matching | 2 | 10 | 70.0 ± 10.0 | "
+                             "35.0 ± 5.0 | 70.0 ± 10.0 | 20.0 ± 0.0 | 17.5 ± 2.5 |")
+  assert lines[4].startswith(f"{row} CVaR α=0.2 λ=0.5 on network | 1 | 10 | 90.0 ± 0.0 |")
 
 
 def test_coreset_results_and_evaluation_tables():
