@@ -37,7 +37,7 @@ from robust_dd import select
 # Flags that may change between a run and its resumption without changing its result.
 RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir", "eval_seeds",
              "eval_epochs", "eval_batch", "eval_augment", "baseline_draws", "robust_eval",
-             "feature_cluster_epochs")
+             "feature_cluster_epochs", "feature_cluster_cache")
 # Choices of string fields, checked by `validate_config` and shown by `--help`.
 ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
@@ -343,6 +343,11 @@ class RobustConfig:
                                    "nearest synthetic image.", choices=CLUSTER_ASSIGNMENTS)
   cluster_scope: str = _field("class", "Cluster within each class or globally.",
                               choices=CLUSTER_SCOPES)
+  cluster_masses: str = _field("uniform", "Cluster masses p_k in the robust objective: uniform "
+                               "(every non-empty cluster counts the same, the paper's) or size "
+                               "(its share of the real data: the mean term is then the data's "
+                               "average and the CVaR's tail a fraction of the data).",
+                               choices=distill.CLUSTER_MASSES)
   recluster_every: Optional[int] = _field(None, "Steps between reclusterings (0: once; default "
                                           "1 for prototype, 0 for kmeans).")
 
@@ -392,6 +397,10 @@ class EvalConfig:
                                        "k-means (k = 10) of the test set in the embedding of "
                                        "the --net network trained this many epochs on the "
                                        "whole training set (0: pixel clusters only).")
+  feature_cluster_cache: Optional[str] = _field(None, "Directory that keeps feature clusters "
+                                                "(one .npz per data, preprocessing and network "
+                                                "setting), so runs on the same data train the "
+                                                "network once.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -579,7 +588,7 @@ def validate_select_config(config: SelectConfig) -> None:
 EVAL_OVERRIDES = ("net", "net_depth", "net_width", "net_padding", "eval_nets", "eval_seeds",
                   "baseline_draws", "eval_epochs",
                   "eval_batch", "eval_augment", "robust_eval", "feature_cluster_epochs",
-                  "eval_random_features", "kernel_batch")
+                  "feature_cluster_cache", "eval_random_features", "kernel_batch")
 
 
 def check_workdir(workdir: str, config) -> None:

@@ -112,13 +112,19 @@ class Network(NamedTuple):
   train_first: bool = False
 
 
+CLUSTER_MASSES = ("uniform", "size")
+
+
 def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: int,
-                  probs: Optional[jax.Array] = None, unbiased: bool = False) -> Batch:
+                  probs: Optional[jax.Array] = None, unbiased: bool = False,
+                  masses: str = "uniform") -> Batch:
   """Draws up to `per_cluster` real samples of every cluster, on device.
 
   `real` holds `cluster_table`, `cluster_counts` and `cluster_class` (see `cluster_real`).
-  Returns images (K, S, ...), labels (K, S, C), mask (K, S), cluster_class (K,) and weights (K,):
-  uniform masses over the non-empty clusters. With `probs` (n,), each cluster's members are drawn
+  Returns images (K, S, ...), labels (K, S, C), mask (K, S), cluster_class (K,) and weights (K,),
+  the clusters' masses in the robust objective: with `masses='uniform'` every non-empty cluster
+  counts equally (the paper's); with 'size' in proportion to its number of real samples, so the
+  objective's mean term is the data's average. With `probs` (n,), each cluster's members are drawn
   ∝ probs (importance sampling); `unbiased` multiplies the mask by 1 / (n_k · p_i), p_i the
   probability within the cluster, so the masked cluster means become self-normalised estimates.
   """
@@ -127,9 +133,11 @@ def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: in
                                         logits=_log_probs(probs, table))
   if unbiased and probs is not None:
     mask = mask * sensitivity.group_unbiasing_weights(probs, idx, table, counts)
+  if masses not in CLUSTER_MASSES:
+    raise ValueError(f"Unknown cluster masses {masses!r}; choose one of {CLUSTER_MASSES}.")
+  weights = counts if masses == "size" else counts > 0
   return {"images": real["images"][idx], "labels": real["labels"][idx], "mask": mask,
-          "cluster_class": real["cluster_class"],
-          "weights": (real["cluster_counts"] > 0).astype(jnp.float32)}
+          "cluster_class": real["cluster_class"], "weights": weights.astype(jnp.float32)}
 
 
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,

@@ -16,6 +16,7 @@ call in-process (as flax examples keep `train_and_evaluate(config, workdir)`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -276,19 +277,15 @@ class RobustnessData(NamedTuple):
 
 
 def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_test, *,
-                    num_clusters: int = 10, embed: Optional[Callable] = None) -> RobustnessData:
+                    num_clusters: int = 10) -> RobustnessData:
   """Corrupted test sets (from the raw test images), k-means (k = 10) test clusters on the
-  preprocessed test inputs and, with `embed` (`f(x_batch) -> features`), on their features too,
-  and the rare-subgroup ids when the dataset has them."""
+  preprocessed test inputs, and the rare-subgroup ids when the dataset has them (no feature
+  clusters: `config_robustness_data` adds them)."""
   test_sets = {name: _frozen(x) for name, x in evaluate.corrupted_test_sets(dataset.x_test,
                                                                             prep).items()}
-  feature_clusters = None
-  if embed is not None:
-    features = np.asarray(cluster.features("embed", jnp.asarray(x_test), embed=embed))
-    feature_clusters = evaluate.cluster_test_set(features, k=num_clusters)
   return RobustnessData(test_sets,
                         evaluate.cluster_test_set(x_test, k=num_clusters), num_clusters,
-                        dataset.group_test, feature_clusters)
+                        dataset.group_test)
 
 
 def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int) -> Callable:
@@ -309,17 +306,38 @@ def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int
 def config_robustness_data(config, dataset: data_lib.Dataset, prep: data_lib.Preprocessing,
                            x_train, x_test, *, log: Log = print) -> Optional[RobustnessData]:
   """`robustness_data` as the config asks (None without --robust_eval; feature clusters with
-  --feature_cluster_epochs)."""
+  --feature_cluster_epochs, kept in --feature_cluster_cache when given)."""
   e = config.evaluation
   if not e.robust_eval:
     return None
-  embed = None
-  if e.feature_cluster_epochs:
-    log(f"Training the feature-cluster network ({e.feature_cluster_epochs} epochs on "
-        f"{len(x_train)} images) ...")
-    embed = trained_embedding(config, x_train, dataset.y_train, num_classes=dataset.num_classes,
-                              epochs=e.feature_cluster_epochs)
-  return robustness_data(dataset, prep, x_test, embed=embed)
+  data = robustness_data(dataset, prep, x_test)
+  if not e.feature_cluster_epochs:
+    return data
+  cache = None
+  if e.feature_cluster_cache:
+    # Everything the clusters depend on: the data as preprocessed, the network and its schedule.
+    digest = hashlib.sha256()
+    for a in (x_train, dataset.y_train, x_test):
+      digest.update(np.ascontiguousarray(a).tobytes())
+    n = config.network
+    digest.update(json.dumps([n.net, n.net_depth, n.net_width, n.conv_impl, n.net_padding,
+                              e.feature_cluster_epochs, e.eval_batch, data.num_clusters,
+                              FEATURE_STREAM]).encode())
+    cache = os.path.join(e.feature_cluster_cache,
+                         f"feature_clusters_{digest.hexdigest()[:16]}.npz")
+    if os.path.exists(cache):
+      log(f"Feature clusters from {cache}")
+      return data._replace(feature_clusters=io.load_npz(cache)["clusters"])
+  log(f"Training the feature-cluster network ({e.feature_cluster_epochs} epochs on "
+      f"{len(x_train)} images) ...")
+  embed = trained_embedding(config, x_train, dataset.y_train, num_classes=dataset.num_classes,
+                            epochs=e.feature_cluster_epochs)
+  features = np.asarray(cluster.features("embed", jnp.asarray(x_test), embed=embed))
+  clusters = evaluate.cluster_test_set(features, k=data.num_clusters)
+  if cache:
+    io.make_dirs(e.feature_cluster_cache)
+    io.save_npz(cache, clusters=clusters)
+  return data._replace(feature_clusters=clusters)
 
 
 def _jsonable(value):

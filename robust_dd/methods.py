@@ -465,7 +465,8 @@ def build_step(config, optimizer, *, num_classes: int, input_shape,
       raise ValueError(f"--real_per_class={config.optim.real_per_class} gives {total} real "
                        f"samples per update, fewer than the {num_clusters} clusters; raise it or "
                        "lower --num_clusters.")
-    draw = functools.partial(distill.cluster_batch, per_cluster=per_cluster, **draw_kw)
+    draw = functools.partial(distill.cluster_batch, per_cluster=per_cluster,
+                             masses=config.robust.cluster_masses, **draw_kw)
     loss_fn = method.cluster_loss(config, ctx)
   else:
     draw = functools.partial(distill.class_balanced_batch,

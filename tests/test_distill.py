@@ -15,6 +15,7 @@ from robust_dd import io
 from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import methods
+from robust_dd import risk
 from robust_dd import sensitivity
 
 
@@ -494,3 +495,25 @@ def test_robust_network_trains_on_real_batches_first_then_matches():
   expected = optax.apply_updates(params, updates)
   np.testing.assert_allclose(new_state.params["images"], expected["images"], rtol=1e-4,
                              atol=1e-6)
+
+
+def test_cluster_masses_uniform_or_by_size():
+  """--cluster_masses: every non-empty cluster weighs the same, or its share of the real data;
+  with size masses and robust_weight 0 the robust objective is the data's average loss."""
+  _, y, real = _problem()
+  ids = np.where(np.arange(len(y)) % 5 == 0, 2 * y + 1, 2 * y)  # Clusters of 16 and 4 per class.
+  real = experiment.with_clusters(real, ids, np.repeat(np.arange(3), 2), width=20)
+  counts = np.asarray(real["cluster_counts"])
+  key = jax.random.key(2)
+  uniform = distill.cluster_batch(key, real, per_cluster=4)
+  size = distill.cluster_batch(key, real, per_cluster=4, masses="size")
+  np.testing.assert_array_equal(uniform["weights"], counts > 0)
+  np.testing.assert_array_equal(size["weights"], counts)
+  np.testing.assert_array_equal(uniform["images"], size["images"])
+  losses = jnp.arange(1.0, 7.0)
+  np.testing.assert_allclose(
+      risk.robust_objective(losses, tail_fraction=0.2, robust_weight=0.0,
+                            weights=size["weights"]),
+      np.sum(counts * np.arange(1.0, 7.0)) / counts.sum(), rtol=1e-6)
+  with pytest.raises(ValueError, match="cluster masses"):
+    distill.cluster_batch(key, real, per_cluster=4, masses="area")

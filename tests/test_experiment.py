@@ -262,7 +262,7 @@ def test_robust_run_reports_robustness_and_resumes_exactly(tmp_path):
                                 np.load(os.path.join(full, "distilled.npz"))["images"])
 
 
-def test_feature_clusters_are_k_means_of_a_trained_embedding_shared_by_all_seeds():
+def test_feature_clusters_are_k_means_of_a_trained_embedding_shared_by_all_seeds(tmp_path):
   """--feature_cluster_epochs: test clusters in the embedding of the --net network trained on the
   whole training set, with a key that does not depend on the run's seed."""
   ds = data_lib.load_dataset("digits")
@@ -270,9 +270,15 @@ def test_feature_clusters_are_k_means_of_a_trained_embedding_shared_by_all_seeds
   x_train, x_test = (data_lib.apply_preprocessing(x, prep) for x in (ds.x_train, ds.x_test))
   config = config_lib.DistillConfig.make(dataset="digits", net_width=8, feature_cluster_epochs=2)
   data = experiment.config_robustness_data(config, ds, prep, x_train, x_test, log=lambda _: None)
-  again = experiment.config_robustness_data(config.replace(seed=3), ds, prep, x_train, x_test,
-                                            log=lambda _: None)
-  np.testing.assert_array_equal(data.feature_clusters, again.feature_clusters)
+  # Another seed, through the cache: trained and saved once, then read back.
+  cached = config.replace(seed=3, feature_cluster_cache=str(tmp_path / "cache"))
+  for message in ("Training the feature-cluster network", "Feature clusters from"):
+    lines = []
+    again = experiment.config_robustness_data(cached, ds, prep, x_train, x_test,
+                                              log=lines.append)
+    assert lines[-1].startswith(message)
+    np.testing.assert_array_equal(data.feature_clusters, again.feature_clusters)
+  assert len(os.listdir(tmp_path / "cache")) == 1
   # Rebuilt by hand: the evaluation network trained 2 epochs, its penultimate layer, k-means.
   model = models.make_network("convnet", num_classes=10, input_shape=x_train.shape[1:], width=8,
                               depth=3)
