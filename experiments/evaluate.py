@@ -26,16 +26,16 @@ flags.DEFINE_bool("baseline", True, "Also evaluate random real subsets of the sa
 flags.DEFINE_string("output", "evaluation.json", "File name written in --workdir.")
 # The evaluation fields a re-evaluation may change, generated from the config (default: the run's).
 OVERRIDES = config_lib.EVAL_OVERRIDES
+_DEFINE = {"enum": lambda name, default, help_, spec: flags.DEFINE_enum(
+               name, default, list(spec.choices), help_),
+           "bool": lambda name, default, help_, _: flags.DEFINE_bool(name, default, help_),
+           "list": lambda name, default, help_, _: flags.DEFINE_list(name, default, help_),
+           "str": lambda name, default, help_, _: flags.DEFINE_string(name, default, help_),
+           "float": lambda name, default, help_, _: flags.DEFINE_float(name, default, help_),
+           "int": lambda name, default, help_, _: flags.DEFINE_integer(name, default, help_)}
 for _spec in config_lib.flag_specs(config_lib.DistillConfig):
   if _spec.name in OVERRIDES:
-    (flags.DEFINE_enum(_spec.name, None, list(_spec.choices), _spec.help + " Default: the run's.")
-     if _spec.kind == "enum" else
-     flags.DEFINE_bool(_spec.name, None, _spec.help + " Default: the run's.")
-     if _spec.kind == "bool" else
-     flags.DEFINE_list(_spec.name, None, _spec.help + " Default: the run's.")
-     if _spec.kind == "list" else
-     flags.DEFINE_integer(_spec.name, None, _spec.help + " Default: the run's."))
-
+    _DEFINE[_spec.kind](_spec.name, None, _spec.help + " Default: the run's.", _spec)
 
 def main(argv):
   overrides = {k: tuple(v) if isinstance(v, list) else v

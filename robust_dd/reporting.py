@@ -168,3 +168,22 @@ def eval_nets_table(report: dict[str, Any]) -> str:
                  _cell(e["random_subset_test_acc"]) if "random_subset_test_acc" in e else "-"])
   return _table(["method", "IPC", "network", "evaluator", "distilled acc", "random subset acc"],
                 rows)
+
+
+def cross_architecture_table(reports: list[dict[str, Any]]) -> str:
+  """Cross-architecture evaluations (`--eval_nets`) of several sets side by side: one row per
+  set (method, IPC), one column per network (mean ± std over seeds), and per IPC a row of the
+  random real subsets of that size (from the first report of that IPC that has them)."""
+  nets: list[str] = []
+  for r in reports:
+    nets += [n for n in r.get("eval_nets", {}) if n not in nets]
+  rows, random_rows = [], {}
+  for r in sorted(reports, key=lambda r: (flags_of(r)["ipc"], flags_of(r)["method"])):
+    c, e = flags_of(r), r.get("eval_nets", {})
+    rows.append([c["method"], c["ipc"], *(_cell(e[n]["distilled_test_accs"]) if n in e else "-"
+                                          for n in nets)])
+    if c["ipc"] not in random_rows and any("random_subset_test_acc" in v for v in e.values()):
+      random_rows[c["ipc"]] = ["random real subset", c["ipc"], *(
+          _cell(e[n]["random_subset_test_acc"]) if "random_subset_test_acc" in e.get(n, {})
+          else "-" for n in nets)]
+  return _table(["set", "IPC", *nets], rows + list(random_rows.values()))

@@ -32,6 +32,16 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
   assert saved["optim"]["real_per_class"] == 10 and saved["optim"]["target_batch"] is None
   assert np.load(os.path.join(workdir, "distilled.npz"))["images"].shape == (10, 8, 8, 1)
 
+  # Re-evaluation flags of every kind (bool, int, str) override the run's: feature clusters.
+  cache = str(tmp_path / "cache")
+  ev = run("experiments.evaluate", f"--workdir={workdir}", "--robust_eval", "--nobaseline",
+           "--feature_cluster_epochs=1", f"--feature_cluster_cache={cache}", "--net_width=8",
+           "--eval_epochs=2", "--eval_seeds=1", "--output=features.json")
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  report = json.load(open(os.path.join(workdir, "features.json")))
+  assert "feature_worst_cluster_accuracy" in report["network"]["distilled_robustness"]
+  assert len(os.listdir(cache)) == 1
+
   help_text = " ".join(run("experiments.distill", "--help").stdout.split())
   for flag in ("--method", "--ipc", "--steps", "--seed", "--dataset", "--workdir"):
     assert flag in help_text

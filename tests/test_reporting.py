@@ -64,6 +64,24 @@ def test_coreset_results_and_evaluation_tables():
       "| 2 | random | uniform | 2 | 90.0 ± 0.0 | 50.0 |")
 
 
+def test_cross_architecture_table_lines_up_networks_and_random_subsets():
+  def report(method, ipc, nets):
+    return {"flags": {"method": method, "ipc": ipc},
+            "eval_nets": {n: {"distilled_test_accs": [a, a + 0.02],
+                              "random_subset_test_acc": [a / 2]} for n, a in nets.items()}}
+
+  table = reporting.cross_architecture_table([
+      report("kip", 10, {"convnet": 0.9, "vit": 0.5}), report("dc", 10, {"convnet": 0.8}),
+      report("dc", 1, {"alexnet": 0.4})])
+  lines = table.splitlines()
+  assert lines[0] == "| set | IPC | convnet | vit | alexnet |"
+  assert lines[2] == "| dc | 1 | - | - | 41.0 ± 1.0 |"
+  assert lines[3] == "| dc | 10 | 81.0 ± 1.0 | - | - |"
+  assert lines[4] == "| kip | 10 | 91.0 ± 1.0 | 51.0 ± 1.0 | - |"
+  assert lines[5] == "| random real subset | 1 | - | - | 20.0 ± 0.0 |"
+  assert lines[6] == "| random real subset | 10 | 40.0 ± 0.0 | - | - |"
+
+
 def test_load_runs_splits_finished_and_unfinished(tmp_path):
   (tmp_path / "a").mkdir()
   (tmp_path / "a" / "metrics.json").write_text('{"x": 1}')
