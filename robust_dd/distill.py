@@ -128,13 +128,13 @@ def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: in
   ∝ probs (importance sampling); `unbiased` multiplies the mask by 1 / (n_k · p_i), p_i the
   probability within the cluster, so the masked cluster means become self-normalised estimates.
   """
+  if masses not in CLUSTER_MASSES:
+    raise ValueError(f"Unknown cluster masses {masses!r}; choose one of {CLUSTER_MASSES}.")
   table, counts = real["cluster_table"], real["cluster_counts"]
   idx, mask = risk.sample_cluster_batch(key, table, counts, per_cluster=per_cluster,
                                         logits=_log_probs(probs, table))
   if unbiased and probs is not None:
     mask = mask * sensitivity.group_unbiasing_weights(probs, idx, table, counts)
-  if masses not in CLUSTER_MASSES:
-    raise ValueError(f"Unknown cluster masses {masses!r}; choose one of {CLUSTER_MASSES}.")
   weights = counts if masses == "size" else counts > 0
   return {"images": real["images"][idx], "labels": real["labels"][idx], "mask": mask,
           "cluster_class": real["cluster_class"], "weights": weights.astype(jnp.float32)}

@@ -303,6 +303,19 @@ def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int
   return lambda x: embed(params, x)
 
 
+def _feature_cluster_path(config, x_train, y_train, x_test, num_clusters: int) -> str:
+  """The --feature_cluster_cache file of these clusters, named by a hash of everything they
+  depend on: the data as preprocessed, the network and its schedule."""
+  digest = hashlib.sha256()
+  for a in (x_train, y_train, x_test):
+    digest.update(np.ascontiguousarray(a).tobytes())
+  n, e = config.network, config.evaluation
+  digest.update(json.dumps([n.net, n.net_depth, n.net_width, n.conv_impl, n.net_padding,
+                            e.feature_cluster_epochs, e.eval_batch, num_clusters,
+                            FEATURE_STREAM]).encode())
+  return os.path.join(e.feature_cluster_cache, f"feature_clusters_{digest.hexdigest()[:16]}.npz")
+
+
 def config_robustness_data(config, dataset: data_lib.Dataset, prep: data_lib.Preprocessing,
                            x_train, x_test, *, log: Log = print) -> Optional[RobustnessData]:
   """`robustness_data` as the config asks (None without --robust_eval; feature clusters with
@@ -313,21 +326,11 @@ def config_robustness_data(config, dataset: data_lib.Dataset, prep: data_lib.Pre
   data = robustness_data(dataset, prep, x_test)
   if not e.feature_cluster_epochs:
     return data
-  cache = None
-  if e.feature_cluster_cache:
-    # Everything the clusters depend on: the data as preprocessed, the network and its schedule.
-    digest = hashlib.sha256()
-    for a in (x_train, dataset.y_train, x_test):
-      digest.update(np.ascontiguousarray(a).tobytes())
-    n = config.network
-    digest.update(json.dumps([n.net, n.net_depth, n.net_width, n.conv_impl, n.net_padding,
-                              e.feature_cluster_epochs, e.eval_batch, data.num_clusters,
-                              FEATURE_STREAM]).encode())
-    cache = os.path.join(e.feature_cluster_cache,
-                         f"feature_clusters_{digest.hexdigest()[:16]}.npz")
-    if os.path.exists(cache):
-      log(f"Feature clusters from {cache}")
-      return data._replace(feature_clusters=io.load_npz(cache)["clusters"])
+  cache = (_feature_cluster_path(config, x_train, dataset.y_train, x_test, data.num_clusters)
+           if e.feature_cluster_cache else None)
+  if cache and os.path.exists(cache):
+    log(f"Feature clusters from {cache}")
+    return data._replace(feature_clusters=io.load_npz(cache)["clusters"])
   log(f"Training the feature-cluster network ({e.feature_cluster_epochs} epochs on "
       f"{len(x_train)} images) ...")
   embed = trained_embedding(config, x_train, dataset.y_train, num_classes=dataset.num_classes,
