@@ -10,6 +10,7 @@ import pytest
 from robust_dd import config as config_lib
 from robust_dd import data as data_lib
 from robust_dd import distill
+from robust_dd import experiment
 from robust_dd import krr
 from robust_dd import methods
 
@@ -76,3 +77,28 @@ def test_build_step_uses_the_records_loss_per_class_batches():
       state.params, {"images": real["images"], "labels": real["labels"]})
   _, metrics = step(state, real, jax.random.key(0))  # Donates (deletes) `state`.
   np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-4)  # Rows in another order.
+
+
+@pytest.mark.parametrize("masses", ["uniform", "size"])
+def test_build_step_weighs_clusters_by_cluster_masses(masses):
+  """`--cluster_masses` reaches the robust step: with robust_weight 0 and every member of every
+  cluster drawn, the step's loss is the KIP losses of the clusters averaged with weight 1 each
+  (uniform) or by cluster size (size), computed here cluster by cluster."""
+  x, y, real = _real()
+  ids = np.where(np.arange(len(y)) % 6 < 4, 2 * y, 2 * y + 1)  # Clusters of 4 and 2 per class.
+  real = experiment.with_clusters(real, ids, np.repeat(np.arange(3), 2), width=4)
+  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+      ipc=1, real_per_class=8, learning_rate=0.0, robust="cvar", robust_weight=0.0,
+      cluster_masses=masses), 3)
+  optimizer = distill.make_optimizer(learning_rate=0.0, name="sgd")
+  state = distill.init_state(x[[0, 6, 12]], data_lib.one_hot_centered(np.arange(3), 3),
+                             optimizer)
+  plain = methods.kip_loss_fn(kernel_fn=methods.config_kernel_fn(config))
+  losses = np.array([plain(state.params, {"images": real["images"][ids == k],
+                                          "labels": real["labels"][ids == k]})
+                     for k in range(6)])
+  weights = np.bincount(ids) if masses == "size" else np.ones(6)
+  step = methods.build_step(config, optimizer, num_classes=3, input_shape=(5,), num_clusters=6)
+  _, metrics = step(state, real, jax.random.key(0))
+  np.testing.assert_allclose(metrics["loss"], np.sum(weights * losses) / weights.sum(),
+                             rtol=1e-4)
