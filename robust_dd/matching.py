@@ -100,11 +100,14 @@ def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_im
       x_syn, x_real = augment(k, x_syn), augment(k, x_real)
     return class_loss(net_params, x_syn, x_real, label, weights)
 
-  args = (labels, syn_images, real_images, real_weights, keys)
-  num = labels.shape[0]
-  if group_batch and group_batch < num:
-    return jax.lax.map(lambda a: one(*a), args, batch_size=group_batch)
-  return jax.vmap(one)(*args)
+  return _map_groups(one, (labels, syn_images, real_images, real_weights, keys), group_batch)
+
+
+def _map_groups(fn: Callable[..., jax.Array], args: tuple, group_batch: Optional[int]):
+  """`fn` over the leading axis of `args`: one `vmap`, or `lax.map` over `group_batch` at a time."""
+  if group_batch and group_batch < args[0].shape[0]:
+    return jax.lax.map(lambda a: fn(*a), args, batch_size=group_batch)
+  return jax.vmap(fn)(*args)
 
 
 def _group_keys(key: Optional[jax.Array], num: int, augment) -> jax.Array:
@@ -167,6 +170,45 @@ def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.
   return _group_losses(class_loss, net_params, cluster_class, syn_images[cluster_class],
                        real_images, mask.astype(jnp.float32), _group_keys(key, num, augment),
                        augment=augment, group_batch=cluster_batch)
+
+
+def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
+                             real_images: jax.Array, mask: jax.Array, *,
+                             key: Optional[jax.Array] = None,
+                             augment: Optional[AugmentFn] = None,
+                             class_batch: Optional[int] = None) -> jax.Array:
+  """The (C, m) matching losses of m real clusters inside each of C classes, class-major.
+
+  Cluster j of class c gets `class_loss(net_params, A_c(x_syn_c), A_c(x_real_cj), c, mask_cj)`,
+  as in `per_cluster_match_losses`, but its class's synthetic work is shared: the clusters are an
+  inner `vmap` in which the synthetic images are not batched, so the class's synthetic forward
+  pass and gradient (and, for `curvature`, the primal of its Hessian-vector product) are
+  computed once per class, and the backward pass into the synthetic images sums the clusters'
+  cotangents before it runs, instead of once per cluster. A_c is the class's augmentation
+  (`fold_in(key, c)`), shared by the synthetic images and every cluster of the class (siamese, as
+  in `per_class_losses`).
+
+  Args:
+    syn_images: (C, ipc, ...) synthetic images, class c in row c.
+    real_images: (C, m, S, ...) a padded batch of each cluster, class-major.
+    mask: (C, m, S) bool or weights of the real rows (an all-zero row: an empty cluster).
+    key, augment, class_batch: as in `per_class_losses` (`class_batch` bounds the classes
+      vmapped at once; a class's clusters are always vmapped together).
+  """
+  num_classes = syn_images.shape[0]
+  if real_images.shape[0] != num_classes or mask.shape != real_images.shape[:3]:
+    raise ValueError(f"real_images {real_images.shape[:3]} and mask {mask.shape} must have the "
+                     f"leading (C, m, S) axes, C = {num_classes} synthetic classes.")
+
+  def one(label, x_syn, x_real, weights, k):
+    if augment is not None:
+      x_syn = augment(k, x_syn)
+      x_real = augment(k, x_real.reshape(-1, *x_real.shape[2:])).reshape(x_real.shape)
+    return jax.vmap(lambda xr, w: class_loss(net_params, x_syn, xr, label, w))(x_real, weights)
+
+  return _map_groups(one, (jnp.arange(num_classes), syn_images, real_images,
+                          mask.astype(jnp.float32), _group_keys(key, num_classes, augment)),
+                     class_batch)
 
 
 def gradient_match_loss(net_params, syn_images, real_images, *, apply_fn: ApplyFn,

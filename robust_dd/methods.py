@@ -124,18 +124,23 @@ def robust_matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
                             augment: Optional[matching.AugmentFn] = None,
                             class_batch: Optional[int] = None):
   """Robust DC/DSA/LCMat: C · `risk.robust_objective` of the per-cluster matching losses
-  (`matching.per_cluster_match_losses`, clusters vmapped, `class_batch` clusters at a time).
+  (`matching.per_class_cluster_losses`: each class's synthetic gradient computed once and shared
+  by its clusters, `class_batch` classes at a time).
 
-  The factor C keeps the plain loss's scale (a sum over classes): with one cluster per class and
+  The batch's K clusters must be class-major, K / C per class (`cluster_batch` of the tables
+  `experiment.cluster_real` makes for network methods; `build_step` checks K % C). The factor C
+  keeps the plain loss's scale (a sum over classes): with one cluster per class and
   robust_weight 0 this equals `matching_loss_fn`'s loss.
   """
 
   def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
     syn = params["images"]
     syn = syn.reshape(num_classes, -1, *syn.shape[1:])
-    losses = matching.per_cluster_match_losses(class_loss, net_params, syn, batch["images"],
-                                               batch["mask"], batch["cluster_class"], key=key,
-                                               augment=augment, cluster_batch=class_batch)
+    real, mask = batch["images"], batch["mask"]
+    per_class = lambda a: a.reshape(num_classes, -1, *a.shape[1:])
+    losses = matching.per_class_cluster_losses(class_loss, net_params, syn, per_class(real),
+                                               per_class(mask), key=key, augment=augment,
+                                               class_batch=class_batch).reshape(-1)
     return num_classes * risk.robust_objective(losses, tail_fraction=tail_fraction,
                                                robust_weight=robust_weight,
                                                weights=batch["weights"])
@@ -459,6 +464,10 @@ def build_step(config, optimizer, *, num_classes: int, input_shape,
   if robust_on_matching(config):
     if not num_clusters:
       raise ValueError("A robust step needs num_clusters (the K of the cluster table).")
+    if method.trains_network and num_clusters % num_classes:
+      raise ValueError(f"A robust {config.method} step needs the same number of clusters in "
+                       f"every class (class-major), got K={num_clusters} for {num_classes} "
+                       "classes.")
     total = config.optim.real_per_class * num_classes
     per_cluster = total // num_clusters
     if per_cluster < 1:

@@ -155,6 +155,65 @@ def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
   assert np.isfinite(float(vmapped[4]))
 
 
+@pytest.mark.parametrize("loss", ["gradient", "curvature"])
+def test_per_class_cluster_losses_equal_the_general_form_and_its_gradient(loss):
+  """The class-major form (synthetic work shared by a class's clusters) gives the per-cluster
+  losses of `per_cluster_match_losses` and the same gradient in the synthetic images, for DC's
+  and LCMat's class losses, with classes vmapped or one at a time."""
+  from robust_dd import curvature  # pylint: disable=g-import-not-at-top
+  apply_fn, params = _tiny()
+  rng = np.random.default_rng(5)
+  syn = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 1)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 2, 4, 6, 6, 1)), jnp.float32)
+  mask = jnp.asarray([[[1, 1, 1, 1], [1, 1, 0, 0]], [[1, 0, 0, 0], [1, 1, 1, 0]],
+                      [[1, 1, 1, 1], [0, 0, 0, 0]]], bool)  # Class 2's second cluster is empty.
+  class_loss = (matching.gradient_match_class_loss(apply_fn) if loss == "gradient" else
+                curvature.curvature_match_class_loss(apply_fn))
+
+  def general(s):
+    return matching.per_cluster_match_losses(class_loss, params, s, real.reshape(6, 4, 6, 6, 1),
+                                             mask.reshape(6, 4), jnp.repeat(jnp.arange(3), 2))
+
+  def grouped(s, class_batch=None):
+    return matching.per_class_cluster_losses(class_loss, params, s, real, mask,
+                                             class_batch=class_batch)
+
+  expected = jax.jit(general)(syn)
+  got = jax.jit(grouped)(syn)
+  assert got.shape == (3, 2)
+  np.testing.assert_allclose(got.reshape(-1), expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(grouped, static_argnums=1)(syn, 1), got, rtol=1e-5,
+                             atol=1e-6)
+  weights = jnp.asarray([0.5, 1.0, 2.0, 0.0, 1.5, 1.0])
+  g_expected = jax.jit(jax.grad(lambda s: jnp.sum(weights * general(s))))(syn)
+  g_got = jax.jit(jax.grad(lambda s: jnp.sum(weights * grouped(s).reshape(-1))))(syn)
+  np.testing.assert_allclose(g_got, g_expected, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="leading"):
+    matching.per_class_cluster_losses(class_loss, params, syn, real, mask[:, :, :2])
+
+
+@pytest.mark.slow
+def test_per_class_cluster_losses_augment_a_class_and_its_clusters_alike():
+  """With DSA, class c's synthetic images and every one of its clusters' real rows get the
+  class's transformation (fold_in(key, c)): equal to the class loss on each cluster's rows."""
+  apply_fn, params = _tiny()
+  rng = np.random.default_rng(6)
+  syn = jnp.asarray(rng.normal(size=(3, 1, 6, 6, 1)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 2, 3, 6, 6, 1)), jnp.float32)
+  mask = jnp.asarray(rng.random((3, 2, 3)) < 0.7).at[:, :, 0].set(True)
+  class_loss = matching.gradient_match_class_loss(apply_fn)
+  key = jax.random.key(3)
+  got = jax.jit(lambda s: matching.per_class_cluster_losses(
+      class_loss, params, s, real, mask, key=key, augment=augment.dsa))(syn)
+  one = jax.jit(class_loss)
+  for c in range(3):
+    k = jax.random.fold_in(key, c)
+    for j in range(2):
+      rows = np.asarray(mask[c, j])
+      expected = one(params, augment.dsa(k, syn[c]), augment.dsa(k, real[c, j])[rows], c)
+      np.testing.assert_allclose(got[c, j], expected, rtol=1e-4, atol=1e-6)
+
+
 def test_a_dead_units_zero_gradient_row_gives_finite_gradients():
   g_real = {"w": jnp.ones((3, 2))}
 
