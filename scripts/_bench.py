@@ -45,21 +45,45 @@ def memory_fields(compiled):
           "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def compile_step(step, state, real, key):
+  """Compiles a jitted distillation step; returns (compiled, compile seconds, run), where
+  `run()` applies it once more (state threaded through, key folded with the call's index) and
+  returns its metrics once they are ready."""
+  t0 = time.time()
+  compiled = step.lower(state, real, key).compile()
+  compile_seconds = time.time() - t0
+  calls = [0]
+
+  def run():
+    nonlocal state
+    state, metrics = compiled(state, real, jax.random.fold_in(key, calls[0]))
+    calls[0] += 1
+    return jax.block_until_ready(metrics)
+
+  return compiled, compile_seconds, run
+
+
+def interleave(fns: dict, *, repeats: int) -> tuple[dict, dict]:
+  """Calls each of `fns` (name -> no-argument callable) in turn, `repeats` rounds, so that
+  systems compared in one process see the same machine state. Returns ({name: [seconds]},
+  {name: last return value})."""
+  times, last = {name: [] for name in fns}, {}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.time()
+      last[name] = fn()
+      times[name].append(time.time() - t0)
+  return times, last
+
+
 def time_step(step, state, real, key, *, repeats: int):
   """Compiles a jitted distillation step, then runs it `repeats` times (state threaded through).
 
   Returns (compiled, compile seconds, per-run seconds, last metrics).
   """
-  t0 = time.time()
-  compiled = step.lower(state, real, key).compile()
-  compile_seconds = time.time() - t0
-  times, metrics = [], None
-  for i in range(repeats):
-    t0 = time.time()
-    state, metrics = compiled(state, real, jax.random.fold_in(key, i))
-    jax.block_until_ready(metrics)
-    times.append(time.time() - t0)
-  return compiled, compile_seconds, times, metrics
+  compiled, compile_seconds, run = compile_step(step, state, real, key)
+  times, last = interleave({"step": run}, repeats=repeats)
+  return compiled, compile_seconds, times["step"], last["step"]
 
 
 def run_all(bench_fn, configs, *, out: str) -> list[dict]:

@@ -12,8 +12,11 @@ classes instead of `vmap`. Records XLA's memory estimate for the step (arguments
 temporaries), the device's peak bytes where reported (GPU/TPU) and the process peak RSS. Writes
 JSON and prints a Markdown table.
 
-Reference point (from the issue): the PyTorch DC code (torch 2.13 CPU, 2 threads) takes 11.2 s
-per outer iteration at IPC 1 with 256 real images per class on a 2-core machine like CI's.
+With `--torch` (default; skipped where torch is not installed, it is not a robust_dd
+dependency) DC rows also time the PyTorch reference outer iteration (`scripts/_torch_dc.py`, the
+DC code's loop on the same ConvNet, initial set and real data; tested equal to robust_dd's loss
+and image gradient), called in turn with the JAX step in the same process, and report the
+ratio of the two minima.
 """
 
 import os
@@ -41,7 +44,38 @@ flags.DEFINE_integer("repeats", 2, "Timed outer iterations per configuration.")
 flags.DEFINE_bool("compare_loop", True, "At IPC 1, also time the class loop instead of vmap.")
 flags.DEFINE_string("conv_impl", "patches", "patches or lax.")
 flags.DEFINE_list("class_batches", ["0"], "Classes vmapped at once (0: all), one row each.")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch reference DC outer iteration "
+                  "(scripts/_torch_dc.py) on the same network and data, interleaved with the JAX "
+                  "step, where torch is installed (DC rows only).")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: the machine's cores).")
 flags.DEFINE_string("out", "runs/benchmark_matching.json", "JSON output path.")
+
+
+def torch_outer_iteration(config, x_syn, x, y):
+  """`run()` for one PyTorch DC outer iteration from the same initial set, real data and loops
+  (None where torch is not installed)."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import _torch_dc  # pylint: disable=g-import-not-at-top  # scripts/_torch_dc.py
+  except ImportError:
+    return None
+  torch.set_num_threads(FLAGS.torch_threads or os.cpu_count())
+  nchw = lambda a: torch.tensor(np.asarray(a, np.float32).transpose(0, 3, 1, 2))
+  syn = nchw(x_syn).reshape(10, -1, x.shape[-1], *x.shape[1:3])
+  syn = syn.detach().requires_grad_(True)
+  opt = torch.optim.SGD([syn], lr=config.optim.learning_rate, momentum=config.optim.momentum)
+  by_class = [nchw(x[y == c]) for c in range(10)]
+  rng = np.random.default_rng(0)
+  n = config.optim.real_per_class
+  sample = lambda: torch.stack([b[rng.choice(len(b), n, replace=False)] for b in by_class])
+  padding = 3 if config.network.net_padding == "reference" and x.shape[1:] == (28, 28, 1) else 1
+  m = config.matching
+  return lambda: _torch_dc.outer_iteration(
+      lambda: _torch_dc.ConvNet(10, channels=x.shape[-1], width=config.network.net_width,
+                                depth=config.network.net_depth, first_padding=padding,
+                                side=x.shape[1]),
+      syn, opt, sample, outer_loop=m.outer_loop, inner_loop=m.inner_loop,
+      lr_net=m.net_learning_rate)
 
 
 def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
@@ -54,16 +88,30 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
   step = methods.build_step(config, optimizer, num_classes=10, input_shape=x.shape[1:])
-  compiled, compile_seconds, times, metrics = _bench.time_step(step, state, real,
-                                                                jax.random.key(0),
-                                                                repeats=FLAGS.repeats)
-  return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
+  compiled, compile_seconds, run = _bench.compile_step(step, state, real, jax.random.key(0))
+  fns = {"jax": run}
+  torch_run = (torch_outer_iteration(config, x[idx], x, y)
+               if FLAGS.torch and method == "dc" and use_vmap else None)
+  if torch_run is not None:
+    fns["torch"] = torch_run
+  all_times, last = _bench.interleave(fns, repeats=FLAGS.repeats)
+  times, metrics = all_times["jax"], last["jax"]
+  extra = {}
+  if "torch" in all_times:
+    extra = {"torch_times": all_times["torch"],
+             "torch_seconds_per_outer_iteration": float(np.median(all_times["torch"])),
+             "torch_over_jax": float(np.min(all_times["torch"]) / np.min(times))}
+  return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch, **extra,
           "real_per_class": FLAGS.real_per_class,
           "outer_loop": config.matching.outer_loop, "inner_loop": config.matching.inner_loop,
           "conv_impl": FLAGS.conv_impl, "seconds_per_outer_iteration": float(np.median(times)),
           "seconds_per_update": float(np.median(times)) / config.matching.outer_loop,
           "times": times, "compile_seconds": compile_seconds,
           "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
+
+
+def _fmt(v):
+  return "-" if v is None else f"{v:.2f}"
 
 
 def main(argv):
@@ -80,8 +128,8 @@ def main(argv):
   print(f"\nMatching benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.real_per_class} real images per class per update\n")
   print("| method | IPC | classes | outer/inner loop | s per outer iteration | s per update | "
-        "XLA step MiB | device peak MiB |")
-  print("|---|---|---|---|---|---|---|---|")
+        "PyTorch s per outer iteration | PyTorch / JAX (min) | XLA step MiB | device peak MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     how = ("loop" if not r["vmap"] else
            f"vmap {r['class_batch']} at a time" if r["class_batch"] else "vmap")
@@ -90,7 +138,8 @@ def main(argv):
       continue
     print(f"| {r['method']} | {r['ipc']} | {how} | {r['outer_loop']}/{r['inner_loop']} | "
           f"{r['seconds_per_outer_iteration']:.2f} | {r['seconds_per_update']:.2f} | "
-          f"{_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
+          f"{_fmt(r.get('torch_seconds_per_outer_iteration'))} | {_fmt(r.get('torch_over_jax'))}"
+          f" | {_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")
 
