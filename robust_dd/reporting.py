@@ -173,17 +173,28 @@ def eval_nets_table(report: dict[str, Any]) -> str:
 def cross_architecture_table(reports: list[dict[str, Any]]) -> str:
   """Cross-architecture evaluations (`--eval_nets`) of several sets side by side: one row per
   set (method, IPC), one column per network (mean ± std over seeds), and per IPC a row of the
-  random real subsets of that size (from the first report of that IPC that has them)."""
-  nets: list[str] = []
+  random real subsets of that size (each network's from the first report of that IPC that has
+  them). Reports of one set (same workdir, or same method and IPC where a report has no workdir),
+  e.g. from separate `experiments.evaluate` runs on different networks, are merged."""
+  merged: dict[Any, dict[str, Any]] = {}
   for r in reports:
-    nets += [n for n in r.get("eval_nets", {}) if n not in nets]
-  rows, random_rows = [], {}
-  for r in sorted(reports, key=lambda r: (flags_of(r)["ipc"], flags_of(r)["method"])):
-    c, e = flags_of(r), r.get("eval_nets", {})
+    c = flags_of(r)
+    key = r.get("workdir") or (c["method"], c["ipc"])
+    if key in merged:
+      merged[key]["eval_nets"].update(r.get("eval_nets", {}))
+    else:
+      merged[key] = dict(r, eval_nets=dict(r.get("eval_nets", {})))
+  nets: list[str] = []
+  for r in merged.values():
+    nets += [n for n in r["eval_nets"] if n not in nets]
+  rows, random_cells = [], {}
+  for r in sorted(merged.values(), key=lambda r: (flags_of(r)["ipc"], flags_of(r)["method"])):
+    c, e = flags_of(r), r["eval_nets"]
     rows.append([c["method"], c["ipc"], *(_cell(e[n]["distilled_test_accs"]) if n in e else "-"
                                           for n in nets)])
-    if c["ipc"] not in random_rows and any("random_subset_test_acc" in v for v in e.values()):
-      random_rows[c["ipc"]] = ["random real subset", c["ipc"], *(
-          _cell(e[n]["random_subset_test_acc"]) if "random_subset_test_acc" in e.get(n, {})
-          else "-" for n in nets)]
-  return _table(["set", "IPC", *nets], rows + list(random_rows.values()))
+    for n, v in e.items():
+      if "random_subset_test_acc" in v:
+        random_cells.setdefault(c["ipc"], {}).setdefault(n, _cell(v["random_subset_test_acc"]))
+  random_rows = [["random real subset", ipc, *(cells.get(n, "-") for n in nets)]
+                 for ipc, cells in sorted(random_cells.items())]
+  return _table(["set", "IPC", *nets], rows + random_rows)
