@@ -279,8 +279,10 @@ class NetworkConfig:
                     choices=NETS)
   net_depth: int = _field(3, "ConvNet blocks / MLP hidden layers.")
   net_width: int = _field(128, "ConvNet channels / MLP units.")
-  conv_impl: str = _field("patches", "Convolution as one matmul (patches, faster under vmap on "
-                          "CPU) or lax.conv.", choices=CONV_IMPLS)
+  conv_impl: str = _field("patches", "ConvNet's convolution: one matmul of patches (faster under "
+                          "vmap on CPU), lax.conv, or shifted (lax.conv forward, weight "
+                          "gradients as matmuls of shifted slices; no forward-mode autodiff).",
+                          choices=CONV_IMPLS)
   net_padding: str = _field("reference", "reference: pad one-channel inputs as the DC/MTT code "
                             "(ConvNet's first conv by 3: 28x28 maps 32, 16, 8, 4); same: pad by "
                             "1 (28, 14, 7, 3; robust_dd <= 0.3).", choices=PADDINGS)
@@ -535,6 +537,10 @@ def validate_config(config: DistillConfig) -> None:
     least = int(name == "outer_loop" and trains_network)  # KIP's presets set both to 0.
     value = config.get(name)
     _check(value is None or value >= least, f"--{name} must be >= {least}, got {value}.")
+  _check(not (config.method == "lcmat" and m.hvp == "exact"
+              and config.network.conv_impl == "shifted"),
+         "--method=lcmat --hvp=exact needs forward-mode autodiff, which --conv_impl=shifted "
+         "lacks; pass --hvp=finite_difference or another --conv_impl.")
   _check(m.class_batch >= 0, f"--class_batch must be >= 0 (0: all classes at once), got "
          f"{m.class_batch}.")
   _check(m.rho > 0 and m.gamma >= 0 and m.net_learning_rate > 0,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
 # Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
 EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
-CONV_IMPLS = ("patches", "lax")
+CONV_IMPLS = ("patches", "lax", "shifted")
 PADDINGS = ("reference", "same")
 
 
@@ -40,30 +40,78 @@ def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
   form turns weight gradients into grouped convolutions, about 3x slower on XLA:CPU.
   """
   kh, kw, cin, cout = kernel.shape
-  if padding is None:
-    pads = ((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
-  else:
-    pads = (padding, padding), (padding, padding)
-  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  xp = jnp.pad(x, ((0, 0), *_pads(kh, kw, padding), (0, 0)))
   h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
   patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
                             axis=-1)
   return patches @ kernel.reshape(kh * kw * cin, cout)
 
 
+def _pads(kh: int, kw: int, padding: Optional[int]):
+  if padding is None:
+    return ((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
+  return (padding, padding), (padding, padding)
+
+
+def _lax_conv(x, kernel, pads):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_shifted(x, kernel, pads):
+  return _lax_conv(x, kernel, pads)
+
+
+def _conv_shifted_fwd(x, kernel, pads):
+  return _lax_conv(x, kernel, pads), (x, kernel)
+
+
+def _conv_shifted_bwd(pads, res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  _, x_vjp = jax.vjp(lambda v: _lax_conv(v, kernel, pads), x)
+  xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  h, w = g.shape[1], g.shape[2]
+  dk = jnp.stack([jnp.einsum("nhwc,nhwd->cd", xp[:, i:i + h, j:j + w, :], g)
+                  for i in range(kh) for j in range(kw)])
+  return x_vjp(g)[0], dk.reshape(kernel.shape)
+
+
+_conv_shifted.defvjp(_conv_shifted_fwd, _conv_shifted_bwd)
+
+
+def conv_shifted(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
+  """`conv_patches`' convolution computed by `lax.conv_general_dilated`, with a custom VJP whose
+  weight gradient is a sum of kh·kw matmuls of shifted slices of the input with the output
+  gradient (no patch tensor, no grouped convolution).
+
+  Under `vmap` over classes with shared weights the forward and input-gradient convolutions take
+  all classes' images as one batch and each weight gradient becomes a batched matmul, so
+  per-class gradients cost about one ordinary backward pass. Reverse mode to any order (the
+  matching loss differentiates the synthetic gradient); no forward mode (`jax.jvp`), so LCMat's
+  exact Hessian-vector products need 'patches' or 'lax'.
+  """
+  kh, kw = kernel.shape[:2]
+  return _conv_shifted(x, kernel, _pads(kh, kw, padding))
+
+
 class PatchConv(nn.Module):
   """A stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias'), padded
-  'SAME' or by `padding` pixels on every side."""
+  'SAME' or by `padding` pixels on every side, computed by `conv_patches` (impl 'patches') or
+  `conv_shifted` ('shifted')."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   padding: Optional[int] = None
+  impl: str = "patches"
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return conv_patches(x, kernel, self.padding) + bias
+    conv = conv_shifted if self.impl == "shifted" else conv_patches
+    return conv(x, kernel, self.padding) + bias
 
 
 class ConvNet(nn.Module):
@@ -74,7 +122,8 @@ class ConvNet(nn.Module):
   `first_padding` (the reference pads one-channel inputs by 3: 28x28 maps become 32, 16, 8, 4),
   the others by 1. `norm='none'` drops the InstanceNorm (with its affine parameters).
   `conv_impl='patches'` (default) computes each convolution as one matmul (see `conv_patches`);
-  'lax' uses `nn.Conv`. Both have the same parameters and outputs.
+  'lax' uses `nn.Conv`; 'shifted' uses `conv_shifted` (lax forward, a weight gradient of shifted
+  matmuls). All have the same parameters and outputs.
   """
   num_classes: int
   depth: int = 3
@@ -86,8 +135,8 @@ class ConvNet(nn.Module):
   def setup(self):
     def conv(i):
       pad = self.first_padding if i == 0 else 1
-      if self.conv_impl == "patches":
-        return PatchConv(self.width, (3, 3), padding=pad, name=f"conv{i}")
+      if self.conv_impl in ("patches", "shifted"):
+        return PatchConv(self.width, (3, 3), padding=pad, impl=self.conv_impl, name=f"conv{i}")
       return nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{i}")
 
     self.convs = [conv(i) for i in range(self.depth)]

@@ -71,7 +71,8 @@ def test_validation_messages_name_the_flag():
                              robust_net_batch=0), "--robust_net_batch"),
                        (dict(eval_nets=("convnet", "lenet")), "--eval_nets"),
                        (dict(eval_nets=("vit", "vit")), "--eval_nets"),
-                       (dict(net_padding="valid"), "--net_padding")):
+                       (dict(net_padding="valid"), "--net_padding"),
+                       (dict(method="lcmat", conv_impl="shifted"), "--hvp=finite_difference")):
     with pytest.raises(ValueError, match=message):
       config_lib.validate_config(DistillConfig.make(**bad))
   with pytest.raises(ValueError, match="not both"):

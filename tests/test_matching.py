@@ -214,6 +214,25 @@ def test_per_class_cluster_losses_augment_a_class_and_its_clusters_alike():
       np.testing.assert_allclose(got[c, j], expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_matching_loss_and_image_gradient_agree_across_conv_impls():
+  """ConvNet's three convolutions (patches, lax, shifted) give the same matching loss and the
+  same gradient in the synthetic images (a gradient of per-class gradients)."""
+  rng = np.random.default_rng(7)
+  syn = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 1)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(3, 5, 8, 8, 1)), jnp.float32)
+  results = []
+  for impl in models.CONV_IMPLS:
+    model = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=2,
+                                width=4, conv_impl=impl)
+    params = models.init_params(model, jax.random.key(0), (8, 8, 1))
+    results.append(jax.jit(jax.value_and_grad(lambda s, m=model, p=params: (
+        matching.gradient_match_loss(p, s, real, apply_fn=models.logits_fn(m)))))(syn))
+  for loss, grad in results[1:]:
+    np.testing.assert_allclose(loss, results[0][0], rtol=1e-4)
+    np.testing.assert_allclose(grad, results[0][1], rtol=1e-3, atol=1e-6)
+
+
 def test_a_dead_units_zero_gradient_row_gives_finite_gradients():
   g_real = {"w": jnp.ones((3, 2))}
 

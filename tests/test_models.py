@@ -32,6 +32,34 @@ def test_padded_patch_convolution_equals_lax_conv(padding):
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", [None, 1, 3])
+def test_shifted_convolution_and_its_gradients_equal_lax_conv(padding):
+  """conv_shifted's value, input and weight gradients (also per class under vmap, with shared
+  weights) and a second-order gradient equal those of lax.conv."""
+  kx, kk, kg = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(kx, (3, 2, 6, 5, 2))  # (classes, n, H, W, C)
+  kernel = jax.random.normal(kk, (3, 3, 2, 4))
+  pads = "SAME" if padding is None else [(padding, padding)] * 2
+  lax = lambda v, k: jax.lax.conv_general_dilated(v, k, (1, 1), pads,
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  shifted = lambda v, k: models.conv_shifted(v, k, padding)
+  np.testing.assert_allclose(shifted(x[0], kernel), lax(x[0], kernel), rtol=1e-5, atol=1e-5)
+  r = jax.random.normal(kg, lax(x[0], kernel).shape)
+
+  def loss(conv):
+    return lambda v, k: jnp.sum(jnp.tanh(conv(v, k)) * r)
+
+  for argnum in (0, 1):
+    np.testing.assert_allclose(jax.grad(loss(shifted), argnum)(x[0], kernel),
+                               jax.grad(loss(lax), argnum)(x[0], kernel), rtol=1e-4, atol=1e-5)
+  per_class = lambda conv: jax.vmap(jax.grad(loss(conv), 1), in_axes=(0, None))(x, kernel)
+  np.testing.assert_allclose(per_class(shifted), per_class(lax), rtol=1e-4, atol=1e-5)
+  # Reverse over reverse: d/dx <dL/dkernel, kernel>, as the matching loss needs.
+  second = lambda conv: jax.grad(lambda v: jnp.sum(jax.grad(loss(conv), 1)(v, kernel) ** 2))(
+      x[0])
+  np.testing.assert_allclose(second(shifted), second(lax), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_convnet_patch_and_lax_implementations_agree():
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
