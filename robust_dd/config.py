@@ -36,8 +36,8 @@ from robust_dd import select
 
 # Flags that may change between a run and its resumption without changing its result.
 RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir", "eval_seeds",
-             "eval_epochs", "eval_batch", "eval_augment", "baseline_draws", "robust_eval",
-             "feature_cluster_epochs", "feature_cluster_cache")
+             "eval_epochs", "eval_batch", "eval_seed_batch", "eval_augment", "baseline_draws",
+             "robust_eval", "feature_cluster_epochs", "feature_cluster_cache")
 # Choices of string fields, checked by `validate_config` and shown by `--help`.
 ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
@@ -389,6 +389,9 @@ class EvalConfig:
                            "baseline).")
   eval_epochs: int = _field(300, "Epochs of finite-network evaluation.")
   eval_batch: int = _field(256, "Batch size of finite-network evaluation.")
+  eval_seed_batch: int = _field(0, "Evaluation networks trained at once in one vmap (0: all "
+                                "--eval_seeds; lower it to bound memory). Same networks "
+                                "either way.")
   eval_augment: bool = _field(True, "DSA while training evaluation networks.")
   robust_eval: bool = _field(True, "Also report accuracy per test cluster, on the rare subgroup "
                              "and under corruptions (noise, blur, invert).")
@@ -495,6 +498,8 @@ def validate_eval(config) -> None:
   e, d = config.evaluation, config.data
   _check(e.eval_seeds >= 1 and e.eval_epochs >= 1 and e.eval_batch >= 1,
          "--eval_seeds, --eval_epochs and --eval_batch must be >= 1.")
+  _check(e.eval_seed_batch >= 0, f"--eval_seed_batch must be >= 0 (0: all seeds at once), got "
+         f"{e.eval_seed_batch}.")
   _check(e.feature_cluster_epochs >= 0,
          f"--feature_cluster_epochs must be >= 0 (0: off), got {e.feature_cluster_epochs}.")
   _check(e.baseline_draws >= 1 and e.kernel_batch >= 1,
@@ -593,8 +598,9 @@ def validate_select_config(config: SelectConfig) -> None:
 # The fields a re-evaluation of a saved run may change (`experiment.evaluate_workdir`).
 EVAL_OVERRIDES = ("net", "net_depth", "net_width", "net_padding", "eval_nets", "eval_seeds",
                   "baseline_draws", "eval_epochs",
-                  "eval_batch", "eval_augment", "robust_eval", "feature_cluster_epochs",
-                  "feature_cluster_cache", "eval_random_features", "kernel_batch")
+                  "eval_batch", "eval_seed_batch", "eval_augment", "robust_eval",
+                  "feature_cluster_epochs", "feature_cluster_cache", "eval_random_features",
+                  "kernel_batch")
 
 
 def check_workdir(workdir: str, config) -> None:

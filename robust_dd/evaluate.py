@@ -76,15 +76,17 @@ def krr_label_predictions(kernel_fn, support_images, support_labels, test_sets: 
 def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, model,
                         seeds: int = 3, epochs: int = 300, batch_size: int = 256,
                         learning_rate: float = 0.01, momentum: float = 0.9,
-                        weight_decay: float = 5e-4, augment: bool = True
-                        ) -> dict[str, np.ndarray]:
+                        weight_decay: float = 5e-4, augment: bool = True,
+                        seed_batch: int = 0) -> dict[str, np.ndarray]:
   """Predicted classes (seeds, n) on each named test set of `seeds` fresh networks, each trained
   on (images, labels).
 
   Seed i initialises the network and orders the batches with `fold_in(key, i)`. Training follows
   `training.train_network` (SGD, momentum, weight decay, lr x0.1 half-way, per-sample DSA when
   `augment`) for exactly `epochs` epochs; the last network is tested (no epoch is picked on test
-  data). `labels` are integer labels or label vectors (their argmax is the class).
+  data). `labels` are integer labels or label vectors (their argmax is the class). The networks
+  are trained `seed_batch` at a time in one `vmap` (0: all seeds at once; 1: one by one); each
+  network is the same whichever way.
   """
   images = np.asarray(images, np.float32)
   if augment and images.ndim != 4:
@@ -94,13 +96,17 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
   apply_fn = models.logits_fn(model)
   init = models.init_fn(model, tuple(images.shape[1:]))
   preds = {name: [] for name in test_sets}
-  for i in range(seeds):
-    params, _ = training.train_network(
-        jax.random.fold_in(key, i), images, y, apply_fn=apply_fn, init_fn=init, epochs=epochs,
+  chunk = seed_batch or seeds
+  for start in range(0, seeds, chunk):
+    keys = jnp.stack([jax.random.fold_in(key, i) for i in range(start, min(start + chunk, seeds))])
+    stacked, _ = training.train_network(
+        keys, images, y, apply_fn=apply_fn, init_fn=init, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, momentum=momentum,
         weight_decay=weight_decay, augment=dsa_per_sample if augment else None)
-    for name, x in test_sets.items():
-      preds[name].append(np.argmax(training.predict(apply_fn, params, x), -1))
+    for j in range(len(keys)):
+      params = jax.tree_util.tree_map(lambda a, j=j: a[j], stacked)
+      for name, x in test_sets.items():
+        preds[name].append(np.argmax(training.predict(apply_fn, params, x), -1))
   return {name: np.stack(p) for name, p in preds.items()}
 
 

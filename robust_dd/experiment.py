@@ -413,7 +413,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
     raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:], net=net)
   settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
-                  augment=e.eval_augment and x_train.ndim == 4)
+                  augment=e.eval_augment and x_train.ndim == 4, seed_batch=e.eval_seed_batch)
 
   def net_predict(images, labels, test_sets, seeds=None, key=None):
     key = stream(config.seed, EVAL_STREAM) if key is None else key

@@ -86,9 +86,10 @@ def evaluation_optimizer(*, learning_rate: float, momentum: float, weight_decay:
                      optax.sgd(schedule, momentum=momentum or None))
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "init_fn", "steps", "batch_size",
-                                             "augment", "loss", "learning_rate", "momentum",
-                                             "weight_decay"))
+_TRAIN_STATIC = ("apply_fn", "init_fn", "steps", "batch_size", "augment", "loss",
+                 "learning_rate", "momentum", "weight_decay")
+
+
 def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment, loss,
            learning_rate, momentum, weight_decay):
   # The schedule's scalars are static (Python floats), so the optimiser is built here, in the
@@ -118,6 +119,14 @@ def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment
   return params, losses
 
 
+_train_one = jax.jit(_train, static_argnames=_TRAIN_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC)
+def _train_many(keys, images, labels, **static):
+  return jax.vmap(lambda k: _train(k, images, labels, **static))(keys)
+
+
 def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
                   init_fn: Callable[[jax.Array], Any], epochs: int = 300, batch_size: int = 256,
                   learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -128,12 +137,16 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   samples without replacement, with SGD (momentum, weight decay, lr x0.1 half-way). `apply_fn`,
   `init_fn` and `augment` are static under jit: pass the same function objects to reuse the
   compiled program. Returns (params, per-step training losses).
+
+  With a 1-D array of keys (s,), trains s networks at once (one `vmap`, each network exactly as
+  with its key alone) and returns params and losses with a leading (s,) axis.
   """
   n = len(images)
   if n == 0:
     raise ValueError("Cannot train on an empty set.")
   steps = epochs * -(-n // batch_size)
-  return _train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
+  train = _train_many if jnp.ndim(key) == 1 else _train_one
+  return train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
                 init_fn=init_fn, steps=steps, batch_size=min(batch_size, n), augment=augment,
                 loss=loss, learning_rate=float(learning_rate), momentum=float(momentum),
                 weight_decay=float(weight_decay))

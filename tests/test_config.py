@@ -63,6 +63,7 @@ def test_validation_messages_name_the_flag():
                        (dict(method="dc", outer_loop=0), "outer_loop"),
                        (dict(real_per_class=0), "real_per_class"),
                        (dict(eval_seeds=0), "eval_seeds"), (dict(net_width=0), "net_width"),
+                       (dict(eval_seed_batch=-1), "--eval_seed_batch"),
                        (dict(krr_loss="hinge"), "--krr_loss"),
                        (dict(method="dc", krr_loss="platt"), "--krr_loss=platt is a KIP loss"),
                        (dict(method="dc", robust_on="network"), "pass --robust=cvar"),

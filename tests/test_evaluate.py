@@ -48,6 +48,9 @@ def test_network_accuracy_learns_separable_data_and_is_reproducible():
   assert accs.shape == (2,) and accs.min() > 0.9
   again = evaluate.network_accuracies(jax.random.key(0), x, y, xt, yt, seeds=2, **kw)
   np.testing.assert_array_equal(accs, again)  # Label vectors and integer labels agree.
+  one_by_one = evaluate.network_accuracies(jax.random.key(0), x, y, xt, yt, seeds=2,
+                                           seed_batch=1, **kw)
+  np.testing.assert_array_equal(accs, one_by_one)  # The seeds' vmap trains the same networks.
   # A set with shuffled labels teaches nothing that transfers.
   wrong = evaluate.network_accuracies(jax.random.key(0), x, (y + 1) % 3, xt, yt, seeds=2, **kw)
   assert wrong.max() < 0.2

@@ -73,6 +73,16 @@ def test_train_network_fits_a_separable_problem_and_is_deterministic():
   assert training.accuracy(apply_fn, params, x, y) > 0.95
   again, _ = training.train_network(jax.random.key(0), x, y, **kw)
   np.testing.assert_array_equal(again["head"]["kernel"], params["head"]["kernel"])
+  # Keys (s,): s networks in one vmap, each the network its key trains alone.
+  keys = jnp.stack([jax.random.key(0), jax.random.key(5)])
+  both, both_losses = training.train_network(keys, x, y, **kw)
+  alone, alone_losses = training.train_network(jax.random.key(5), x, y, **kw)
+  assert both_losses.shape == (2, 30 * 4)
+  for got, expected in ((0, params), (1, alone)):
+    jax.tree_util.tree_map(lambda a, b, i=got: np.testing.assert_allclose(a[i], b, rtol=1e-4,
+                                                                          atol=1e-5),
+                           both, expected)
+  np.testing.assert_allclose(both_losses[1], alone_losses, rtol=1e-4, atol=1e-5)
 
 
 def test_predict_in_padded_batches_equals_one_call():
