@@ -70,7 +70,7 @@ def _conv_shifted_fwd(x, kernel, pads):
 def _conv_shifted_bwd(pads, res, g):
   x, kernel = res
   kh, kw = kernel.shape[:2]
-  _, x_vjp = jax.vjp(lambda v: _lax_conv(v, kernel, pads), x)
+  x_vjp = jax.linear_transpose(lambda v: _lax_conv(v, kernel, pads), x)
   xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
   h, w = g.shape[1], g.shape[2]
   dk = jnp.stack([jnp.einsum("nhwc,nhwd->cd", xp[:, i:i + h, j:j + w, :], g)
