@@ -52,7 +52,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "evaluation": {
         "evaluate": ("krr_predictions", "krr_accuracy", "network_predictions",
-                     "network_accuracies", "random_subset_indices"),
+                     "network_accuracies", "network_subset_predictions", "random_subset_indices"),
     },
     "loop": {
         "distill": ("DistillState", "Network", "init_state", "make_optimizer", "make_step",

@@ -88,23 +88,50 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
   are trained `seed_batch` at a time in one `vmap` (0: all seeds at once; 1: one by one); each
   network is the same whichever way.
   """
-  images = np.asarray(images, np.float32)
-  if augment and images.ndim != 4:
+  keys = [jax.random.fold_in(key, i) for i in range(seeds)]
+  return _network_predictions(keys, np.asarray(images, np.float32), _integer_labels(labels),
+                              test_sets, stacked=False, seed_batch=seed_batch, model=model,
+                              epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                              momentum=momentum, weight_decay=weight_decay, augment=augment)
+
+
+def network_subset_predictions(key: jax.Array, train_images, train_labels, test_sets: dict, *,
+                               per_class: int, num_classes: int, draws: int, model,
+                               seed_batch: int = 0, **kwargs) -> dict[str, np.ndarray]:
+  """`random_subset_predictions` with `network_predictions(seeds=1)` as the predictor, the
+  `draws` networks trained `seed_batch` at a time in one `vmap` (0: all at once): the same
+  subsets (subset i drawn with `fold_in(key, i)`) and the same networks as that composition.
+  Other arguments as in `network_predictions`."""
+  subset_keys = [jax.random.fold_in(key, i) for i in range(draws)]
+  idx = np.stack([random_subset_indices(k, train_labels, per_class=per_class,
+                                        num_classes=num_classes) for k in subset_keys])
+  return _network_predictions(
+      [jax.random.fold_in(k, 0) for k in subset_keys],
+      np.asarray(train_images, np.float32)[idx], _integer_labels(train_labels)[idx], test_sets,
+      stacked=True, seed_batch=seed_batch, model=model, **kwargs)
+
+
+def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, model, epochs=300,
+                         batch_size=256, learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
+                         augment=True) -> dict[str, np.ndarray]:
+  """Trains one network per key (on `images`, or with `stacked` on images[i]), `seed_batch` at a
+  time, and returns their predicted classes (len(keys), n) on each named test set."""
+  if augment and images.ndim != 4 + stacked:
     raise ValueError(f"DSA augments images (n, H, W, C); got shape {images.shape}. "
                      "Evaluate flat data with augment=False.")
-  y = _integer_labels(labels)
   apply_fn = models.logits_fn(model)
-  init = models.init_fn(model, tuple(images.shape[1:]))
+  init = models.init_fn(model, tuple(images.shape[1 + stacked:]))
   preds = {name: [] for name in test_sets}
-  chunk = seed_batch or seeds
-  for start in range(0, seeds, chunk):
-    keys = jnp.stack([jax.random.fold_in(key, i) for i in range(start, min(start + chunk, seeds))])
-    stacked, _ = training.train_network(
-        keys, images, y, apply_fn=apply_fn, init_fn=init, epochs=epochs,
-        batch_size=batch_size, learning_rate=learning_rate, momentum=momentum,
-        weight_decay=weight_decay, augment=dsa_per_sample if augment else None)
-    for j in range(len(keys)):
-      params = jax.tree_util.tree_map(lambda a, j=j: a[j], stacked)
+  chunk = seed_batch or len(keys)
+  for start in range(0, len(keys), chunk):
+    part = slice(start, start + chunk)
+    trained, _ = training.train_network(
+        jnp.stack(keys[part]), images[part] if stacked else images, y[part] if stacked else y,
+        apply_fn=apply_fn, init_fn=init, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
+        augment=dsa_per_sample if augment else None, stacked=stacked)
+    for j in range(len(keys[part])):
+      params = jax.tree_util.tree_map(lambda a, j=j: a[j], trained)
       for name, x in test_sets.items():
         preds[name].append(np.argmax(training.predict(apply_fn, params, x), -1))
   return {name: np.stack(p) for name, p in preds.items()}

@@ -421,9 +421,9 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
                                         seeds=seeds or e.eval_seeds, **settings)
 
   def net_random(key, per_class, test_sets):
-    return evaluate.random_subset_predictions(
-        key, lambda k, x, y: net_predict(x, y, test_sets, seeds=1, key=k), x_train, y_train,
-        per_class=per_class, num_classes=num_classes, draws=e.eval_seeds)
+    return evaluate.network_subset_predictions(key, x_train, y_train, test_sets,
+                                               per_class=per_class, num_classes=num_classes,
+                                               draws=e.eval_seeds, **settings)
 
   def describe():
     n = config.network

@@ -127,10 +127,16 @@ def _train_many(keys, images, labels, **static):
   return jax.vmap(lambda k: _train(k, images, labels, **static))(keys)
 
 
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC)
+def _train_each(keys, images, labels, **static):
+  return jax.vmap(lambda k, x, y: _train(k, x, y, **static))(keys, images, labels)
+
+
 def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
                   init_fn: Callable[[jax.Array], Any], epochs: int = 300, batch_size: int = 256,
                   learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-                  augment: Optional[AugmentFn] = None, loss: str = "ce"):
+                  augment: Optional[AugmentFn] = None, loss: str = "ce",
+                  stacked: bool = False):
   """Trains a fresh network (`init_fn(key)`) on (images, labels) for a fixed schedule.
 
   Runs `epochs * ceil(n / batch_size)` steps, each on a random batch of min(n, batch_size)
@@ -139,13 +145,14 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   compiled program. Returns (params, per-step training losses).
 
   With a 1-D array of keys (s,), trains s networks at once (one `vmap`, each network exactly as
-  with its key alone) and returns params and losses with a leading (s,) axis.
+  with its key alone) and returns params and losses with a leading (s,) axis; with `stacked`,
+  network i trains on its own set, images[i] and labels[i] ((s, n, ...) and (s, n)).
   """
-  n = len(images)
+  n = images.shape[1] if stacked else len(images)
   if n == 0:
     raise ValueError("Cannot train on an empty set.")
   steps = epochs * -(-n // batch_size)
-  train = _train_many if jnp.ndim(key) == 1 else _train_one
+  train = _train_each if stacked else _train_many if jnp.ndim(key) == 1 else _train_one
   return train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
                 init_fn=init_fn, steps=steps, batch_size=min(batch_size, n), augment=augment,
                 loss=loss, learning_rate=float(learning_rate), momentum=float(momentum),

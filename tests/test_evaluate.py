@@ -59,6 +59,10 @@ def test_network_accuracy_learns_separable_data_and_is_reproducible():
           k, xs, ys, {"test": xt}, seeds=1, **kw), x, y, per_class=2, num_classes=3,
       draws=3)["test"]
   assert base.shape == (3, len(yt)) and set(np.unique(base)) <= {0, 1, 2}
+  # The same subsets and networks, trained in one vmap.
+  together = evaluate.network_subset_predictions(jax.random.key(1), x, y, {"test": xt},
+                                                 per_class=2, num_classes=3, draws=3, **kw)
+  np.testing.assert_array_equal(together["test"], base)
   with pytest.raises(ValueError, match="augment"):
     evaluate.network_accuracies(jax.random.key(0), x, y, xt, yt, model=model, augment=True)
 
