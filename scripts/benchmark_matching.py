@@ -47,6 +47,8 @@ flags.DEFINE_list("class_batches", ["0"], "Classes vmapped at once (0: all), one
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference DC outer iteration "
                   "(scripts/_torch_dc.py) on the same network and data, interleaved with the JAX "
                   "step, where torch is installed (DC rows only).")
+flags.DEFINE_bool("inner_share", True, "Where outer_loop > 1, also time the step without its "
+                  "inner loop (--inner_loop=0), interleaved, and report the inner loop's share.")
 flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0: the machine's cores).")
 flags.DEFINE_string("out", "runs/benchmark_matching.json", "JSON output path.")
 
@@ -78,18 +80,28 @@ def torch_outer_iteration(config, x_syn, x, y):
       lr_net=m.net_learning_rate)
 
 
-def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
-  # "Loop" rows (use_vmap=False) compute one class at a time (lax.map, class_batch=1).
+def compiled_step(method, ipc, x, y, real, **overrides):
+  """(config, compiled step, compile seconds, run) of a method's outer iteration on mnist5k."""
   config = config_lib.resolve_config(config_lib.DistillConfig.make(
       method=method, ipc=ipc, real_per_class=FLAGS.real_per_class, conv_impl=FLAGS.conv_impl,
-      class_batch=class_batch if use_vmap else 1), 10)
+      **overrides), 10)
   optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, learn_labels=False,
                                      name=config.optim.optimizer)
   idx = np.concatenate([np.flatnonzero(y == c)[:ipc] for c in range(10)])
   state = distill.init_state(x[idx], data_lib.one_hot_centered(y[idx], 10), optimizer)
   step = methods.build_step(config, optimizer, num_classes=10, input_shape=x.shape[1:])
-  compiled, compile_seconds, run = _bench.compile_step(step, state, real, jax.random.key(0))
+  return (config, idx, *_bench.compile_step(step, state, real, jax.random.key(0)))
+
+
+def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
+  # "Loop" rows (use_vmap=False) compute one class at a time (lax.map, class_batch=1).
+  batch = class_batch if use_vmap else 1
+  config, idx, compiled, compile_seconds, run = compiled_step(method, ipc, x, y, real,
+                                                              class_batch=batch)
   fns = {"jax": run}
+  if FLAGS.inner_share and config.matching.outer_loop > 1:
+    fns["no_inner"] = compiled_step(method, ipc, x, y, real, class_batch=batch,
+                                    inner_loop=0)[-1]
   torch_run = (torch_outer_iteration(config, x[idx], x, y)
                if FLAGS.torch and method == "dc" and use_vmap else None)
   if torch_run is not None:
@@ -97,6 +109,8 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
   all_times, last = _bench.interleave(fns, repeats=FLAGS.repeats)
   times, metrics = all_times["jax"], last["jax"]
   extra = {}
+  if "no_inner" in all_times:
+    extra["inner_loop_share"] = 1.0 - float(np.min(all_times["no_inner"]) / np.min(times))
   if "torch" in all_times:
     extra = {"torch_times": all_times["torch"],
              "torch_seconds_per_outer_iteration": float(np.median(all_times["torch"])),
@@ -128,17 +142,18 @@ def main(argv):
   print(f"\nMatching benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.real_per_class} real images per class per update\n")
   print("| method | IPC | classes | outer/inner loop | s per outer iteration | s per update | "
-        "PyTorch s per outer iteration | PyTorch / JAX (min) | XLA step MiB | device peak MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "inner-loop share | PyTorch s per outer iteration | PyTorch / JAX (min) | XLA step MiB | "
+        "device peak MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     how = ("loop" if not r["vmap"] else
            f"vmap {r['class_batch']} at a time" if r["class_batch"] else "vmap")
     if "error" in r:
-      print(f"| {r['method']} | {r['ipc']} | {how} | failed: {r['error'][:60]} |||||")
+      print(f"| {r['method']} | {r['ipc']} | {how} | failed: {r['error'][:60]} |||||||")
       continue
     print(f"| {r['method']} | {r['ipc']} | {how} | {r['outer_loop']}/{r['inner_loop']} | "
           f"{r['seconds_per_outer_iteration']:.2f} | {r['seconds_per_update']:.2f} | "
-          f"{_fmt(r.get('torch_seconds_per_outer_iteration'))} | {_fmt(r.get('torch_over_jax'))}"
+          f"{_fmt(r.get('inner_loop_share'))} | {_fmt(r.get('torch_seconds_per_outer_iteration'))} | {_fmt(r.get('torch_over_jax'))}"
           f" | {_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")
