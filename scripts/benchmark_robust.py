@@ -6,9 +6,10 @@ On mnist5k, for each method (KIP: FC1 NTK, IPC 10, one update per step; DC: Conv
 IPC 1, one outer iteration per step) it times the plain step (`--target_batch` class-balanced real
 samples) and the robust step (`--robust=cvar`) with K = 10, 100, 1000 k-means clusters (K / 10 per
 class; target_batch / K real samples per cluster, so every step sees the same number of real
-samples). For K <= `--loop_max_clusters` it also times the robust step with the per-cluster losses
-computed by a Python loop over clusters instead of one `vmap` (a loop of 1000 clusters unrolls
-into a program too large to compile in reasonable time). Records compile time, XLA's memory
+samples). For DC and K <= `--loop_max_clusters` it also times the robust step with one class (and
+its clusters) at a time (`--class_batch=1`, a `lax.map` over classes) instead of one `vmap` over
+all classes. Matching methods compute each class's synthetic gradient once and share it across
+the class's clusters (`matching.per_class_cluster_losses`). Records compile time, XLA's memory
 estimate and peak RSS; writes JSON and prints a Markdown table.
 """
 
@@ -44,7 +45,7 @@ IPC = {"kip": 10, "dc": 1}
 
 def bench_one(method, x, y, real, *, clusters=0, use_vmap=True):
   """One configuration; clusters=0 is the plain step."""
-  # "Loop" rows (use_vmap=False) compute one cluster at a time (lax.map, class_batch=1).
+  # use_vmap=False rows compute one class (with its clusters) at a time (class_batch=1).
   config = config_lib.resolve_config(config_lib.DistillConfig.make(
       method=method, ipc=IPC[method], real_per_class=FLAGS.target_batch // 10,
       robust="cvar" if clusters else "none", num_clusters=max(clusters // 10, 1),
@@ -91,7 +92,7 @@ def main(argv):
         "× plain | compile s | XLA step MiB |")
   print("|---|---|---|---|---|---|---|---|---|")
   for r in results:
-    how = "-" if not r["clusters"] else ("vmap" if r["vmap"] else "Python loop")
+    how = "-" if not r["clusters"] else ("vmap" if r["vmap"] else "one class at a time")
     k = r["clusters"] or "plain"
     if "error" in r:
       print(f"| {r['method']} | | {k} | | {how} | failed: {r['error'][:60]} ||||")
