@@ -153,7 +153,8 @@ def main(argv):
       continue
     print(f"| {r['method']} | {r['ipc']} | {how} | {r['outer_loop']}/{r['inner_loop']} | "
           f"{r['seconds_per_outer_iteration']:.2f} | {r['seconds_per_update']:.2f} | "
-          f"{_fmt(r.get('inner_loop_share'))} | {_fmt(r.get('torch_seconds_per_outer_iteration'))} | {_fmt(r.get('torch_over_jax'))}"
+          f"{_fmt(r.get('inner_loop_share'))} | "
+          f"{_fmt(r.get('torch_seconds_per_outer_iteration'))} | {_fmt(r.get('torch_over_jax'))}"
           f" | {_bench.mib(r['xla_step_bytes'])} | {_bench.mib(r['device_peak_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")
