@@ -174,12 +174,13 @@ def cross_architecture_table(reports: list[dict[str, Any]]) -> str:
   """Cross-architecture evaluations (`--eval_nets`) of several sets side by side: one row per
   set (method, IPC), one column per network (mean ± std over seeds), and per IPC a row of the
   random real subsets of that size (each network's from the first report of that IPC that has
-  them). Reports of one set (same workdir, or same method and IPC where a report has no workdir),
+  them). Reports of one set (same workdir, relative paths taken from the current directory, or
+  same method and IPC where a report has no workdir),
   e.g. from separate `experiments.evaluate` runs on different networks, are merged."""
   merged: dict[Any, dict[str, Any]] = {}
   for r in reports:
     c = flags_of(r)
-    key = r.get("workdir") or (c["method"], c["ipc"])
+    key = os.path.realpath(r["workdir"]) if r.get("workdir") else (c["method"], c["ipc"])
     if key in merged:
       merged[key]["eval_nets"].update(r.get("eval_nets", {}))
     else:

@@ -82,7 +82,7 @@ def test_cross_architecture_table_lines_up_networks_and_random_subsets():
   assert lines[6] == "| random real subset | 10 | 40.0 ± 0.0 | 25.0 ± 0.0 | - |"
   # One set evaluated on different networks in two runs (same workdir): one row, merged.
   first, second = report("kip", 10, {"convnet": 0.9}), report("kip", 10, {"vit": 0.5})
-  first["workdir"] = second["workdir"] = "runs/x"
+  first["workdir"], second["workdir"] = "runs/x", os.path.abspath("runs/x")
   lines = reporting.cross_architecture_table([first, second]).splitlines()
   assert lines[2:] == ["| kip | 10 | 91.0 ± 1.0 | 51.0 ± 1.0 |",
                        "| random real subset | 10 | 45.0 ± 0.0 | 25.0 ± 0.0 |"]
