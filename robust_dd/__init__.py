@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.4.0.dev0"
+__version__ = "0.5.0.dev0"
 
 # group -> module -> the public names it defines, grouped as in the README's "Using the library".
 _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
