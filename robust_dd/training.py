@@ -122,14 +122,11 @@ def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment
 _train_one = jax.jit(_train, static_argnames=_TRAIN_STATIC)
 
 
-@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC)
-def _train_many(keys, images, labels, **static):
-  return jax.vmap(lambda k: _train(k, images, labels, **static))(keys)
-
-
-@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC)
-def _train_each(keys, images, labels, **static):
-  return jax.vmap(lambda k, x, y: _train(k, x, y, **static))(keys, images, labels)
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC + ("stacked",))
+def _train_many(keys, images, labels, *, stacked, **static):
+  data_axis = 0 if stacked else None
+  return jax.vmap(lambda k, x, y: _train(k, x, y, **static),
+                  in_axes=(0, data_axis, data_axis))(keys, images, labels)
 
 
 def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
@@ -152,7 +149,8 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   if n == 0:
     raise ValueError("Cannot train on an empty set.")
   steps = epochs * -(-n // batch_size)
-  train = _train_each if stacked else _train_many if jnp.ndim(key) == 1 else _train_one
+  train = (functools.partial(_train_many, stacked=stacked) if stacked or jnp.ndim(key) == 1
+           else _train_one)
   return train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
                 init_fn=init_fn, steps=steps, batch_size=min(batch_size, n), augment=augment,
                 loss=loss, learning_rate=float(learning_rate), momentum=float(momentum),
