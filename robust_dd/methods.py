@@ -320,7 +320,7 @@ def _matching_parts(class_loss_fn):
     m = config.matching
     return model, dict(num_classes=ctx.num_classes,
                        augment=augment_lib.dsa if m.augment else None,
-                       class_batch=m.class_batch or None)
+                       class_batch=matching.default_class_batch(m.class_batch))
 
   def loss(config, ctx):
     model, kw = match_kw(config, ctx)

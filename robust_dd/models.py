@@ -27,8 +27,19 @@ import jax.numpy as jnp
 NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
 # Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
 EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
-CONV_IMPLS = ("patches", "lax", "shifted")
+CONV_IMPLS = ("auto", "patches", "lax", "shifted")
 PADDINGS = ("reference", "same")
+
+
+def auto_conv_impl(backend: Optional[str] = None) -> str:
+  """The ConvNet convolution `conv_impl='auto'` picks on `backend` (default: JAX's default one).
+
+  'patches' on CPU, where it was measured fastest (XLA:CPU runs the weight gradient of a
+  `vmap`ped `lax.conv` as a grouped convolution, 3.7x slower; README, Benchmarks); 'lax' on GPU
+  and TPU, where the convolution libraries are fast and the 9x patch tensor costs memory (not
+  measured here).
+  """
+  return "patches" if (backend or jax.default_backend()) == "cpu" else "lax"
 
 
 def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
@@ -121,22 +132,25 @@ class ConvNet(nn.Module):
   poolings (8x8 digits with depth <= 3, 28x28 MNIST, 32x32 CIFAR). The first convolution pads by
   `first_padding` (the reference pads one-channel inputs by 3: 28x28 maps become 32, 16, 8, 4),
   the others by 1. `norm='none'` drops the InstanceNorm (with its affine parameters).
-  `conv_impl='patches'` (default) computes each convolution as one matmul (see `conv_patches`);
-  'lax' uses `nn.Conv`; 'shifted' uses `conv_shifted` (lax forward, a weight gradient of shifted
-  matmuls). All have the same parameters and outputs.
+  `conv_impl='patches'` computes each convolution as one matmul (see `conv_patches`); 'lax' uses
+  `nn.Conv`; 'shifted' uses `conv_shifted` (lax forward, a weight gradient of shifted matmuls);
+  'auto' (default) is `auto_conv_impl()` of the default backend. All have the same parameters
+  and outputs.
   """
   num_classes: int
   depth: int = 3
   width: int = 128
   norm: str = "instance"
-  conv_impl: str = "patches"
+  conv_impl: str = "auto"
   first_padding: int = 1
 
   def setup(self):
+    impl = auto_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+
     def conv(i):
       pad = self.first_padding if i == 0 else 1
-      if self.conv_impl in ("patches", "shifted"):
-        return PatchConv(self.width, (3, 3), padding=pad, impl=self.conv_impl, name=f"conv{i}")
+      if impl in ("patches", "shifted"):
+        return PatchConv(self.width, (3, 3), padding=pad, impl=impl, name=f"conv{i}")
       return nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{i}")
 
     self.convs = [conv(i) for i in range(self.depth)]
@@ -356,7 +370,7 @@ def _side_after(size: int, name: str, depth: int, first_padding: int) -> int:
 
 
 def make_network(name: str, *, num_classes: int, input_shape: Sequence[int], depth: int = 3,
-                 width: int = 128, conv_impl: str = "patches",
+                 width: int = 128, conv_impl: str = "auto",
                  padding: str = "reference") -> nn.Module:
   """Builds the network for samples of `input_shape` (without the batch axis).
 

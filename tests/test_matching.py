@@ -245,3 +245,10 @@ def test_a_dead_units_zero_gradient_row_gives_finite_gradients():
   a = np.array([1.0, 2.0, 0.5])
   cos0 = a.sum() / (np.linalg.norm(a) * np.sqrt(3.0) + 1e-6)
   np.testing.assert_allclose(distance(v), (1.0 - cos0) + 1.0, rtol=1e-5)
+
+
+def test_default_class_batch_is_one_on_cpu_all_elsewhere_and_keeps_explicit_values():
+  assert matching.default_class_batch(None, backend="cpu") == 1
+  assert matching.default_class_batch(None, backend="gpu") is None  # All classes in one vmap.
+  assert matching.default_class_batch(0, backend="cpu") is None
+  assert matching.default_class_batch(3, backend="gpu") == 3

@@ -102,3 +102,31 @@ def test_build_step_weighs_clusters_by_cluster_masses(masses):
   _, metrics = step(state, real, jax.random.key(0))
   np.testing.assert_allclose(metrics["loss"], np.sum(weights * losses) / weights.sum(),
                              rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_dc_step_is_the_same_whatever_the_class_batching_and_convolution():
+  """The speed defaults chosen by backend (`--class_batch` unset, `--conv_impl=auto`) give the
+  same update, to float tolerance, as all classes in one vmap with lax.conv and as one class at
+  a time: a result of a fixed seed does not depend on them."""
+  x, y, real = _real(n_per_class=4, classes=3, dim=64)
+  x = x.reshape(-1, 8, 8, 1)
+  real = {**real, "images": jnp.asarray(x)}
+
+  def updated(**overrides):
+    config = config_lib.resolve_config(config_lib.DistillConfig.make(
+        method="dc", ipc=1, real_per_class=4, net_width=4, net_depth=2, **overrides), 3)
+    optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, name="sgd")
+    state = distill.init_state(x[[0, 4, 8]], data_lib.one_hot_centered(np.arange(3), 3),
+                               optimizer)
+    step = methods.build_step(config, optimizer, num_classes=3, input_shape=(8, 8, 1))
+    state, metrics = step(state, real, jax.random.key(0))
+    return np.asarray(state.params["images"]), float(metrics["loss"])
+
+  images, loss = updated()
+  assert not np.allclose(images, x[[0, 4, 8]])  # The step moved the set.
+  for overrides in (dict(class_batch=0, conv_impl="lax"), dict(class_batch=1),
+                    dict(class_batch=2, conv_impl="patches")):
+    other_images, other_loss = updated(**overrides)
+    np.testing.assert_allclose(other_loss, loss, rtol=1e-5)
+    np.testing.assert_allclose(other_images, images, rtol=1e-5, atol=1e-6)

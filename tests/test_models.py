@@ -246,3 +246,15 @@ def test_reference_padding_only_changes_one_channel_28x28_inputs():
     models.make_network("vgg11", num_classes=2, input_shape=(8, 8, 1))
   with pytest.raises(ValueError, match="padding"):
     models.make_network("convnet", num_classes=2, input_shape=(8, 8, 1), padding="valid")
+
+
+def test_auto_convolution_is_patches_on_cpu_and_lax_on_accelerators():
+  assert models.auto_conv_impl("cpu") == "patches"
+  assert models.auto_conv_impl("gpu") == models.auto_conv_impl("tpu") == "lax"
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  auto = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=1, width=4)
+  chosen = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=1, width=4,
+                               conv_impl=models.auto_conv_impl())
+  params = models.init_params(auto, jax.random.key(2), (8, 8, 1))
+  np.testing.assert_array_equal(models.logits_fn(auto)(params, x),
+                                models.logits_fn(chosen)(params, x))
