@@ -33,7 +33,9 @@ import numpy as np
 from robust_dd import data as data_lib
 from robust_dd import config as config_lib
 from robust_dd import distill
+from robust_dd import matching
 from robust_dd import methods
+from robust_dd import models
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -42,8 +44,9 @@ flags.DEFINE_list("ipcs", ["1", "10"], "Images per class.")
 flags.DEFINE_integer("real_per_class", 256, "Real images per class per update.")
 flags.DEFINE_integer("repeats", 2, "Timed outer iterations per configuration.")
 flags.DEFINE_bool("compare_loop", True, "At IPC 1, also time the class loop instead of vmap.")
-flags.DEFINE_string("conv_impl", "patches", "patches or lax.")
-flags.DEFINE_list("class_batches", ["0"], "Classes vmapped at once (0: all), one row each.")
+flags.DEFINE_string("conv_impl", "auto", "auto, patches, lax or shifted.")
+flags.DEFINE_list("class_batches", ["default"], "Classes vmapped at once (0: all; default: "
+                  "matching.default_class_batch of the backend), one row each.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference DC outer iteration "
                   "(scripts/_torch_dc.py) on the same network and data, interleaved with the JAX "
                   "step, where torch is installed (DC rows only).")
@@ -112,16 +115,21 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
   if "no_inner" in all_times:
     extra["inner_loop_share"] = 1.0 - float(np.min(all_times["no_inner"]) / np.min(times))
   if "torch" in all_times:
-    extra = {"torch_times": all_times["torch"],
+    extra.update({"torch_times": all_times["torch"],
              "torch_seconds_per_outer_iteration": float(np.median(all_times["torch"])),
-             "torch_over_jax": float(np.min(all_times["torch"]) / np.min(times))}
+             "torch_over_jax": float(np.min(all_times["torch"]) / np.min(times))})
   return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch, **extra,
           "real_per_class": FLAGS.real_per_class,
           "outer_loop": config.matching.outer_loop, "inner_loop": config.matching.inner_loop,
-          "conv_impl": FLAGS.conv_impl, "seconds_per_outer_iteration": float(np.median(times)),
+          "conv_impl": _conv_impl(), "seconds_per_outer_iteration": float(np.median(times)),
           "seconds_per_update": float(np.median(times)) / config.matching.outer_loop,
           "times": times, "compile_seconds": compile_seconds,
           "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
+
+
+def _conv_impl():
+  impl = FLAGS.conv_impl
+  return f"auto ({models.auto_conv_impl()})" if impl == "auto" else impl
 
 
 def _fmt(v):
@@ -131,8 +139,9 @@ def _fmt(v):
 def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
-  configs = [dict(method=m, ipc=int(i), vmap=True, class_batch=int(b)) for m in FLAGS.methods
-             for i in FLAGS.ipcs for b in FLAGS.class_batches]
+  batches = [None if b == "default" else int(b) for b in FLAGS.class_batches]
+  configs = [dict(method=m, ipc=int(i), vmap=True, class_batch=b) for m in FLAGS.methods
+             for i in FLAGS.ipcs for b in batches]
   if FLAGS.compare_loop and "1" in FLAGS.ipcs:
     configs += [dict(method=m, ipc=1, vmap=False, class_batch=0) for m in FLAGS.methods]
   results = _bench.run_all(
@@ -146,8 +155,10 @@ def main(argv):
         "device peak MiB |")
   print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
+    batch = r["class_batch"]
     how = ("loop" if not r["vmap"] else
-           f"vmap {r['class_batch']} at a time" if r["class_batch"] else "vmap")
+           f"default ({matching.default_class_batch() or 'all'} at a time)" if batch is None else
+           f"vmap {batch} at a time" if batch else "vmap")
     if "error" in r:
       print(f"| {r['method']} | {r['ipc']} | {how} | failed: {r['error'][:60]} |||||||")
       continue
