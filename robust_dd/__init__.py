@@ -60,6 +60,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
                     "importance_rescorer"),
         "methods": ("METHODS", "Method", "build_step", "kip_loss_fn", "matching_loss_fn",
                     "robust_kip_loss_fn", "robust_matching_loss_fn", "inner_loop_network"),
+        "parallel": ("make_mesh",),
     },
     "experiments": {
         "config": ("DistillConfig", "SelectConfig", "resolve_config", "validate_config"),
@@ -71,7 +72,7 @@ _WHERE = {name: module for group in _GROUPS.values() for module, names in group.
           for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
                "evaluate", "experiment", "groups", "io", "kernels", "krr", "matching", "methods",
-               "models", "precision", "random_features", "reporting", "risk", "select",
+               "models", "parallel", "precision", "random_features", "reporting", "risk", "select",
                "sensitivity", "training")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]

@@ -32,6 +32,7 @@ from robust_dd import krr
 from robust_dd import matching
 from robust_dd import methods as methods_lib
 from robust_dd import models
+from robust_dd import parallel
 from robust_dd import select
 
 # Flags that may change between a run and its resumption without changing its result.
@@ -39,7 +40,9 @@ RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir"
              "eval_epochs", "eval_batch", "eval_seed_batch", "eval_augment", "baseline_draws",
              "robust_eval", "feature_cluster_epochs", "feature_cluster_cache",
              # Speed knobs of the same computation (tested equal to float tolerance):
-             "class_batch", "conv_impl")
+             "class_batch", "conv_impl",
+             # Devices (`parallel.map_groups`: the same set on any count, to float tolerance):
+             "mesh")
 # Choices of string fields, checked by `validate_config` and shown by `--help`.
 ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
@@ -419,6 +422,8 @@ class DistillConfig(_Config):
   steps: Optional[int] = _field(None, "Steps (kip: updates of the set; matching: outer "
                                 "iterations, each with a fresh network).")
   seed: int = _field(0, "Seed of initialisation, batches and baselines.")
+  mesh: Optional[str] = _field(None, "Devices on the mesh's data axis: N or data:N (default: all "
+                               "local devices); classes, clusters or real rows split over them.")
   log_every: Optional[int] = _field(None, "Steps between progress lines.")
   checkpoint_every: Optional[int] = _field(None, "Steps between checkpoints.")
   eval_during: Optional[bool] = _field(None, "Report test accuracy at each progress line (for "
@@ -549,6 +554,7 @@ def validate_config(config: DistillConfig) -> None:
               and config.network.conv_impl == "shifted"),
          "--method=lcmat --hvp=exact needs forward-mode autodiff, which --conv_impl=shifted "
          "lacks; pass --hvp=finite_difference or another --conv_impl.")
+  parallel.make_mesh(parallel.parse_mesh(config.mesh))  # Raises for a bad or too large --mesh.
   _check(m.class_batch is None or m.class_batch >= 0,
          f"--class_batch must be >= 0 (0: all classes at once), got "
          f"{m.class_batch}.")

@@ -77,7 +77,7 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
                         seeds: int = 3, epochs: int = 300, batch_size: int = 256,
                         learning_rate: float = 0.01, momentum: float = 0.9,
                         weight_decay: float = 5e-4, augment: bool = True,
-                        seed_batch: int = 0) -> dict[str, np.ndarray]:
+                        seed_batch: int = 0, mesh=None) -> dict[str, np.ndarray]:
   """Predicted classes (seeds, n) on each named test set of `seeds` fresh networks, each trained
   on (images, labels).
 
@@ -86,13 +86,15 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
   `augment`) for exactly `epochs` epochs; the last network is tested (no epoch is picked on test
   data). `labels` are integer labels or label vectors (their argmax is the class). The networks
   are trained `seed_batch` at a time in one `vmap` (0: all seeds at once; 1: one by one); each
-  network is the same whichever way.
+  network is the same whichever way; on a `mesh` (`parallel.make_mesh`) each vmap's networks
+  are split over its devices.
   """
   keys = [jax.random.fold_in(key, i) for i in range(seeds)]
   return _network_predictions(keys, np.asarray(images, np.float32), _integer_labels(labels),
                               test_sets, stacked=False, seed_batch=seed_batch, model=model,
                               epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                              momentum=momentum, weight_decay=weight_decay, augment=augment)
+                              momentum=momentum, weight_decay=weight_decay, augment=augment,
+                              mesh=mesh)
 
 
 def network_subset_predictions(key: jax.Array, train_images, train_labels, test_sets: dict, *,
@@ -113,7 +115,7 @@ def network_subset_predictions(key: jax.Array, train_images, train_labels, test_
 
 def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, model, epochs=300,
                          batch_size=256, learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
-                         augment=True) -> dict[str, np.ndarray]:
+                         augment=True, mesh=None) -> dict[str, np.ndarray]:
   """Trains one network per key (on `images`, or with `stacked` on images[i]), `seed_batch` at a
   time, and returns their predicted classes (len(keys), n) on each named test set."""
   if augment and images.ndim != 4 + stacked:
@@ -129,7 +131,7 @@ def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, mod
         jnp.stack(keys[part]), images[part] if stacked else images, y[part] if stacked else y,
         apply_fn=apply_fn, init_fn=init, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        augment=dsa_per_sample if augment else None, stacked=stacked)
+        augment=dsa_per_sample if augment else None, stacked=stacked, mesh=mesh)
     for j in range(len(keys[part])):
       params = jax.tree_util.tree_map(lambda a, j=j: a[j], trained)
       for name, x in test_sets.items():

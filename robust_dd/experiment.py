@@ -16,6 +16,7 @@ call in-process (as flax examples keep `train_and_evaluate(config, workdir)`):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from robust_dd import evaluate
 from robust_dd import io
 from robust_dd import methods as methods_lib
 from robust_dd import models
+from robust_dd import parallel
 from robust_dd import reporting
 from robust_dd import risk
 from robust_dd import select
@@ -413,7 +415,8 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
     raise ValueError(f"Unknown evaluator {evaluator!r}; use 'krr' or 'network'.")
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:], net=net)
   settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
-                  augment=e.eval_augment and x_train.ndim == 4, seed_batch=e.eval_seed_batch)
+                  augment=e.eval_augment and x_train.ndim == 4, seed_batch=e.eval_seed_batch,
+                  mesh=parallel.make_mesh(parallel.parse_mesh(getattr(config, "mesh", None))))
 
   def net_predict(images, labels, test_sets, seeds=None, key=None):
     key = stream(config.seed, EVAL_STREAM) if key is None else key
@@ -492,6 +495,10 @@ def cross_architecture(config, x_train, y_train, x_test, y_test, images, labels,
 # --------------------------------------------------------------------------------- experiment
 
 
+def _replicated(refresh, mesh, state, step):
+  return parallel.replicate(refresh(state, step), mesh)
+
+
 def _first_line(config: DistillConfig, dataset, x_train, x_test, prep) -> str:
   return (f"{config.data.dataset}: {len(x_train)} train / {len(x_test)} test samples of shape "
           f"{x_train.shape[1:]}, {dataset.num_classes} classes; preprocessing: standardise"
@@ -513,11 +520,15 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   config_lib.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
   config_lib.check_workdir(workdir, config)
+  mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh))
+  config = config.replace(mesh=f"{parallel.AXIS}:{parallel.size(mesh)}")  # The mesh used.
   ckpt_dir = os.path.join(workdir, "checkpoints")
   io.make_dirs(workdir, ckpt_dir)
   io.save_json(os.path.join(workdir, "config.json"), config.to_dict())
   num_classes = dataset.num_classes
   log(_first_line(config, dataset, x_train, x_test, prep))
+  mesh_info = parallel.describe(mesh)
+  log(f"Mesh: {mesh_info['axes']} of {mesh_info['device_kind']} ({mesh_info['platform']}).")
 
   init_key, loop_key, baseline_key = (stream(config.seed, s) for s in (
       INIT_STREAM, LOOP_STREAM, BASELINE_STREAM))
@@ -541,6 +552,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
     if os.path.exists(progress_path):
       history = [h for h in io.load_json(progress_path) if h["step"] <= restored_step]
     log(f"Resuming from step {restored_step} ({ckpt_dir}).")
+  state = parallel.replicate(state, mesh)
 
   table, counts = data_lib.class_index_table(dataset.y_train, num_classes)
   real = {"images": jnp.asarray(x_train),
@@ -567,7 +579,11 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
     log(f"Importance-sampled real batches: rescored every {s.sampler_every} steps, "
         f"beta {s.sampler_beta}" + (", unbiased weights" if s.sampler_unbiased else "") + ".")
   step_fn = methods_lib.build_step(config, optimizer, num_classes=num_classes,
-                                   input_shape=x_train.shape[1:], num_clusters=num_clusters)
+                                   input_shape=x_train.shape[1:], num_clusters=num_clusters,
+                                   mesh=mesh)
+  real = parallel.replicate(real, mesh)
+  if refresh is not None:
+    refresh = functools.partial(_replicated, refresh, mesh)
   evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
                              num_classes=num_classes,
                              evaluator=methods_lib.get(config.method).evaluator)
@@ -607,6 +623,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
       "history": history,
       "jax_version": jax.__version__,
       "backend": jax.default_backend(),
+      "mesh": mesh_info,
   }
   metrics_path = os.path.join(workdir, "metrics.json")
   io.save_json(metrics_path, metrics)
@@ -638,7 +655,8 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   unknown = sorted(set(overrides) - set(EVAL_OVERRIDES))
   if unknown:
     raise ValueError(f"Unknown evaluation settings {unknown}; choose from {EVAL_OVERRIDES}.")
-  config = DistillConfig.from_dict(io.load_json(config_path)).replace(**overrides)
+  # The mesh the run used may exceed this machine's devices; evaluation does not use it.
+  config = DistillConfig.from_dict(io.load_json(config_path)).replace(mesh=None, **overrides)
   config_lib.validate_config(config)
   arrays = io.load_npz(set_path)
   prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))

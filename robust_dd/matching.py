@@ -16,7 +16,9 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
+from robust_dd import parallel
 from robust_dd import training
 
 METRICS = ("ours", "mse", "cos")
@@ -92,7 +94,7 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> Cla
 
 
 def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_images,
-                  real_weights, keys, *, augment, group_batch) -> jax.Array:
+                  real_weights, keys, *, augment, group_batch, mesh=None) -> jax.Array:
   """Shared core of `per_class_losses` and `per_cluster_match_losses`: one class loss per group."""
 
   def one(label, x_syn, x_real, weights, k):
@@ -100,14 +102,22 @@ def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_im
       x_syn, x_real = augment(k, x_syn), augment(k, x_real)
     return class_loss(net_params, x_syn, x_real, label, weights)
 
-  return _map_groups(one, (labels, syn_images, real_images, real_weights, keys), group_batch)
+  return _map_groups(one, (labels, syn_images, real_images, real_weights, keys), group_batch,
+                     mesh)
 
 
-def _map_groups(fn: Callable[..., jax.Array], args: tuple, group_batch: Optional[int]):
-  """`fn` over the leading axis of `args`: one `vmap`, or `lax.map` over `group_batch` at a time."""
-  if group_batch and group_batch < args[0].shape[0]:
-    return jax.lax.map(lambda a: fn(*a), args, batch_size=group_batch)
-  return jax.vmap(fn)(*args)
+def _map_groups(fn: Callable[..., jax.Array], args: tuple, group_batch: Optional[int],
+                mesh: Optional[Mesh] = None):
+  """`fn` over the leading axis of `args`: one `vmap`, or `lax.map` over `group_batch` at a time;
+  on a `mesh`, the groups split over its devices (`parallel.map_groups`), each device mapping its
+  own groups so."""
+
+  def local(a):
+    if group_batch and group_batch < a[0].shape[0]:
+      return jax.lax.map(lambda b: fn(*b), a, batch_size=group_batch)
+    return jax.vmap(fn)(*a)
+
+  return parallel.map_groups(local, args, mesh)
 
 
 def default_class_batch(class_batch: Optional[int] = None, *,
@@ -133,7 +143,8 @@ def _group_keys(key: Optional[jax.Array], num: int, augment) -> jax.Array:
 def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
                      real_images: jax.Array, *, key: Optional[jax.Array] = None,
                      augment: Optional[AugmentFn] = None, class_batch: Optional[int] = None,
-                     real_weights: Optional[jax.Array] = None) -> jax.Array:
+                     real_weights: Optional[jax.Array] = None,
+                     mesh: Optional[Mesh] = None) -> jax.Array:
   """The (C,) matching losses of all classes.
 
   Args:
@@ -146,6 +157,8 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
     class_batch: vmap over at most this many classes at a time (`lax.map` with `batch_size`),
       to bound memory; 1 computes one class at a time; None or >= C: all classes in one vmap.
     real_weights: optional (C, n) weights of the real samples' cross-entropy (importance weights).
+    mesh: split the classes over its devices (`parallel.map_groups`; `class_batch` then bounds
+      the classes each device vmaps at once); None or one device: all on the default device.
   """
   num_classes = syn_images.shape[0]
   if real_images.shape[0] != num_classes:
@@ -154,14 +167,15 @@ def per_class_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
              else jnp.asarray(real_weights, jnp.float32).reshape(real_images.shape[:2]))
   return _group_losses(class_loss, net_params, jnp.arange(num_classes), syn_images, real_images,
                        weights, _group_keys(key, num_classes, augment), augment=augment,
-                       group_batch=class_batch)
+                       group_batch=class_batch, mesh=mesh)
 
 
 def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
                              real_images: jax.Array, mask: jax.Array, cluster_class: jax.Array,
                              *, key: Optional[jax.Array] = None,
                              augment: Optional[AugmentFn] = None,
-                             cluster_batch: Optional[int] = None) -> jax.Array:
+                             cluster_batch: Optional[int] = None,
+                             mesh: Optional[Mesh] = None) -> jax.Array:
   """The (K,) matching losses of K real clusters, each inside one class, with one `vmap`.
 
   Cluster k's loss is `class_loss` between the synthetic images of its class `cluster_class[k]`
@@ -175,6 +189,7 @@ def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.
     cluster_class: (K,) int class of each cluster.
     key, augment: as in `per_class_losses` (cluster k uses `fold_in(key, k)`).
     cluster_batch: vmap over at most this many clusters at a time (bounds memory).
+    mesh: split the clusters over its devices (`parallel.map_groups`).
   """
   num = real_images.shape[0]
   if mask.shape != real_images.shape[:2] or cluster_class.shape != (num,):
@@ -182,14 +197,15 @@ def per_cluster_match_losses(class_loss: ClassLoss, net_params, syn_images: jax.
                      f"(K, S) = {real_images.shape[:2]} leading axes of real_images.")
   return _group_losses(class_loss, net_params, cluster_class, syn_images[cluster_class],
                        real_images, mask.astype(jnp.float32), _group_keys(key, num, augment),
-                       augment=augment, group_batch=cluster_batch)
+                       augment=augment, group_batch=cluster_batch, mesh=mesh)
 
 
 def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.Array,
                              real_images: jax.Array, mask: jax.Array, *,
                              key: Optional[jax.Array] = None,
                              augment: Optional[AugmentFn] = None,
-                             class_batch: Optional[int] = None) -> jax.Array:
+                             class_batch: Optional[int] = None,
+                             mesh: Optional[Mesh] = None) -> jax.Array:
   """The (C, m) matching losses of m real clusters inside each of C classes, class-major.
 
   Cluster j of class c gets `class_loss(net_params, A_c(x_syn_c), A_c(x_real_cj), c, mask_cj)`,
@@ -207,6 +223,7 @@ def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.
     mask: (C, m, S) bool or weights of the real rows (an all-zero row: an empty cluster).
     key, augment, class_batch: as in `per_class_losses` (`class_batch` bounds the classes
       vmapped at once; a class's clusters are always vmapped together).
+    mesh: split the classes, each with its clusters, over its devices (`parallel.map_groups`).
   """
   num_classes = syn_images.shape[0]
   if real_images.shape[0] != num_classes or mask.shape != real_images.shape[:3]:
@@ -221,7 +238,7 @@ def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.
 
   return _map_groups(one, (jnp.arange(num_classes), syn_images, real_images,
                           mask.astype(jnp.float32), _group_keys(key, num_classes, augment)),
-                     class_batch)
+                     class_batch, mesh)
 
 
 def gradient_match_loss(net_params, syn_images, real_images, *, apply_fn: ApplyFn,

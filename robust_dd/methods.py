@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from robust_dd import augment as augment_lib
 from robust_dd import curvature
@@ -34,6 +35,7 @@ from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import matching
 from robust_dd import models
+from robust_dd import parallel
 from robust_dd import random_features as rf_lib
 from robust_dd import risk
 from robust_dd import training
@@ -43,9 +45,10 @@ Batch = distill.Batch
 
 
 class Context(NamedTuple):
-  """What loss builders know of the data besides the config."""
+  """What loss builders know of the data and devices besides the config."""
   num_classes: int
   input_shape: tuple[int, ...]
+  mesh: Optional[Mesh] = None  # The devices (`parallel.make_mesh`); None: the default device.
 
 
 # ------------------------------------------------------------------------------- loss adapters
@@ -61,15 +64,18 @@ def kip_params(loss: str = "mse") -> dict[str, jax.Array]:
   return {"log_scale": jnp.zeros((), jnp.float32)} if loss == "platt" else {}
 
 
-def kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
-                loss: str = "mse") -> distill.LossFn:
+def kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6, loss: str = "mse",
+                mesh: Optional[Mesh] = None) -> distill.LossFn:
   """KIP as a distillation method: the KRR loss of the synthetic set on the real batch.
 
   `kernel_fn` is a kernel function or a `RandomFeatureKernel`, drawn anew from each step's key.
   `loss` is 'mse' or 'platt' (`krr.target_losses`; params then hold `kip_params('platt')`).
+  On a `mesh` the real batch's rows, and so the target-support kernel block, are split over the
+  devices; the support set and its Gram matrix are replicated.
   """
 
   def loss_fn(params: Params, batch: Batch, key: Optional[jax.Array] = None) -> jax.Array:
+    batch = {k: parallel.constrain_rows(v, mesh) for k, v in batch.items()}
     return krr.kip_loss(params["images"], params["labels"], batch["images"], batch["labels"],
                         kernel_fn=rf_lib.bind(kernel_fn, key), diag_reg=diag_reg,
                         target_weights=batch.get("weights"), **_krr_loss_kw(params, loss))
@@ -79,13 +85,13 @@ def kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
 
 def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
                      augment: Optional[matching.AugmentFn] = None,
-                     class_batch: Optional[int] = None):
+                     class_batch: Optional[int] = None, mesh: Optional[Mesh] = None):
   """A matching method (DC, DSA, LCMat) as `loss_fn(params, batch, net_params, key)`.
 
   The synthetic images and the real batch are class-major (class c in the c-th block of rows);
   `class_loss` is vmapped over classes (`matching.per_class_losses`; `class_batch` bounds how many
-  classes are vmapped at once) and the losses summed. A batch's `weights` (importance weights)
-  weight the real cross-entropies.
+  classes are vmapped at once; on a `mesh` the classes are split over its devices) and the
+  losses summed. A batch's `weights` (importance weights) weight the real cross-entropies.
   """
 
   def loss_fn(params: Params, batch: Batch, net_params, key: jax.Array) -> jax.Array:
@@ -94,21 +100,22 @@ def matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
     real = real.reshape(num_classes, -1, *real.shape[1:])
     return matching.per_class_losses(class_loss, net_params, syn, real, key=key,
                                      augment=augment, class_batch=class_batch,
-                                     real_weights=batch.get("weights")).sum()
+                                     real_weights=batch.get("weights"), mesh=mesh).sum()
 
   return loss_fn
 
 
 def robust_kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
                        tail_fraction: float = 0.2, robust_weight: float = 0.5,
-                       loss: str = "mse") -> distill.LossFn:
+                       loss: str = "mse", mesh: Optional[Mesh] = None) -> distill.LossFn:
   """Robust KIP: `risk.robust_objective` of the per-cluster KIP losses of a `cluster_batch`
-  (clusters vmapped).
+  (clusters vmapped; on a `mesh`, split over its devices).
 
   With one cluster per class, equal cluster batches and robust_weight 0 this is the plain KIP loss.
   """
 
   def loss_fn(params: Params, batch: Batch, key: Optional[jax.Array] = None) -> jax.Array:
+    batch = {k: parallel.constrain_rows(v, mesh) for k, v in batch.items()}
     losses = krr.kip_cluster_losses(params["images"], params["labels"], batch["images"],
                                     batch["labels"], batch["mask"],
                                     kernel_fn=rf_lib.bind(kernel_fn, key),
@@ -122,7 +129,7 @@ def robust_kip_loss_fn(*, kernel_fn: rf_lib.Kernel, diag_reg: float = 1e-6,
 def robust_matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
                             tail_fraction: float = 0.2, robust_weight: float = 0.5,
                             augment: Optional[matching.AugmentFn] = None,
-                            class_batch: Optional[int] = None):
+                            class_batch: Optional[int] = None, mesh: Optional[Mesh] = None):
   """Robust DC/DSA/LCMat: C · `risk.robust_objective` of the per-cluster matching losses
   (`matching.per_class_cluster_losses`: each class's synthetic gradient computed once and shared
   by its clusters, `class_batch` classes at a time).
@@ -140,7 +147,8 @@ def robust_matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
     per_class = lambda a: a.reshape(num_classes, -1, *a.shape[1:])
     losses = matching.per_class_cluster_losses(class_loss, net_params, syn, per_class(real),
                                                per_class(mask), key=key, augment=augment,
-                                               class_batch=class_batch).reshape(-1)
+                                               class_batch=class_batch,
+                                               mesh=mesh).reshape(-1)
     return num_classes * risk.robust_objective(losses, tail_fraction=tail_fraction,
                                                robust_weight=robust_weight,
                                                weights=batch["weights"])
@@ -284,13 +292,11 @@ def _kip_kw(config) -> dict[str, Any]:
 
 
 def _kip_loss(config, ctx: Context):
-  del ctx
-  return kip_loss_fn(**_kip_kw(config))
+  return kip_loss_fn(**_kip_kw(config), mesh=ctx.mesh)
 
 
 def _kip_cluster_loss(config, ctx: Context):
-  del ctx
-  return robust_kip_loss_fn(**_kip_kw(config), **_risk_kw(config))
+  return robust_kip_loss_fn(**_kip_kw(config), **_risk_kw(config), mesh=ctx.mesh)
 
 
 def _kip_sample_losses(config, ctx: Context):
@@ -320,7 +326,7 @@ def _matching_parts(class_loss_fn):
     m = config.matching
     return model, dict(num_classes=ctx.num_classes,
                        augment=augment_lib.dsa if m.augment else None,
-                       class_batch=matching.default_class_batch(m.class_batch))
+                       class_batch=matching.default_class_batch(m.class_batch), mesh=ctx.mesh)
 
   def loss(config, ctx):
     model, kw = match_kw(config, ctx)
@@ -448,7 +454,7 @@ def get(name: str) -> Method:
 
 
 def build_step(config, optimizer, *, num_classes: int, input_shape,
-               num_clusters: Optional[int] = None):
+               num_clusters: Optional[int] = None, mesh: Optional[Mesh] = None):
   """The jitted step of a resolved config's method (see `distill.make_step`).
 
   Robust configs with the CVaR on the set's loss (`robust_on_matching`) need `num_clusters`, the
@@ -456,10 +462,12 @@ def build_step(config, optimizer, *, num_classes: int, input_shape,
   real_per_class · C // K samples per cluster. With `robust_on_network` the method's network is
   `robust_network` (trained on real data with the CVaR). `sampler.kind='importance'` rescores
   every real sample every `sampler_every` steps
-  (the state must carry the sampler, `distill.init_state(..., num_real=n)`).
+  (the state must carry the sampler, `distill.init_state(..., num_real=n)`). On a `mesh`
+  (`parallel.make_mesh`) the method's groups or real rows are split over its devices; the set,
+  its optimiser state and the step's outputs are replicated.
   """
   method = get(config.method)
-  ctx = Context(num_classes, tuple(input_shape))
+  ctx = Context(num_classes, tuple(input_shape), mesh)
   draw_kw = dict(unbiased=config.sampler.sampler_unbiased)
   if robust_on_matching(config):
     if not num_clusters:

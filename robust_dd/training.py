@@ -12,10 +12,12 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 import optax
 
 from robust_dd import cluster
+from robust_dd import parallel
 from robust_dd import risk
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -133,7 +135,7 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
                   init_fn: Callable[[jax.Array], Any], epochs: int = 300, batch_size: int = 256,
                   learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                   augment: Optional[AugmentFn] = None, loss: str = "ce",
-                  stacked: bool = False):
+                  stacked: bool = False, mesh: Optional[Mesh] = None):
   """Trains a fresh network (`init_fn(key)`) on (images, labels) for a fixed schedule.
 
   Runs `epochs * ceil(n / batch_size)` steps, each on a random batch of min(n, batch_size)
@@ -143,18 +145,30 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
 
   With a 1-D array of keys (s,), trains s networks at once (one `vmap`, each network exactly as
   with its key alone) and returns params and losses with a leading (s,) axis; with `stacked`,
-  network i trains on its own set, images[i] and labels[i] ((s, n, ...) and (s, n)).
+  network i trains on its own set, images[i] and labels[i] ((s, n, ...) and (s, n)). On a
+  `mesh` of several devices the s networks are split over them (padded to a multiple of the
+  device count with copies of network 0, dropped from the result).
   """
   n = images.shape[1] if stacked else len(images)
   if n == 0:
     raise ValueError("Cannot train on an empty set.")
   steps = epochs * -(-n // batch_size)
-  train = (functools.partial(_train_many, stacked=stacked) if stacked or jnp.ndim(key) == 1
-           else _train_one)
-  return train(key, jnp.asarray(images), jnp.asarray(labels), apply_fn=apply_fn,
-                init_fn=init_fn, steps=steps, batch_size=min(batch_size, n), augment=augment,
-                loss=loss, learning_rate=float(learning_rate), momentum=float(momentum),
-                weight_decay=float(weight_decay))
+  kw = dict(apply_fn=apply_fn, init_fn=init_fn, steps=steps, batch_size=min(batch_size, n),
+            augment=augment, loss=loss, learning_rate=float(learning_rate),
+            momentum=float(momentum), weight_decay=float(weight_decay))
+  images, labels = jnp.asarray(images), jnp.asarray(labels)
+  if not stacked and jnp.ndim(key) == 0:
+    return _train_one(key, images, labels, **kw)
+  if parallel.size(mesh) == 1:
+    return _train_many(key, images, labels, stacked=stacked, **kw)
+  num = key.shape[0]
+  per_network = (key, images, labels) if stacked else (key,)
+  per_network = jax.device_put(parallel.pad_groups(per_network, parallel.size(mesh)),
+                               parallel.rows(mesh))
+  if not stacked:
+    per_network += parallel.replicate((images, labels), mesh)
+  out = _train_many(*per_network, stacked=stacked, **kw)
+  return jax.tree_util.tree_map(lambda a: a[:num], out)
 
 
 def map_batches(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, batch_size: int = 500

@@ -55,7 +55,9 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
       (["--learning_rate=nan"], "--learning_rate=nan is not a finite number"),
       (["--ipc=3", f"--workdir={workdir}"], "different config"),
       ([f"--workdir={os.path.join(workdir, 'config.json', 'sub')}"], "is a file"),
-      (["--robust=cvar", "--num_clusters=100000", "--dataset=digits"], "--num_clusters")):
+      (["--robust=cvar", "--num_clusters=100000", "--dataset=digits"], "--num_clusters"),
+      (["--mesh=data:1000"], "A mesh of 1000 devices was asked for"),
+      (["--mesh=model:2"], "--mesh='model:2': expected N or data:N")):
     bad = run("experiments.distill", *flags, *(["--workdir=" + str(tmp_path / "b")]
                                                if not any("workdir" in f for f in flags) else []))
     assert bad.returncode == 2, bad.stderr[-2000:]

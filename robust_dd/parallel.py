@@ -1,0 +1,117 @@
+"""The device mesh and the shardings the loop uses: one device is a mesh of one.
+
+robust_dd uses a one-axis mesh named `data` (`make_mesh`). On it
+
+- the groups of a matching loss (classes, or clusters) are split over devices by `map_groups`: a
+  `jax.shard_map` in which each device computes its groups' losses with the same local map
+  (`vmap`, or `lax.map` in chunks) as on one device, the group axis padded to a multiple of the
+  device count with copies of group 0 whose losses are dropped (their gradients are zero). The
+  network parameters and synthetic images are replicated, so the image update is one all-reduced
+  gradient (the transpose of the replicated inputs);
+- row-parallel arrays (KIP's real target batch, and so the rows of its kernel blocks) are
+  constrained to `rows(mesh)`, and XLA partitions the computation around them.
+
+On a mesh of one device every function here is the identity of the one-device code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def parse_mesh(spec: Optional[str]) -> Optional[int]:
+  """The number of devices of a `--mesh` value: None or '' (all local devices), 'N' or 'data:N'.
+
+  Raises ValueError, with the accepted forms, for anything else or N < 1.
+  """
+  if spec is None or str(spec).strip() in ("", "auto"):
+    return None
+  text = str(spec).strip()
+  name, _, size = text.rpartition(":")
+  if name not in ("", AXIS) or not size.isdigit() or int(size) < 1:
+    raise ValueError(f"--mesh={spec!r}: expected N or {AXIS}:N with N >= 1 devices (or empty "
+                     "for all local devices).")
+  return int(size)
+
+
+def make_mesh(num_devices: Optional[int] = None, *,
+              devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A one-axis mesh (`data`) of the first `num_devices` of `devices` (default: all local
+  devices). Raises ValueError when fewer devices exist."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  n = len(devices) if num_devices is None else num_devices
+  if not 1 <= n <= len(devices):
+    raise ValueError(f"A mesh of {n} devices was asked for; this process has {len(devices)} "
+                     f"({devices[0].platform}). Use --mesh=N with N <= {len(devices)}.")
+  return jax.make_mesh((n,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices[:n])
+
+
+def size(mesh: Optional[Mesh]) -> int:
+  """Devices on the data axis (1 without a mesh)."""
+  return 1 if mesh is None else mesh.shape[AXIS]
+
+
+def describe(mesh: Optional[Mesh]) -> dict[str, Any]:
+  """What `config.json` and `metrics.json` record of a mesh: axes, device kind and platform."""
+  devices = [jax.local_devices()[0]] if mesh is None else list(mesh.devices.flat)
+  return {"axes": {AXIS: len(devices)}, "device_kind": devices[0].device_kind,
+          "platform": devices[0].platform}
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, P())
+
+
+def rows(mesh: Mesh) -> NamedSharding:
+  """The leading axis split over the data axis."""
+  return NamedSharding(mesh, P(AXIS))
+
+
+def replicate(tree, mesh: Optional[Mesh]):
+  """`tree` placed on every device of `mesh` (unchanged on one device)."""
+  return tree if size(mesh) == 1 else jax.device_put(tree, replicated(mesh))
+
+
+def constrain_rows(x: jax.Array, mesh: Optional[Mesh]) -> jax.Array:
+  """Inside a jit: ask XLA to split `x`'s leading axis over the devices (no-op on one device)."""
+  if size(mesh) == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, rows(mesh))
+
+
+def pad_groups(args, multiple: int):
+  """`args` (a pytree of arrays with a common leading group axis) padded to a multiple of
+  `multiple` groups with copies of group 0."""
+  num = jax.tree_util.tree_leaves(args)[0].shape[0]
+  pad = -num % multiple
+  if not pad:
+    return args
+  return jax.tree_util.tree_map(
+      lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), args)
+
+
+def map_groups(local_map: Callable[[tuple], jax.Array], args: tuple,
+               mesh: Optional[Mesh]) -> jax.Array:
+  """`local_map(args)` over the leading (group) axis of `args`, groups split over the devices.
+
+  `local_map` maps a tuple of arrays with a leading group axis to per-group outputs; values it
+  closes over are replicated. On a mesh of d > 1 devices the group axis is padded to a multiple
+  of d (copies of group 0, dropped from the output) and every device runs `local_map` on its
+  groups; the result is the same as `local_map(args)` on one device, to float tolerance.
+  """
+  d = size(mesh)
+  if d == 1:
+    return local_map(args)
+  num = jax.tree_util.tree_leaves(args)[0].shape[0]
+  padded = pad_groups(args, d)
+  out = jax.shard_map(lambda *a: local_map(a), mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
+                      check_vma=False)(*padded)
+  return jax.tree_util.tree_map(lambda o: o[:num], out)

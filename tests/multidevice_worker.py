@@ -1,0 +1,127 @@
+"""Runs a few steps of every method on meshes of simulated CPU devices; used by test_parallel.py.
+
+  python tests/multidevice_worker.py OUT.npz
+
+Must start before JAX: it asks XLA for 8 host devices. For each case and each mesh size it saves
+the synthetic images and loss after two steps, whether the step's outputs are replicated over
+the mesh, and whether the compiled step communicates between devices (an all-reduce or
+all-gather), so the parent test compares them without importing JAX on 8 devices itself.
+"""
+
+import os
+import sys
+import time
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+from robust_dd import config as config_lib
+from robust_dd import data as data_lib
+from robust_dd import distill
+from robust_dd import evaluate
+from robust_dd import experiment
+from robust_dd import methods
+from robust_dd import models
+from robust_dd import parallel
+from robust_dd import training
+
+CLASSES, PER_CLASS = 3, 8
+# Each case: DistillConfig overrides; robust cases carry 2 clusters per class.
+CASES = {
+    "kip": dict(method="kip"),
+    "kip_cvar": dict(method="kip", robust="cvar"),
+    "dc": dict(method="dc"),
+    "dsa": dict(method="dsa"),
+    "lcmat": dict(method="lcmat"),
+    "dc_cvar": dict(method="dc", robust="cvar"),
+    "dc_importance": dict(method="dc", sampler="importance", sampler_every=1,
+                          sampler_train_steps=2),
+}
+# Mesh sizes per case (DSA's and LCMat's steps take the longest to compile: 8 and 1 only).
+MESHES = {case: (8, 1) if case in ("dsa", "lcmat") else (8, 4, 1) for case in CASES}
+CLUSTERS = 2 * CLASSES
+INITIAL = [0, 1, 8, 9, 16, 17]  # Two real images of each class.
+
+
+def _real():
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(CLASSES), PER_CLASS)
+  x = (rng.normal(size=(len(y), 8, 8, 1)) + y[:, None, None, None]).astype(np.float32)
+  table, counts = data_lib.class_index_table(y, CLASSES)
+  real = {"images": jnp.asarray(x), "labels": data_lib.one_hot_centered(y, CLASSES),
+          "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+  ids = 2 * y + (np.arange(len(y)) % 2)  # Two clusters per class, class-major.
+  return x, experiment.with_clusters(real, ids, np.repeat(np.arange(CLASSES), 2),
+                                     width=PER_CLASS)
+
+
+def run(case: str, devices: int):
+  overrides = CASES[case]
+  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+      ipc=2, real_per_class=4, net_width=4, net_depth=2, inner_loop=2, outer_loop=2,
+      **overrides), CLASSES)
+  x, real = _real()
+  optimizer = distill.make_optimizer(learning_rate=0.01, name="sgd")
+  state = distill.init_state(x[INITIAL],
+                             data_lib.one_hot_centered(np.repeat(np.arange(CLASSES), 2), CLASSES),
+                             optimizer,
+                             num_real=len(x) if config.sampler.kind == "importance" else None)
+  mesh = parallel.make_mesh(devices)
+  step = methods.build_step(config, optimizer, num_classes=CLASSES, input_shape=(8, 8, 1),
+                            num_clusters=CLUSTERS if config.robust.objective != "none" else None,
+                            mesh=mesh)
+  state, real = parallel.replicate(state, mesh), parallel.replicate(real, mesh)
+  key = jax.random.key(0)
+  compiled = step.lower(state, real, key).compile()
+  hlo = compiled.as_text()
+  losses = []
+  for _ in range(2):
+    state, metrics = compiled(state, real, key)
+    losses.append(float(metrics["loss"]))
+  images = state.params["images"]
+  replicated = (devices == 1 or (images.sharding.is_fully_replicated
+                                 and len(images.sharding.device_set) == devices))
+  return {f"{case}/{devices}/images": np.asarray(images),
+          f"{case}/{devices}/losses": np.asarray(losses),
+          f"{case}/{devices}/replicated": np.asarray(replicated),
+          f"{case}/{devices}/communicates": np.asarray("all-reduce" in hlo or "all-gather" in hlo)}
+
+
+def evaluate_seeds(devices: int):
+  """Three evaluation networks (one vmap over seeds, split over the devices): their predictions."""
+  x, _ = _real()
+  model = models.make_network("convnet", num_classes=CLASSES, input_shape=(8, 8, 1), depth=2,
+                              width=4)
+  preds = evaluate.network_predictions(
+      jax.random.key(1), x[INITIAL], np.repeat(np.arange(CLASSES), 2), {"test": x}, model=model,
+      seeds=3, epochs=3, batch_size=4, mesh=parallel.make_mesh(devices))
+  trained, _ = training.train_network(
+      jnp.stack([jax.random.key(i) for i in range(3)]), x[INITIAL],
+      np.repeat(np.arange(CLASSES), 2), apply_fn=models.logits_fn(model),
+      init_fn=models.init_fn(model, (8, 8, 1)), epochs=3, batch_size=4,
+      mesh=parallel.make_mesh(devices))
+  return {f"evaluate/{devices}/predictions": preds["test"],
+          f"evaluate/{devices}/head": np.asarray(trained["head"]["kernel"])}
+
+
+def main(argv):
+  out = argv[1]
+  assert len(jax.devices()) == 8, jax.devices()
+  results = {"initial_images": _real()[0][INITIAL]}
+  for case in CASES:
+    for devices in MESHES[case]:
+      t0 = time.time()
+      results.update(run(case, devices))
+      print(f"{case} on {devices}: {time.time() - t0:.1f} s", flush=True)
+  for devices in (8, 4, 1):
+    results.update(evaluate_seeds(devices))
+  np.savez(out, **results)
+
+
+if __name__ == "__main__":
+  main(sys.argv)

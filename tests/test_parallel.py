@@ -1,0 +1,101 @@
+"""robust_dd.parallel: meshes, and the same set on 8, 4 and 1 simulated devices for every method."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robust_dd import config as config_lib
+from robust_dd import parallel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.parametrize("spec, devices", [(None, None), ("", None), ("auto", None), ("3", 3),
+                                           ("data:8", 8)])
+def test_parse_mesh_accepts_counts_and_the_data_axis(spec, devices):
+  assert parallel.parse_mesh(spec) == devices
+
+
+@pytest.mark.parametrize("spec", ["0", "-1", "model:2", "two", "data:", "2x4"])
+def test_parse_mesh_refuses_anything_else_with_the_accepted_forms(spec):
+  with pytest.raises(ValueError, match="expected N or data:N"):
+    parallel.parse_mesh(spec)
+
+
+def test_a_mesh_larger_than_the_devices_is_refused_and_one_device_is_the_plain_path():
+  with pytest.raises(ValueError, match="this process has"):
+    parallel.make_mesh(len(jax.local_devices()) + 1)
+  with pytest.raises(ValueError, match="this process has"):
+    config_lib.validate_config(config_lib.DistillConfig.make(mesh="data:1000"))
+  mesh = parallel.make_mesh()
+  assert parallel.size(mesh) == len(jax.local_devices()) and mesh.axis_names == ("data",)
+  info = parallel.describe(mesh)
+  assert info["axes"] == {"data": len(jax.local_devices())}
+  assert info["platform"] == jax.local_devices()[0].platform
+  x = jnp.arange(6.0)
+  if parallel.size(mesh) == 1:
+    assert parallel.replicate(x, mesh) is x
+    assert parallel.map_groups(lambda a: a[0] * 2, (x,), mesh) is not None
+
+
+def test_map_groups_pads_to_the_device_count_and_drops_the_padding():
+  """`pad_groups` repeats group 0 up to a multiple of the devices; `map_groups` on one device is
+  `local_map` itself."""
+  args = (jnp.arange(3.0), jnp.arange(6.0).reshape(3, 2))
+  padded = parallel.pad_groups(args, 4)
+  np.testing.assert_array_equal(padded[0], [0, 1, 2, 0])
+  np.testing.assert_array_equal(padded[1], [[0, 1], [2, 3], [4, 5], [0, 1]])
+  out = parallel.map_groups(lambda a: a[0] + a[1].sum(-1), args, None)
+  np.testing.assert_array_equal(out, [0 + 1, 1 + 5, 2 + 9])
+
+
+CASES = ["kip", "kip_cvar", "dc", "dsa", "lcmat", "dc_cvar", "dc_importance"]
+
+
+@pytest.mark.slow
+def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
+  """Every method's two steps (matching methods: two updates with inner training between them)
+  on meshes of 8, 4 and 1 simulated CPU devices (DSA and LCMat: 8 and 1), in a subprocess (XLA
+  reads the device count once, before JAX starts): the same set and losses whatever the device
+  count (3 classes on 8 and 4 devices are padded), the set replicated over the mesh, and on 8
+  devices, not on one, a step that communicates (the all-reduced image gradient of split
+  classes, or of split real rows). The evaluator's seeds, split over the devices, train the same
+  networks. One test, so that the subprocess runs once whichever pytest-xdist worker takes it."""
+  out = str(tmp_path / "results.npz")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_worker.py"), out],
+                        capture_output=True, text=True, env=env, timeout=1500, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = dict(np.load(out))
+  for case in CASES:
+    one = r[f"{case}/1/images"]
+    assert not np.allclose(one, r["initial_images"]), case  # The steps moved the set.
+    for devices in (8, 4) if f"{case}/4/images" in r else (8,):
+      np.testing.assert_allclose(r[f"{case}/{devices}/images"], one, rtol=1e-4, atol=1e-5,
+                                 err_msg=f"{case} on {devices} devices")
+      np.testing.assert_allclose(r[f"{case}/{devices}/losses"], r[f"{case}/1/losses"],
+                                 rtol=1e-4, err_msg=f"{case} on {devices} devices")
+      assert r[f"{case}/{devices}/replicated"], (case, devices)
+    assert r[f"{case}/8/communicates"] and not r[f"{case}/1/communicates"], case
+  for devices in (8, 4):
+    np.testing.assert_array_equal(r[f"evaluate/{devices}/predictions"],
+                                  r["evaluate/1/predictions"])
+    np.testing.assert_allclose(r[f"evaluate/{devices}/head"], r["evaluate/1/head"], rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_a_workdir_resumes_under_another_device_count(tmp_path):
+  """`--mesh` is resumable: a run made on 8 devices (its config.json records data:8) continues
+  here on another count; the checkpointed set is replicated, so saved as one host array."""
+  with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
+    json.dump(config_lib.DistillConfig.make(mesh="data:8").to_dict(), f)
+  config_lib.check_workdir(str(tmp_path), config_lib.DistillConfig.make(mesh="1"))
+  config_lib.check_workdir(str(tmp_path), config_lib.DistillConfig.make())
+  with pytest.raises(ValueError, match="different config"):
+    config_lib.check_workdir(str(tmp_path), config_lib.DistillConfig.make(mesh="1", ipc=3))
