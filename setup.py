@@ -33,5 +33,7 @@ setuptools.setup(
         "mnist1d",  # procedural MNIST-1D
         "pillow",  # PNG grids
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.2"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.2",
+                             # Executing notebooks/quickstart.ipynb and checking its .py twin:
+                             "nbclient", "nbformat", "ipykernel", "jupytext"]},
 )
