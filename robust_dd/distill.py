@@ -24,11 +24,13 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 import optax
 
 from robust_dd import data as data_lib
 from robust_dd import io
+from robust_dd import parallel
 from robust_dd import risk
 from robust_dd import sensitivity
 
@@ -145,7 +147,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
               sample_batch: Optional[Callable[..., Batch]] = None,
               network: Optional[Network] = None, updates_per_network: int = 1,
               rescore: Optional[Callable[[Params, dict, jax.Array], jax.Array]] = None,
-              rescore_every: int = 50):
+              rescore_every: int = 50, mesh: Optional[Mesh] = None):
   """Returns the jitted `step(state, real, key) -> (state, metrics)`; `state` is donated.
 
   `key` is the run's loop key: the step uses `fold_in(key, state.step)`, so every step gets its
@@ -163,6 +165,9 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   `state.sampler` is recomputed from the current synthetic set at every step that is a multiple of
   `rescore_every` (step 0 included; `lax.cond`, so other steps skip it) and carried in the state,
   so a resumed run samples exactly as an uninterrupted one.
+
+  On a `mesh` of several devices the returned state is replicated over it (the losses split
+  their own work; `parallel`), so every call sees the same input shardings.
   """
   if updates_per_network < 1:
     raise ValueError(f"updates_per_network must be >= 1, got {updates_per_network}.")
@@ -192,7 +197,8 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                            lambda: probs)
     if network is None:
       params, opt_state, loss = update(state.params, state.opt_state, real, key, probs)
-      return DistillState(params, opt_state, state.step + 1, probs), {"loss": loss}
+      return (parallel.constrain_replicated(DistillState(params, opt_state, state.step + 1,
+                                                         probs), mesh), {"loss": loss})
     k_net, k_loop = jax.random.split(key)
     net = network.init(k_net)
     if network.train_first:
@@ -209,8 +215,8 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
     params, opt_state, _, total = jax.lax.fori_loop(1, updates_per_network, body,
                                                     (params, opt_state, net, loss))
-    return (DistillState(params, opt_state, state.step + 1, probs),
-            {"loss": total / updates_per_network})
+    return (parallel.constrain_replicated(DistillState(params, opt_state, state.step + 1, probs),
+                                          mesh), {"loss": total / updates_per_network})
 
   return jax.jit(step, donate_argnums=0)
 

@@ -496,4 +496,4 @@ def build_step(config, optimizer, *, num_classes: int, input_shape,
   if method.trains_network:
     kw.update(network=method.network(config, ctx),
               updates_per_network=config.matching.outer_loop)
-  return distill.make_step(loss_fn, optimizer, **kw)
+  return distill.make_step(loss_fn, optimizer, mesh=mesh, **kw)

@@ -80,6 +80,16 @@ def replicate(tree, mesh: Optional[Mesh]):
   return tree if size(mesh) == 1 else jax.device_put(tree, replicated(mesh))
 
 
+def constrain_replicated(tree, mesh: Optional[Mesh]):
+  """Inside a jit: every leaf of `tree` whole on every device (no-op on one device). A step's
+  state ends so, or XLA may leave it split (e.g. 10 classes' images over 2 devices) and the
+  next call's inputs would differ from the compiled ones."""
+  if size(mesh) == 1:
+    return tree
+  return jax.tree_util.tree_map(lambda a: jax.lax.with_sharding_constraint(a, replicated(mesh)),
+                                tree)
+
+
 def constrain_rows(x: jax.Array, mesh: Optional[Mesh]) -> jax.Array:
   """Inside a jit: ask XLA to split `x`'s leading axis over the devices (no-op on one device)."""
   if size(mesh) == 1:

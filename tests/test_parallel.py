@@ -61,7 +61,7 @@ CASES = ["kip", "kip_cvar", "dc", "dsa", "lcmat", "dc_cvar", "dc_importance"]
 @pytest.mark.slow
 def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
   """Every method's two steps (matching methods: two updates with inner training between them)
-  on meshes of 8, 4 and 1 simulated CPU devices (DSA and LCMat: 8 and 1), in a subprocess (XLA
+  on meshes of 8, 4, 3 and 1 simulated CPU devices (DSA and LCMat: 8 and 1), in a subprocess (XLA
   reads the device count once, before JAX starts): the same set and losses whatever the device
   count (3 classes on 8 and 4 devices are padded), the set replicated over the mesh, and on 8
   devices, not on one, a step that communicates (the all-reduced image gradient of split
@@ -76,7 +76,7 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
   for case in CASES:
     one = r[f"{case}/1/images"]
     assert not np.allclose(one, r["initial_images"]), case  # The steps moved the set.
-    for devices in (8, 4) if f"{case}/4/images" in r else (8,):
+    for devices in (d for d in (8, 4, 3) if f"{case}/{d}/images" in r):
       np.testing.assert_allclose(r[f"{case}/{devices}/images"], one, rtol=1e-4, atol=1e-5,
                                  err_msg=f"{case} on {devices} devices")
       np.testing.assert_allclose(r[f"{case}/{devices}/losses"], r[f"{case}/1/losses"],
