@@ -28,17 +28,18 @@ dsa_per_sample = functools.partial(augment_lib.dsa, per_sample=True)
 
 
 def krr_predictions(kernel_fn, support_images, support_labels, test_images, *,
-                    diag_reg: float = 1e-6, batch_size: int = 256) -> np.ndarray:
+                    diag_reg: float = 1e-6, batch_size: int = 256, mesh=None) -> np.ndarray:
   """KRR predictions (n_test, C) of a support set on test images, kernels (or, for kernels with
-  features, the features) computed in blocks."""
+  features, the features) computed in blocks (on a `mesh`, row blocks split over its devices)."""
   if hasattr(kernel_fn, "features"):
     phi_s = kernels.feature_matrix(kernel_fn, support_images, batch_size=batch_size)
     phi_t = kernels.feature_matrix(kernel_fn, test_images, batch_size=batch_size)
     predict = krr.make_feature_krr_predictor(jnp.asarray(phi_s), jnp.asarray(support_labels),
                                              diag_reg=diag_reg)
     return np.asarray(predict(jnp.asarray(phi_t)))
-  k_ss = kernels.kernel_matrix(kernel_fn, support_images, batch_size=batch_size)
-  k_ts = kernels.kernel_matrix(kernel_fn, test_images, support_images, batch_size=batch_size)
+  k_ss = kernels.kernel_matrix(kernel_fn, support_images, batch_size=batch_size, mesh=mesh)
+  k_ts = kernels.kernel_matrix(kernel_fn, test_images, support_images, batch_size=batch_size,
+                               mesh=mesh)
   predict = krr.make_krr_predictor(jnp.asarray(k_ss), jnp.asarray(support_labels),
                                    diag_reg=diag_reg)
   return np.asarray(predict(jnp.asarray(k_ts)))
@@ -66,10 +67,12 @@ def _integer_labels(labels) -> np.ndarray:
 
 
 def krr_label_predictions(kernel_fn, support_images, support_labels, test_sets: dict, *,
-                          diag_reg: float = 1e-6, batch_size: int = 256) -> dict[str, np.ndarray]:
+                          diag_reg: float = 1e-6, batch_size: int = 256,
+                          mesh=None) -> dict[str, np.ndarray]:
   """Predicted classes (1, n) of KRR from the support set on each named test set."""
   return {name: np.argmax(krr_predictions(kernel_fn, support_images, support_labels, x,
-                                          diag_reg=diag_reg, batch_size=batch_size), -1)[None]
+                                          diag_reg=diag_reg, batch_size=batch_size,
+                                          mesh=mesh), -1)[None]
           for name, x in test_sets.items()}
 
 

@@ -387,9 +387,10 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   """
   e = config.evaluation
   x_test = _frozen(x_test)  # Read-only: kernels.feature_matrix may keep its features.
+  mesh = parallel.make_mesh(parallel.parse_mesh(getattr(config, "mesh", None)))
   if evaluator == "krr":
     kernel_fn = methods_lib.config_eval_kernel_fn(config)
-    krr_kw = dict(diag_reg=config.kernel.diag_reg, batch_size=e.kernel_batch)
+    krr_kw = dict(diag_reg=config.kernel.diag_reg, batch_size=e.kernel_batch, mesh=mesh)
 
     def krr_predict(images, labels, test_sets, seeds=None):
       del seeds
@@ -416,7 +417,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:], net=net)
   settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
                   augment=e.eval_augment and x_train.ndim == 4, seed_batch=e.eval_seed_batch,
-                  mesh=parallel.make_mesh(parallel.parse_mesh(getattr(config, "mesh", None))))
+                  mesh=mesh)
 
   def net_predict(images, labels, test_sets, seeds=None, key=None):
     key = stream(config.seed, EVAL_STREAM) if key is None else key

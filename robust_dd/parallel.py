@@ -9,7 +9,10 @@ robust_dd uses a one-axis mesh named `data` (`make_mesh`). On it
   network parameters and synthetic images are replicated, so the image update is one all-reduced
   gradient (the transpose of the replicated inputs);
 - row-parallel arrays (KIP's real target batch, and so the rows of its kernel blocks) are
-  constrained to `rows(mesh)`, and XLA partitions the computation around them.
+  constrained to `rows(mesh)`, and XLA partitions the computation around them;
+- a step's state ends replicated (`constrain_replicated`), so every call has the same shardings;
+- evaluation splits its vmapped networks (`training.train_network`) and its kernel matrices' row
+  blocks (`kernels.kernel_matrix`) over the devices.
 
 On a mesh of one device every function here is the identity of the one-device code path.
 """

@@ -25,6 +25,7 @@ from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import evaluate
 from robust_dd import experiment
+from robust_dd import kernels
 from robust_dd import methods
 from robust_dd import models
 from robust_dd import parallel
@@ -107,8 +108,14 @@ def evaluate_seeds(devices: int):
       np.repeat(np.arange(CLASSES), 2), apply_fn=models.logits_fn(model),
       init_fn=models.init_fn(model, (8, 8, 1)), epochs=3, batch_size=4,
       mesh=parallel.make_mesh(devices))
+  mesh = parallel.make_mesh(devices)
+  conv = kernels.make_kernel_fn("conv", kernel="ntk", depth=1)
+  k_conv = kernels.kernel_matrix(conv, x[:10], x, batch_size=3, mesh=mesh)  # Padded blocks.
+  k_fc = kernels.kernel_matrix(kernels.make_kernel_fn("fc", kernel="ntk", depth=1),
+                               x.reshape(len(x), -1), batch_size=5, mesh=mesh)
   return {f"evaluate/{devices}/predictions": preds["test"],
-          f"evaluate/{devices}/head": np.asarray(trained["head"]["kernel"])}
+          f"evaluate/{devices}/head": np.asarray(trained["head"]["kernel"]),
+          f"evaluate/{devices}/kernel_conv": k_conv, f"evaluate/{devices}/kernel_fc": k_fc}
 
 
 def main(argv):
