@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import data as data_lib
+from robust_dd import parallel
 from robust_dd import precision
 from robust_dd import training
 
@@ -120,16 +121,17 @@ def check_k(k: int, counts) -> None:
 
 
 def kmeans_per_class(key: jax.Array, x, labels, *, num_classes: int, k: int, iters: int = 50,
-                     restarts: int = 3) -> np.ndarray:
-  """k-means with k clusters inside each class, classes vmapped; returns (n,) global cluster ids
-  `label · k + j`."""
+                     restarts: int = 3, mesh=None) -> np.ndarray:
+  """k-means with k clusters inside each class, classes vmapped (on a `mesh`, split over its
+  devices); returns (n,) global cluster ids `label · k + j`."""
   x = np.asarray(x, np.float32).reshape(len(x), -1)
   table, counts = data_lib.class_index_table(np.asarray(labels), num_classes)
   check_k(k, counts)
   mask = np.arange(table.shape[1])[None, :] < counts[:, None]
   per_class = jax.vmap(lambda kk, xc, m: kmeans(kk, xc, k=k, iters=iters, restarts=restarts,
                                                 mask=m).assignment)
-  assignment = np.asarray(per_class(jax.random.split(key, num_classes), x[table], mask))
+  assignment = np.asarray(parallel.call_split(
+      per_class, (jax.random.split(key, num_classes), x[table], mask), mesh))
   ids = np.zeros(len(x), np.int32)
   for c in range(num_classes):
     ids[table[c, :counts[c]]] = c * k + assignment[c, :counts[c]]

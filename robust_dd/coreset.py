@@ -76,7 +76,8 @@ def run_selection(config: SelectConfig, key: jax.Array, x_train, y_train, *, num
                                num_classes=num_classes, budget=budget, ridge=config.ridge,
                                rank=config.rank, dedup_quantile=config.dedup_quantile,
                                num_coords=config.num_coords, eps=config.lcmat_eps,
-                               class_batch=config.class_batch, **kwargs)
+                               class_batch=config.class_batch,
+                               mesh=experiment.config_mesh(config), **kwargs)
 
 
 def select_experiment(config: SelectConfig, workdir: str,

@@ -50,6 +50,12 @@ Log = Callable[[str], None]
  FEATURE_STREAM) = range(7)
 
 
+def config_mesh(config):
+  """The device mesh of a config's `--mesh` (configs without one, e.g. `SelectConfig`: all local
+  devices)."""
+  return parallel.make_mesh(parallel.parse_mesh(getattr(config, "mesh", None)))
+
+
 def stream(seed: int, name: int) -> jax.Array:
   """The key of stream `name` (one of the *_STREAM constants) of a run with `seed`."""
   return jax.random.fold_in(jax.random.key(seed), name)
@@ -173,7 +179,8 @@ def cluster_real(config: DistillConfig, key: jax.Array, x_train, y_train, *, num
   y = np.asarray(y_train)
   k = r.num_clusters
   if r.cluster_scope == "class":
-    ids = cluster.kmeans_per_class(k_means, feats, y, num_classes=num_classes, k=k)
+    ids = cluster.kmeans_per_class(k_means, feats, y, num_classes=num_classes, k=k,
+                                   mesh=config_mesh(config))
     return ids, np.repeat(np.arange(num_classes), k)
   ids = np.asarray(cluster.kmeans(k_means, feats, k=k).assignment)
   if _splits_by_class(config):
@@ -263,7 +270,8 @@ def initial_indices(config: DistillConfig, key: jax.Array, x_train, y_train, *,
                else None)
   return select.select_indices(method, key, x_train, y_train, num_classes=num_classes,
                                budget=config.ipc, kernel_fn=kernel_fn, ridge=s.init_ridge,
-                               rank=s.init_rank, dedup_quantile=s.dedup_quantile)
+                               rank=s.init_rank, dedup_quantile=s.dedup_quantile,
+                               mesh=config_mesh(config))
 
 
 # --------------------------------------------------------------------------------- evaluation
@@ -387,7 +395,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   """
   e = config.evaluation
   x_test = _frozen(x_test)  # Read-only: kernels.feature_matrix may keep its features.
-  mesh = parallel.make_mesh(parallel.parse_mesh(getattr(config, "mesh", None)))
+  mesh = config_mesh(config)
   if evaluator == "krr":
     kernel_fn = methods_lib.config_eval_kernel_fn(config)
     krr_kw = dict(diag_reg=config.kernel.diag_reg, batch_size=e.kernel_batch, mesh=mesh)
@@ -521,7 +529,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   config_lib.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
   config_lib.check_workdir(workdir, config)
-  mesh = parallel.make_mesh(parallel.parse_mesh(config.mesh))
+  mesh = config_mesh(config)
   config = config.replace(mesh=f"{parallel.AXIS}:{parallel.size(mesh)}")  # The mesh used.
   ckpt_dir = os.path.join(workdir, "checkpoints")
   io.make_dirs(workdir, ckpt_dir)

@@ -12,7 +12,8 @@ robust_dd uses a one-axis mesh named `data` (`make_mesh`). On it
   constrained to `rows(mesh)`, and XLA partitions the computation around them;
 - a step's state ends replicated (`constrain_replicated`), so every call has the same shardings;
 - evaluation splits its vmapped networks (`training.train_network`) and its kernel matrices' row
-  blocks (`kernels.kernel_matrix`) over the devices.
+  blocks (`kernels.kernel_matrix`) over the devices; selection (`select.select_indices`) and
+  per-class k-means (`cluster.kmeans_per_class`) split their classes (`call_split`).
 
 On a mesh of one device every function here is the identity of the one-device code path.
 """
@@ -109,6 +110,22 @@ def pad_groups(args, multiple: int):
     return args
   return jax.tree_util.tree_map(
       lambda a: jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)]), args)
+
+
+def call_split(fn: Callable[..., Any], args: tuple, mesh: Optional[Mesh], *,
+               shared: tuple = ()):
+  """`fn(*args, *shared)` for a jitted `fn` that maps over the leading (group) axis of `args`
+  (e.g. `jit(vmap(f))` over classes), with the groups split over the devices of `mesh`: `args`
+  padded to a multiple of the device count (copies of group 0, dropped from the output) and
+  placed with `rows(mesh)`, `shared` replicated; XLA partitions the vmap. One device: `fn` as is.
+  """
+  d = size(mesh)
+  if d == 1:
+    return fn(*args, *shared)
+  num = jax.tree_util.tree_leaves(args)[0].shape[0]
+  placed = jax.device_put(pad_groups(tuple(args), d), rows(mesh))
+  out = fn(*placed, *replicate(tuple(shared), mesh))
+  return jax.tree_util.tree_map(lambda o: o[:num], out)
 
 
 def map_groups(local_map: Callable[[tuple], jax.Array], args: tuple,

@@ -30,6 +30,7 @@ import numpy as np
 
 from robust_dd import cluster
 from robust_dd import data as data_lib
+from robust_dd import parallel
 from robust_dd import sensitivity
 
 METHODS = ("random", "kmeans_centers", "herding", "kcenter", "sensitivity", "sensitivity_krr",
@@ -277,7 +278,8 @@ def select_indices(method: str, key: jax.Array, x, labels, *, num_classes: int, 
                    kernel_fn: Optional[Callable] = None, ridge: float = 1e-2, rank: int = 0,
                    dedup_quantile: Optional[float] = None,
                    lcmat_inputs: Optional[tuple[Any, Any]] = None, num_coords: int = 100,
-                   eps: float = 0.01, class_batch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   eps: float = 0.01, class_batch: int = 0,
+                   mesh=None) -> tuple[np.ndarray, np.ndarray]:
   """`budget` samples of each class by `method` (see the module docstring).
 
   Args:
@@ -288,6 +290,7 @@ def select_indices(method: str, key: jax.Array, x, labels, *, num_classes: int, 
       the class's nearest-neighbour distances (None: only exact duplicates).
     lcmat_inputs: (features z (n, d), softmax probabilities (n, C)) of a warmed-up network, for
       lcmat (see `robust_dd.coreset.lcmat_warmup`); class_batch: classes vmapped at once there.
+    mesh: split the classes over its devices (`parallel.call_split`; not lcmat's).
   Returns (indices (C·budget,), weights (C·budget,)), class-major; weights are the importance
   weights of the sampling methods (each class's weighted sum estimates its total) and 1 otherwise.
   """
@@ -309,7 +312,8 @@ def select_indices(method: str, key: jax.Array, x, labels, *, num_classes: int, 
   mask = np.arange(table.shape[1])[None, :] < counts[:, None]
   keys = jax.vmap(lambda c: jax.random.fold_in(key, c))(jnp.arange(num_classes))
   pick = _compiled_select(method, budget, kernel_fn, rank, dedup_quantile)
-  pos, weights = pick(keys, jnp.asarray(x[table]), jnp.asarray(mask), jnp.float32(ridge))
+  pos, weights = parallel.call_split(pick, (keys, jnp.asarray(x[table]), jnp.asarray(mask)),
+                                     mesh, shared=(jnp.float32(ridge),))
   return (np.take_along_axis(table, np.asarray(pos), axis=1).reshape(-1),
           np.asarray(weights, np.float32).reshape(-1))
 

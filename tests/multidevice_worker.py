@@ -20,6 +20,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
+from robust_dd import cluster
 from robust_dd import config as config_lib
 from robust_dd import data as data_lib
 from robust_dd import distill
@@ -29,6 +30,7 @@ from robust_dd import kernels
 from robust_dd import methods
 from robust_dd import models
 from robust_dd import parallel
+from robust_dd import select
 from robust_dd import training
 
 CLASSES, PER_CLASS = 3, 8
@@ -118,6 +120,23 @@ def evaluate_seeds(devices: int):
           f"evaluate/{devices}/kernel_conv": k_conv, f"evaluate/{devices}/kernel_fc": k_fc}
 
 
+def select_and_cluster(devices: int):
+  """Coreset selection and per-class k-means with the classes split over the devices."""
+  x, _ = _real()
+  y = np.repeat(np.arange(CLASSES), PER_CLASS)
+  feats = x.reshape(len(x), -1)
+  mesh = parallel.make_mesh(devices)
+  out = {}
+  for method in ("sensitivity", "herding"):
+    idx, weights = select.select_indices(method, jax.random.key(2), feats, y,
+                                         num_classes=CLASSES, budget=2, mesh=mesh)
+    out[f"select_{method}/{devices}/indices"] = idx
+    out[f"select_{method}/{devices}/weights"] = weights
+  out[f"kmeans/{devices}/ids"] = cluster.kmeans_per_class(jax.random.key(3), feats, y,
+                                                          num_classes=CLASSES, k=2, mesh=mesh)
+  return out
+
+
 def main(argv):
   out = argv[1]
   assert len(jax.devices()) == 8, jax.devices()
@@ -129,6 +148,7 @@ def main(argv):
       print(f"{case} on {devices}: {time.time() - t0:.1f} s", flush=True)
   for devices in (8, 4, 1):
     results.update(evaluate_seeds(devices))
+    results.update(select_and_cluster(devices))
   np.savez(out, **results)
 
 

@@ -66,8 +66,9 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
   count (3 classes on 8 and 4 devices are padded), the set replicated over the mesh, and on 8
   devices, not on one, a step that communicates (the all-reduced image gradient of split
   classes, or of split real rows). The evaluator's seeds, split over the devices, train the same
-  networks, and its kernel matrices, row blocks split over the devices, are the same. One test,
-  so that the subprocess runs once whichever pytest-xdist worker takes it."""
+  networks, and its kernel matrices, row blocks split over the devices, are the same; so are
+  coreset selections and per-class k-means with the classes split. One test, so that the
+  subprocess runs once whichever pytest-xdist worker takes it."""
   out = str(tmp_path / "results.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_worker.py"), out],
@@ -89,6 +90,10 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
                                   r["evaluate/1/predictions"])
     np.testing.assert_allclose(r[f"evaluate/{devices}/head"], r["evaluate/1/head"], rtol=1e-4,
                                atol=1e-6)
+    for name in ("select_sensitivity/{}/indices", "select_herding/{}/indices", "kmeans/{}/ids"):
+      np.testing.assert_array_equal(r[name.format(devices)], r[name.format(1)], err_msg=name)
+    np.testing.assert_allclose(r[f"select_sensitivity/{devices}/weights"],
+                               r["select_sensitivity/1/weights"], rtol=1e-5)
     for name in ("kernel_conv", "kernel_fc"):  # Row blocks split over the devices.
       np.testing.assert_allclose(r[f"evaluate/{devices}/{name}"], r[f"evaluate/1/{name}"],
                                  rtol=1e-5, err_msg=f"{name} on {devices} devices")
