@@ -159,16 +159,10 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   if not stacked and jnp.ndim(key) == 0:
     return _train_one(key, images, labels, **kw)
-  if parallel.size(mesh) == 1:
-    return _train_many(key, images, labels, stacked=stacked, **kw)
-  num = key.shape[0]
-  per_network = (key, images, labels) if stacked else (key,)
-  per_network = jax.device_put(parallel.pad_groups(per_network, parallel.size(mesh)),
-                               parallel.rows(mesh))
-  if not stacked:
-    per_network += parallel.replicate((images, labels), mesh)
-  out = _train_many(*per_network, stacked=stacked, **kw)
-  return jax.tree_util.tree_map(lambda a: a[:num], out)
+  train = functools.partial(_train_many, stacked=stacked, **kw)
+  if stacked:
+    return parallel.call_split(train, (key, images, labels), mesh)
+  return parallel.call_split(train, (key,), mesh, shared=(images, labels))
 
 
 def map_batches(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, batch_size: int = 500
