@@ -117,14 +117,9 @@ def check_inputs(arch: str, x: np.ndarray) -> None:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _block(kernel_fn, x1, x2):
-  return kernel_fn(x1, x2)
-
-
-@functools.partial(jax.jit, static_argnums=0)
 def _row_blocks(kernel_fn, rows, x2):
-  # (d, b1, ...) row blocks, one per device when `rows` is split over a mesh: XLA partitions the
-  # vmap, so every device computes its own block against the replicated columns.
+  # (d, b1, ...) row blocks against one block of columns, one row block per device when `rows`
+  # is split over a mesh (`parallel.call_split`: XLA partitions the vmap).
   return jax.vmap(kernel_fn, in_axes=(0, None))(rows, x2)
 
 
@@ -172,8 +167,6 @@ def kernel_matrix(kernel_fn: KernelFn, x1, x2=None, *, batch_size: int = 256,
   a `mesh` of d > 1 devices (`parallel.make_mesh`) d row blocks are computed at once, one per
   device, each against a whole `batch_size` block of columns.
   """
-  if parallel.size(mesh) > 1 and not hasattr(kernel_fn, "features"):
-    return _sharded_kernel_matrix(kernel_fn, x1, x2, batch_size=batch_size, mesh=mesh)
   if batch_size < 1:
     raise ValueError(f"batch_size must be positive, got {batch_size}.")
   if hasattr(kernel_fn, "features"):
@@ -182,33 +175,17 @@ def kernel_matrix(kernel_fn: KernelFn, x1, x2=None, *, batch_size: int = 256,
     return (phi1.astype(np.float64) @ phi2.T.astype(np.float64)).astype(np.float32)
   x1 = np.asarray(x1)
   x2 = x1 if x2 is None else np.asarray(x2)
-  b1, b2 = min(batch_size, len(x1)), min(batch_size, len(x2))
-  out = np.empty((len(x1), len(x2)), np.float32)
-  for i in range(0, len(x1), b1):
-    rows = _pad_to(x1[i:i + b1], b1)
-    for j in range(0, len(x2), b2):
-      cols = _pad_to(x2[j:j + b2], b2)
-      block = np.asarray(_block(kernel_fn, rows, cols))
-      out[i:i + b1, j:j + b2] = block[:min(b1, len(x1) - i), :min(b2, len(x2) - j)]
-  return out
-
-
-def _sharded_kernel_matrix(kernel_fn: KernelFn, x1, x2, *, batch_size: int, mesh) -> np.ndarray:
-  """`kernel_matrix` with d = mesh size row blocks at a time, split over the devices."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be positive, got {batch_size}.")
-  x1 = np.asarray(x1)
-  x2 = x1 if x2 is None else np.asarray(x2)
   d = parallel.size(mesh)
   b1, b2 = min(batch_size, len(x1)), min(batch_size, len(x2))
-  step = d * b1
+  step = d * b1  # d row blocks at a time, one per device.
+  blocks = functools.partial(_row_blocks, kernel_fn)
   out = np.empty((len(x1), len(x2)), np.float32)
   for i in range(0, len(x1), step):
     rows = _pad_to(x1[i:i + step], step).reshape(d, b1, *x1.shape[1:])
-    rows = jax.device_put(rows, parallel.rows(mesh))
     for j in range(0, len(x2), b2):
-      cols = parallel.replicate(_pad_to(x2[j:j + b2], b2), mesh)
-      block = np.asarray(_row_blocks(kernel_fn, rows, cols)).reshape(step, b2)
-      out[i:i + step, j:j + b2] = block[:min(step, len(x1) - i), :min(b2, len(x2) - j)]
+      cols = _pad_to(x2[j:j + b2], b2)
+      block = np.asarray(parallel.call_split(blocks, (rows,), mesh, shared=(cols,)))
+      out[i:i + step, j:j + b2] = block.reshape(step, b2)[:min(step, len(x1) - i),
+                                                          :min(b2, len(x2) - j)]
   return out
 

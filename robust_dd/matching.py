@@ -102,22 +102,8 @@ def _group_losses(class_loss: ClassLoss, net_params, labels, syn_images, real_im
       x_syn, x_real = augment(k, x_syn), augment(k, x_real)
     return class_loss(net_params, x_syn, x_real, label, weights)
 
-  return _map_groups(one, (labels, syn_images, real_images, real_weights, keys), group_batch,
-                     mesh)
-
-
-def _map_groups(fn: Callable[..., jax.Array], args: tuple, group_batch: Optional[int],
-                mesh: Optional[Mesh] = None):
-  """`fn` over the leading axis of `args`: one `vmap`, or `lax.map` over `group_batch` at a time;
-  on a `mesh`, the groups split over its devices (`parallel.map_groups`), each device mapping its
-  own groups so."""
-
-  def local(a):
-    if group_batch and group_batch < a[0].shape[0]:
-      return jax.lax.map(lambda b: fn(*b), a, batch_size=group_batch)
-    return jax.vmap(fn)(*a)
-
-  return parallel.map_groups(local, args, mesh)
+  return parallel.map_groups(one, (labels, syn_images, real_images, real_weights, keys), mesh,
+                             batch=group_batch)
 
 
 def default_class_batch(class_batch: Optional[int] = None, *,
@@ -236,9 +222,9 @@ def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.
       x_real = augment(k, x_real.reshape(-1, *x_real.shape[2:])).reshape(x_real.shape)
     return jax.vmap(lambda xr, w: class_loss(net_params, x_syn, xr, label, w))(x_real, weights)
 
-  return _map_groups(one, (jnp.arange(num_classes), syn_images, real_images,
-                          mask.astype(jnp.float32), _group_keys(key, num_classes, augment)),
-                     class_batch, mesh)
+  keys = _group_keys(key, num_classes, augment)
+  return parallel.map_groups(one, (jnp.arange(num_classes), syn_images, real_images,
+                                   mask.astype(jnp.float32), keys), mesh, batch=class_batch)
 
 
 def gradient_match_loss(net_params, syn_images, real_images, *, apply_fn: ApplyFn,

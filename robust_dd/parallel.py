@@ -128,20 +128,29 @@ def call_split(fn: Callable[..., Any], args: tuple, mesh: Optional[Mesh], *,
   return jax.tree_util.tree_map(lambda o: o[:num], out)
 
 
-def map_groups(local_map: Callable[[tuple], jax.Array], args: tuple,
-               mesh: Optional[Mesh]) -> jax.Array:
-  """`local_map(args)` over the leading (group) axis of `args`, groups split over the devices.
+def map_groups(fn: Callable[..., jax.Array], args: tuple, mesh: Optional[Mesh], *,
+               batch: Optional[int] = None) -> jax.Array:
+  """`fn(*group_args)` for every group along the leading axis of `args`, the groups split over
+  the devices of `mesh`.
 
-  `local_map` maps a tuple of arrays with a leading group axis to per-group outputs; values it
-  closes over are replicated. On a mesh of d > 1 devices the group axis is padded to a multiple
-  of d (copies of group 0, dropped from the output) and every device runs `local_map` on its
-  groups; the result is the same as `local_map(args)` on one device, to float tolerance.
+  Each device maps `fn` over its own groups: one `vmap`, or `lax.map` over `batch` groups at a
+  time (bounding memory) when `batch` is smaller than its share. Values `fn` closes over are
+  replicated. On a mesh of d > 1 devices the group axis is padded to a multiple of d (copies of
+  group 0, dropped from the output; `jax.shard_map`); the result is the same as on one device,
+  to float tolerance.
   """
+
+  def local(a):
+    if batch and batch < a[0].shape[0]:
+      return jax.lax.map(lambda b: fn(*b), a, batch_size=batch)
+    return jax.vmap(fn)(*a)
+
+  args = tuple(args)
   d = size(mesh)
   if d == 1:
-    return local_map(args)
+    return local(args)
   num = jax.tree_util.tree_leaves(args)[0].shape[0]
   padded = pad_groups(args, d)
-  out = jax.shard_map(lambda *a: local_map(a), mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
+  out = jax.shard_map(lambda *a: local(a), mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
                       check_vma=False)(*padded)
   return jax.tree_util.tree_map(lambda o: o[:num], out)

@@ -242,31 +242,29 @@ def lcmat_class_select(z, probs, labels, mask, *, budget: int, num_coords: int =
 
 
 def lcmat_select(z, probs, labels, *, num_classes: int, budget: int, num_coords: int = 100,
-                 eps: float = 0.01, block: int = 256, class_batch: int = 0) -> np.ndarray:
+                 eps: float = 0.01, block: int = 256, class_batch: int = 0,
+                 mesh=None) -> np.ndarray:
   """LCMat-S of every class, classes padded to one size and vmapped (`class_batch` at a time,
-  0: all). z (n, d) warm-up network features, probs (n, C), labels (n,). Returns (C·budget,)
-  global indices, class-major."""
+  0: all), split over the devices of `mesh` (`parallel.map_groups`). z (n, d) warm-up network
+  features, probs (n, C), labels (n,). Returns (C·budget,) global indices, class-major."""
   labels = np.asarray(labels)
   table, counts = data_lib.class_index_table(labels, num_classes)
   data_lib.check_per_class(counts, budget, what=f"A budget of {budget} per class")
   mask = np.arange(table.shape[1])[None, :] < counts[:, None]
   z, probs = jnp.asarray(z, jnp.float32), jnp.asarray(probs, jnp.float32)
   args = (z[table], probs[table], jnp.asarray(labels)[table], jnp.asarray(mask), jnp.float32(eps))
-  pos = _compiled_lcmat(budget, num_coords, block, class_batch if class_batch < num_classes
-                        else 0)(*args)
+  pos = _compiled_lcmat(budget, num_coords, block, class_batch or None, mesh)(*args)
   return np.take_along_axis(table, np.asarray(pos), axis=1).reshape(-1)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_lcmat(budget, num_coords, block, class_batch):
+def _compiled_lcmat(budget, num_coords, block, class_batch, mesh):
   """LCMat-S over padded classes, jitted once per static setting (`eps` traced)."""
 
   def run(z, probs, labels, mask, eps):
     one = functools.partial(lcmat_class_select, budget=budget, num_coords=num_coords, eps=eps,
                             block=block)
-    if class_batch:
-      return jax.lax.map(lambda a: one(*a), (z, probs, labels, mask), batch_size=class_batch)
-    return jax.vmap(one)(z, probs, labels, mask)
+    return parallel.map_groups(one, (z, probs, labels, mask), mesh, batch=class_batch)
 
   return jax.jit(run)
 
@@ -290,7 +288,8 @@ def select_indices(method: str, key: jax.Array, x, labels, *, num_classes: int, 
       the class's nearest-neighbour distances (None: only exact duplicates).
     lcmat_inputs: (features z (n, d), softmax probabilities (n, C)) of a warmed-up network, for
       lcmat (see `robust_dd.coreset.lcmat_warmup`); class_batch: classes vmapped at once there.
-    mesh: split the classes over its devices (`parallel.call_split`; not lcmat's).
+    mesh: split the classes over its devices (`parallel.call_split`; lcmat's by
+      `parallel.map_groups`).
   Returns (indices (C·budget,), weights (C·budget,)), class-major; weights are the importance
   weights of the sampling methods (each class's weighted sum estimates its total) and 1 otherwise.
   """
@@ -304,7 +303,7 @@ def select_indices(method: str, key: jax.Array, x, labels, *, num_classes: int, 
       raise ValueError("lcmat selection needs lcmat_inputs=(features, probabilities) of a "
                        "warmed-up network.")
     idx = lcmat_select(*lcmat_inputs, labels, num_classes=num_classes, budget=budget,
-                       num_coords=num_coords, eps=eps, class_batch=class_batch)
+                       num_coords=num_coords, eps=eps, class_batch=class_batch, mesh=mesh)
     return idx, np.ones(len(idx), np.float32)
   if method == "sensitivity_krr" and kernel_fn is None:
     raise ValueError("sensitivity_krr needs a kernel_fn.")

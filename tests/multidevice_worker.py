@@ -121,7 +121,8 @@ def evaluate_seeds(devices: int):
 
 
 def select_and_cluster(devices: int):
-  """Coreset selection and per-class k-means with the classes split over the devices."""
+  """Coreset selection (sensitivity, herding, LCMat-S) and per-class k-means with the classes
+  split over the devices."""
   x, _ = _real()
   y = np.repeat(np.arange(CLASSES), PER_CLASS)
   feats = x.reshape(len(x), -1)
@@ -132,6 +133,12 @@ def select_and_cluster(devices: int):
                                          num_classes=CLASSES, budget=2, mesh=mesh)
     out[f"select_{method}/{devices}/indices"] = idx
     out[f"select_{method}/{devices}/weights"] = weights
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(feats[:, :CLASSES]), -1))
+  for class_batch in (0, 2):  # LCMat-S, all of a device's classes at once or 2 at a time.
+    out[f"select_lcmat{class_batch}/{devices}/indices"] = select.select_indices(
+        "lcmat", jax.random.key(2), feats, y, num_classes=CLASSES, budget=2,
+        lcmat_inputs=(feats[:, :6], probs), num_coords=4, class_batch=class_batch,
+        mesh=mesh)[0]
   out[f"kmeans/{devices}/ids"] = cluster.kmeans_per_class(jax.random.key(3), feats, y,
                                                           num_classes=CLASSES, k=2, mesh=mesh)
   return out
