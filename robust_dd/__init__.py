@@ -47,8 +47,8 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "data": {
         "data": ("Dataset", "load_dataset", "fit_preprocessing", "apply_preprocessing",
-                 "Preprocessing", "one_hot_centered", "class_index_table",
-                 "sample_class_balanced"),
+                 "invert_preprocessing", "Preprocessing", "one_hot_centered",
+                 "class_index_table", "sample_class_balanced"),
     },
     "evaluation": {
         "evaluate": ("krr_predictions", "krr_accuracy", "network_predictions",
@@ -61,10 +61,12 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "methods": ("METHODS", "Method", "build_step", "kip_loss_fn", "matching_loss_fn",
                     "robust_kip_loss_fn", "robust_matching_loss_fn", "inner_loop_network"),
         "parallel": ("make_mesh",),
+        "io": ("Checkpoints", "MetricWriter", "read_events"),
+        "progress": ("Progress",),
     },
     "experiments": {
         "config": ("DistillConfig", "SelectConfig", "resolve_config", "validate_config"),
-        "experiment": ("distill_experiment", "evaluate_workdir"),
+        "experiment": ("distill_experiment", "evaluate_workdir", "export_workdir"),
         "coreset": ("select_experiment",),
     },
 }
@@ -72,8 +74,8 @@ _WHERE = {name: module for group in _GROUPS.values() for module, names in group.
           for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
                "evaluate", "experiment", "groups", "io", "kernels", "krr", "matching", "methods",
-               "models", "parallel", "precision", "random_features", "reporting", "risk", "select",
-               "sensitivity", "training")
+               "models", "parallel", "precision", "progress", "random_features", "reporting",
+               "risk", "select", "sensitivity", "training")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 

@@ -24,6 +24,7 @@ from robust_dd import experiment
 from robust_dd import io
 from robust_dd import methods as methods_lib
 from robust_dd import models
+from robust_dd import progress
 from robust_dd import reporting
 from robust_dd import select
 from robust_dd import training
@@ -32,24 +33,29 @@ SelectConfig = config_lib.SelectConfig
 
 
 def lcmat_warmup(key: jax.Array, model, x_train, y_train, *, epochs: int,
-                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                 batch_size: int = 256, log=None) -> tuple[np.ndarray, np.ndarray]:
   """LCMat-S's warm-up: a network trained `epochs` epochs on the whole training set (SGD as in
   evaluation, no augmentation); returns its penultimate features and softmax probabilities for
-  every training sample."""
+  every training sample. With `log`, training reports its progress (`progress.Progress`)."""
   apply_fn = models.logits_fn(model)
   params, _ = training.train_network(key, x_train, y_train, apply_fn=apply_fn,
                                      init_fn=models.init_fn(model, tuple(x_train.shape[1:])),
-                                     epochs=epochs, batch_size=batch_size)
+                                     epochs=epochs, batch_size=batch_size,
+                                     progress=_epochs_progress(epochs, "LCMat-S warm-up", log))
   z = training.map_batches(lambda xb: models.embed_fn(model)(params, xb), jnp.asarray(x_train))
   logits = training.predict(apply_fn, params, x_train)
   return np.asarray(z), np.asarray(jax.nn.softmax(logits, -1))
+
+
+def _epochs_progress(epochs: int, desc: str, log):
+  return None if log is None else progress.Progress(epochs, desc=desc, unit="epoch", log=log)
 
 
 def _lcmat_inputs(config: SelectConfig, key, x_train, y_train, num_classes, log):
   log(f"LCMat-S warm-up: {config.warmup_epochs} epochs on {len(x_train)} training samples ...")
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:])
   return {"lcmat_inputs": lcmat_warmup(key, model, x_train, y_train,
-                                       epochs=config.warmup_epochs)}
+                                       epochs=config.warmup_epochs, log=log)}
 
 
 def _kernel_inputs(config: SelectConfig, key, x_train, y_train, num_classes, log):
@@ -119,7 +125,7 @@ def select_experiment(config: SelectConfig, workdir: str,
                              "jax_version": jax.__version__, "backend": jax.default_backend()}
   for name in config.evaluators:
     evaluator = experiment.make_evaluator(config, x_train, y_train, x_test, dataset.y_test,
-                                          num_classes=num_classes, evaluator=name)
+                                          num_classes=num_classes, evaluator=name, log=log)
     log(f"Evaluating the coreset ({evaluator.describe()}) ...")
     accs = evaluator.accuracies(images, labels)
     metrics[name] = {"evaluator": evaluator.describe(), "test_accs": accs.tolist(),

@@ -404,6 +404,20 @@ def apply_preprocessing(x: np.ndarray, prep: Preprocessing) -> np.ndarray:
   return out.astype(np.float32)
 
 
+def invert_preprocessing(x: np.ndarray, prep: Preprocessing) -> np.ndarray:
+  """`apply_preprocessing`'s inverse: preprocessed samples (e.g. a distilled set) back in the raw
+  data's units (pixels in [0, 1] for every image loader here). The ZCA matrix W = U (S + r·I)^(-1/2)
+  Uᵀ is symmetric positive definite (r > 0), so its inverse is U (S + r·I)^(1/2) Uᵀ, computed in
+  float64 from W's own eigendecomposition."""
+  out = np.asarray(x, np.float64)
+  if prep.zca is not None:
+    eigval, eigvec = np.linalg.eigh(np.asarray(prep.zca, np.float64))
+    if eigval.min() <= 0:
+      raise ValueError("The saved ZCA matrix is not positive definite; it cannot be inverted.")
+    out = (out.reshape(len(out), -1) @ ((eigvec / eigval) @ eigvec.T)).reshape(out.shape)
+  return (out * prep.std + prep.mean).astype(np.float32)
+
+
 def one_hot_centered(labels, num_classes: int):
   """One-hot labels minus 1/C (KIP's centred labels)."""
   return jax.nn.one_hot(labels, num_classes) - 1.0 / num_classes

@@ -31,6 +31,7 @@ import optax
 from robust_dd import data as data_lib
 from robust_dd import io
 from robust_dd import parallel
+from robust_dd import progress
 from robust_dd import risk
 from robust_dd import sensitivity
 
@@ -234,16 +235,11 @@ def importance_rescorer(sample_losses: Callable[[Params, dict, jax.Array], jax.A
   return rescore
 
 
-def _format_seconds(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *, key: jax.Array,
                      num_steps: int, log_every: int = 100,
                      eval_fn: Optional[Callable[[Params], dict[str, float]]] = None,
                      checkpoint_dir: Optional[str] = None, checkpoint_every: int = 0,
-                     on_log: Optional[Callable[[list[dict[str, Any]]], None]] = None,
+                     on_log: Optional[Callable[[list[dict[str, Any]], DistillState], None]] = None,
                      history: Optional[list[dict[str, Any]]] = None,
                      refresh_real: Optional[Callable[[DistillState, int], dict]] = None,
                      refresh_every: int = 0,
@@ -254,44 +250,57 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   later step that is a multiple of `refresh_every` (0: never); the caller passes `real` for the
   first step (e.g. `refresh_real(state, state.step)`).
 
-  Every `log_every` steps (and at the end) it records the loss and `eval_fn(params)`, prints a
-  progress line with the time left, and calls `on_log(history)`. Every `checkpoint_every` steps
-  (0: never) and at the end it saves `state` atomically in `checkpoint_dir`.
+  Every `log_every` steps (and at the end) it records the loss, the time per step and
+  `eval_fn(params)`, prints a progress line with the time left, and calls
+  `on_log(history, state)`. On a terminal a progress bar (`progress.Progress`) also shows every
+  step. Every `checkpoint_every` steps
+  (0: never) and at the end it saves `state` in `checkpoint_dir` (`io.Checkpoints`: Orbax,
+  atomic, asynchronous; the newest two kept).
 
   Raises:
     FloatingPointError: the loss became NaN or infinite (lower the learning rate, raise diag_reg).
   """
   history = list(history or [])
   start = int(state.step)
+  checkpoints = io.Checkpoints(checkpoint_dir) if checkpoint_dir else None
+  bar = progress.Progress(num_steps, desc="distillation", initial=start, log=log, lines=False)
   t_start, steps_timed, t_first = time.time(), 0, None
-  for step in range(start, num_steps):
-    if refresh_real is not None and refresh_every and step > start and step % refresh_every == 0:
-      real = refresh_real(state, step)
-    state, metrics = step_fn(state, real, key)  # The step folds in state.step itself.
-    done = step + 1
-    if t_first is None:
-      jax.block_until_ready(state)
-      t_first = time.time()  # Excludes compilation from the time-left estimate.
-    else:
-      steps_timed += 1
-    if done % max(log_every, 1) == 0 or done == num_steps:
-      loss = float(metrics["loss"])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f"Loss is {loss} at step {done}. Lower --learning_rate or raise --diag_reg.")
-      record = {"step": done, "loss": loss, "elapsed_s": round(time.time() - t_start, 2)}
-      if eval_fn is not None:
-        record.update(eval_fn(state.params))
-      history.append(record)
-      per_step = (time.time() - t_first) / steps_timed if steps_timed else 0.0
-      extras = " ".join(f"{k}={v:.4f}" for k, v in record.items()
-                        if k not in ("step", "loss", "elapsed_s"))
-      log(f"step {done:>6d}/{num_steps}  loss={loss:.5f}  {extras}  "
-          f"elapsed={_format_seconds(time.time() - t_start)}  "
-          f"left≈{_format_seconds(per_step * (num_steps - done))}")
-      if on_log is not None:
-        on_log(history)
-    if checkpoint_dir and ((checkpoint_every and done % checkpoint_every == 0)
-                           or done == num_steps):
-      io.save_checkpoint(checkpoint_dir, state, step=done)
+  try:
+    for step in range(start, num_steps):
+      if (refresh_real is not None and refresh_every and step > start
+          and step % refresh_every == 0):
+        real = refresh_real(state, step)
+      state, metrics = step_fn(state, real, key)  # The step folds in state.step itself.
+      done = step + 1
+      if t_first is None:
+        jax.block_until_ready(state)
+        t_first = time.time()  # Excludes compilation from the time-left estimate.
+      else:
+        steps_timed += 1
+      bar.update(1)
+      if done % max(log_every, 1) == 0 or done == num_steps:
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+          raise FloatingPointError(
+              f"Loss is {loss} at step {done}. Lower --learning_rate or raise --diag_reg.")
+        per_step = (time.time() - t_first) / steps_timed if steps_timed else 0.0
+        record = {"step": done, "loss": loss, "elapsed_s": round(time.time() - t_start, 2),
+                  "step_s": round(per_step, 4)}
+        if eval_fn is not None:
+          record.update(eval_fn(state.params))
+        history.append(record)
+        extras = " ".join(f"{k}={v:.4f}" for k, v in record.items()
+                          if k not in ("step", "loss", "elapsed_s", "step_s"))
+        bar.write(f"step {done:>6d}/{num_steps}  loss={loss:.5f}  {extras}  "
+                  f"elapsed={progress.format_seconds(time.time() - t_start)}  "
+                  f"left≈{progress.format_seconds(per_step * (num_steps - done))}")
+        if on_log is not None:
+          on_log(history, state)
+      if checkpoints and ((checkpoint_every and done % checkpoint_every == 0)
+                          or done == num_steps):
+        checkpoints.save(state, step=done)  # In the background; the next step donates `state`.
+  finally:
+    bar.close()
+    if checkpoints:
+      checkpoints.close()  # Waits for the last save.
   return state, history

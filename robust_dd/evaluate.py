@@ -6,7 +6,7 @@ on test data."""
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,7 @@ from robust_dd import data as data_lib
 from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import models
+from robust_dd import progress
 from robust_dd import risk
 from robust_dd import training
 
@@ -80,7 +81,8 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
                         seeds: int = 3, epochs: int = 300, batch_size: int = 256,
                         learning_rate: float = 0.01, momentum: float = 0.9,
                         weight_decay: float = 5e-4, augment: bool = True,
-                        seed_batch: int = 0, mesh=None) -> dict[str, np.ndarray]:
+                        seed_batch: int = 0, mesh=None,
+                        log: Optional[Callable[[str], None]] = None) -> dict[str, np.ndarray]:
   """Predicted classes (seeds, n) on each named test set of `seeds` fresh networks, each trained
   on (images, labels).
 
@@ -90,14 +92,15 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
   data). `labels` are integer labels or label vectors (their argmax is the class). The networks
   are trained `seed_batch` at a time in one `vmap` (0: all seeds at once; 1: one by one); each
   network is the same whichever way; on a `mesh` (`parallel.make_mesh`) each vmap's networks
-  are split over its devices.
+  are split over its devices. With `log`, training reports its progress (`progress.Progress`:
+  a bar on a terminal, else a line every 30 s of a long run); the networks are the same.
   """
   keys = [jax.random.fold_in(key, i) for i in range(seeds)]
   return _network_predictions(keys, np.asarray(images, np.float32), _integer_labels(labels),
                               test_sets, stacked=False, seed_batch=seed_batch, model=model,
                               epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                               momentum=momentum, weight_decay=weight_decay, augment=augment,
-                              mesh=mesh)
+                              mesh=mesh, log=log)
 
 
 def network_subset_predictions(key: jax.Array, train_images, train_labels, test_sets: dict, *,
@@ -118,9 +121,10 @@ def network_subset_predictions(key: jax.Array, train_images, train_labels, test_
 
 def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, model, epochs=300,
                          batch_size=256, learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
-                         augment=True, mesh=None) -> dict[str, np.ndarray]:
+                         augment=True, mesh=None, log=None) -> dict[str, np.ndarray]:
   """Trains one network per key (on `images`, or with `stacked` on images[i]), `seed_batch` at a
-  time, and returns their predicted classes (len(keys), n) on each named test set."""
+  time, and returns their predicted classes (len(keys), n) on each named test set; with `log`,
+  reporting the epochs trained (`progress.Progress`)."""
   if augment and images.ndim != 4 + stacked:
     raise ValueError(f"DSA augments images (n, H, W, C); got shape {images.shape}. "
                      "Evaluate flat data with augment=False.")
@@ -128,17 +132,23 @@ def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, mod
   init = models.init_fn(model, tuple(images.shape[1 + stacked:]))
   preds = {name: [] for name in test_sets}
   chunk = seed_batch or len(keys)
+  batches = -(-len(keys) // chunk)
+  bar = None if log is None else progress.Progress(
+      epochs * batches, unit="epoch", log=log,
+      desc=f"{len(keys)} networks" + (f" in {batches} batches" if batches > 1 else ""))
   for start in range(0, len(keys), chunk):
     part = slice(start, start + chunk)
     trained, _ = training.train_network(
         jnp.stack(keys[part]), images[part] if stacked else images, y[part] if stacked else y,
         apply_fn=apply_fn, init_fn=init, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        augment=dsa_per_sample if augment else None, stacked=stacked, mesh=mesh)
+        augment=dsa_per_sample if augment else None, stacked=stacked, mesh=mesh, progress=bar)
     for j in range(len(keys[part])):
       params = jax.tree_util.tree_map(lambda a, j=j: a[j], trained)
       for name, x in test_sets.items():
         preds[name].append(np.argmax(training.predict(apply_fn, params, x), -1))
+  if bar is not None:
+    bar.close()
   return {name: np.stack(p) for name, p in preds.items()}
 
 

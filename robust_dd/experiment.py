@@ -20,6 +20,8 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -36,6 +38,7 @@ from robust_dd import io
 from robust_dd import methods as methods_lib
 from robust_dd import models
 from robust_dd import parallel
+from robust_dd import progress
 from robust_dd import reporting
 from robust_dd import risk
 from robust_dd import select
@@ -298,17 +301,21 @@ def robustness_data(dataset: data_lib.Dataset, prep: data_lib.Preprocessing, x_t
                         dataset.group_test)
 
 
-def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int) -> Callable:
+def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int,
+                      log: Optional[Log] = None) -> Callable:
   """`f(x) -> features`: the penultimate layer of the config's evaluation network (`--net`)
   trained for `epochs` on all of (x_train, y_train) with the evaluation schedule (no
   augmentation). Its key depends on nothing but a constant, so every run on the same data and
-  preprocessing gets the same embedding, hence the same test clusters."""
+  preprocessing gets the same embedding, hence the same test clusters. With `log`, training
+  reports its progress."""
   e = config.evaluation
   shape = tuple(x_train.shape[1:])
   model = methods_lib.network_model(config, num_classes, shape)
   params, _ = training.train_network(
       stream(0, FEATURE_STREAM), x_train, np.asarray(y_train), apply_fn=models.logits_fn(model),
-      init_fn=models.init_fn(model, shape), epochs=epochs, batch_size=e.eval_batch)
+      init_fn=models.init_fn(model, shape), epochs=epochs, batch_size=e.eval_batch,
+      progress=None if log is None else progress.Progress(
+          epochs, desc="feature-cluster network", unit="epoch", log=log))
   embed = models.embed_fn(model)
   return lambda x: embed(params, x)
 
@@ -344,7 +351,7 @@ def config_robustness_data(config, dataset: data_lib.Dataset, prep: data_lib.Pre
   log(f"Training the feature-cluster network ({e.feature_cluster_epochs} epochs on "
       f"{len(x_train)} images) ...")
   embed = trained_embedding(config, x_train, dataset.y_train, num_classes=dataset.num_classes,
-                            epochs=e.feature_cluster_epochs)
+                            epochs=e.feature_cluster_epochs, log=log)
   features = np.asarray(cluster.features("embed", jnp.asarray(x_test), embed=embed))
   clusters = evaluate.cluster_test_set(features, k=data.num_clusters)
   if cache:
@@ -386,9 +393,11 @@ class Evaluator(NamedTuple):
 
 
 def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int,
-                   evaluator: str, net: Optional[str] = None) -> Evaluator:
+                   evaluator: str, net: Optional[str] = None,
+                   log: Optional[Log] = None) -> Evaluator:
   """KRR with the config's kernel ('krr') or the config's finite network ('network'; `net`
-  replaces `--net`, for cross-architecture evaluation).
+  replaces `--net`, for cross-architecture evaluation; `log`: where its training reports
+  progress, `evaluate.network_predictions`).
 
   `config` is any config with kernel, network and evaluation sections and a seed
   (`DistillConfig`, `SelectConfig`).
@@ -425,7 +434,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:], net=net)
   settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
                   augment=e.eval_augment and x_train.ndim == 4, seed_batch=e.eval_seed_batch,
-                  mesh=mesh)
+                  mesh=mesh, log=log)
 
   def net_predict(images, labels, test_sets, seeds=None, key=None):
     key = stream(config.seed, EVAL_STREAM) if key is None else key
@@ -491,7 +500,7 @@ def cross_architecture(config, x_train, y_train, x_test, y_test, images, labels,
   results: dict[str, Any] = {}
   for net in config.evaluation.eval_nets:
     evaluator = make_evaluator(config, x_train, y_train, x_test, y_test,
-                               num_classes=num_classes, evaluator="network", net=net)
+                               num_classes=num_classes, evaluator="network", net=net, log=log)
     log(f"Cross-architecture evaluation: {net} ({evaluator.describe()}) ...")
     results[net] = evaluate_support_set(evaluator, images, labels, key=key,
                                         per_class=per_class, log=log)
@@ -502,6 +511,32 @@ def cross_architecture(config, x_train, y_train, x_test, y_test, images, labels,
 
 
 # --------------------------------------------------------------------------------- experiment
+
+
+TENSORBOARD_DIR = "tensorboard"  # Event files of a workdir: `tensorboard --logdir runs`.
+
+
+def write_progress(writer: io.MetricWriter, record: dict[str, Any], state, *, rows: int) -> None:
+  """A progress record's scalars (loss, step time, test accuracy when monitored), the importance
+  sampler's effective sample fraction 1 / (n Σ q²), q its probabilities normalised over all n
+  samples (1: uniform), when it has one, and the set as an image
+  grid (one row per class), at the record's step."""
+  step = record["step"]
+  scalars = {f"distill/{k}": v for k, v in record.items() if k != "step"}
+  if state.sampler is not None:
+    p = np.asarray(state.sampler, np.float64)
+    p = p / p.sum()
+    scalars["sampler/effective_fraction"] = 1.0 / (len(p) * float(np.sum(p * p)))
+  writer.scalars(step, scalars)
+  writer.image(step, "distilled", io.image_grid(np.asarray(state.params["images"]), rows=rows))
+
+
+def _timed_refresh(refresh, writer, state, step):
+  """`refresh(state, step)` (reclustering), its wall time written as `recluster/seconds`."""
+  t0 = time.time()
+  real = jax.block_until_ready(refresh(state, step))
+  writer.scalars(step, {"recluster/seconds": time.time() - t0})
+  return real
 
 
 def _replicated(refresh, mesh, state, step):
@@ -553,15 +588,19 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
       x_train[init_idx], data_lib.one_hot_centered(dataset.y_train[init_idx], num_classes),
       optimizer, num_real=len(x_train) if importance else None,
       extra_params=methods_lib.get(config.method).extra_params(config))
-  restored, restored_step = io.restore_checkpoint(ckpt_dir, state)
+  state = parallel.replicate(state, mesh)
+  with io.Checkpoints(ckpt_dir) as checkpoints:  # Restored onto this run's mesh.
+    restored, restored_step = checkpoints.restore(state)
+    from_npz = restored is not None and restored_step not in checkpoints.steps()
   progress_path = os.path.join(workdir, "progress.json")
   history = []
   if restored is not None:
-    state = jax.tree_util.tree_map(jnp.asarray, restored)
+    state = parallel.replicate(jax.tree_util.tree_map(jnp.asarray, restored), mesh)
     if os.path.exists(progress_path):
       history = [h for h in io.load_json(progress_path) if h["step"] <= restored_step]
-    log(f"Resuming from step {restored_step} ({ckpt_dir}).")
-  state = parallel.replicate(state, mesh)
+    log(f"Resuming from step {restored_step} ({ckpt_dir}"
+        + (", an npz checkpoint of an older robust_dd; new checkpoints are Orbax step "
+           "directories beside it)." if from_npz else ")."))
 
   table, counts = data_lib.class_index_table(dataset.y_train, num_classes)
   real = {"images": jnp.asarray(x_train),
@@ -595,30 +634,40 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
     refresh = functools.partial(_replicated, refresh, mesh)
   evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
                              num_classes=num_classes,
-                             evaluator=methods_lib.get(config.method).evaluator)
+                             evaluator=methods_lib.get(config.method).evaluator, log=log)
 
   def monitor(params):  # One evaluation seed: for watching progress, nothing is chosen on it.
     accs = evaluator.accuracies(params["images"], params["labels"], seeds=1)
     return {"test_acc": float(accs[0])}
 
-  t0 = time.time()
-  state, history = distill.run_distillation(
-      step_fn, state, real, key=loop_key, num_steps=config.steps, log_every=config.log_every,
-      eval_fn=monitor if config.eval_during else None, checkpoint_dir=ckpt_dir,
-      checkpoint_every=config.checkpoint_every, history=history, log=log,
-      on_log=lambda h: io.save_json(progress_path, h), refresh_real=refresh,
-      refresh_every=r.recluster_every or 0)
-  distill_seconds = time.time() - t0
+  writer = io.MetricWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                           purge_step=restored_step + 1 if restored is not None else None)
+  if refresh is not None:
+    refresh = functools.partial(_timed_refresh, refresh, writer)
 
-  images, labels = np.asarray(state.params["images"]), np.asarray(state.params["labels"])
-  learned = {k: np.asarray(v) for k, v in state.params.items() if k not in ("images", "labels")}
-  io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels, **learned,
-              **prep.as_arrays())
-  io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
-  entry = evaluate_support_set(
-      evaluator, images, labels, key=baseline_key, per_class=config.ipc,
-      robustness=config_robustness_data(config, dataset, prep, x_train, x_test, log=log),
-      log=log)
+  def on_log(history, state):
+    io.save_json(progress_path, history)
+    write_progress(writer, history[-1], state, rows=num_classes)
+
+  t0 = time.time()
+  with writer:
+    state, history = distill.run_distillation(
+        step_fn, state, real, key=loop_key, num_steps=config.steps, log_every=config.log_every,
+        eval_fn=monitor if config.eval_during else None, checkpoint_dir=ckpt_dir,
+        checkpoint_every=config.checkpoint_every, history=history, log=log, on_log=on_log,
+        refresh_real=refresh, refresh_every=r.recluster_every or 0)
+    distill_seconds = time.time() - t0
+    images, labels = np.asarray(state.params["images"]), np.asarray(state.params["labels"])
+    learned = {k: np.asarray(v) for k, v in state.params.items() if k not in ("images", "labels")}
+    io.save_npz(os.path.join(workdir, "distilled.npz"), images=images, labels=labels, **learned,
+                **prep.as_arrays())
+    io.save_image_grid(os.path.join(workdir, "distilled.png"), images, rows=num_classes)
+    entry = evaluate_support_set(
+        evaluator, images, labels, key=baseline_key, per_class=config.ipc,
+        robustness=config_robustness_data(config, dataset, prep, x_train, x_test, log=log),
+        log=log)
+    writer.scalars(int(state.step), {f"final/{k}": v for k, v in entry.items()})
+
   metrics = {
       "config": config.to_dict(),
       "flags": _jsonable(config.flat()),
@@ -682,7 +731,7 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   robustness = config_robustness_data(config, dataset, prep, x_train, x_test, log=log)
   for name in (["network"] if network else []) + (["krr"] if krr else []):
     evaluator = make_evaluator(config, x_train, dataset.y_train, x_test, dataset.y_test,
-                               num_classes=dataset.num_classes, evaluator=name)
+                               num_classes=dataset.num_classes, evaluator=name, log=log)
     log(f"{name}: {evaluator.describe()} ...")
     results[name] = evaluate_support_set(
         evaluator, images, labels, key=stream(config.seed, REEVAL_STREAM), per_class=ipc,
@@ -695,3 +744,58 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
                        num_classes=dataset.num_classes, key=stream(config.seed, REEVAL_STREAM),
                        per_class=ipc, report=results, path=out_path, log=log)
   return results
+
+
+def export_workdir(workdir: str, out: Optional[str] = None, *, log: Log = print) -> dict[str, Any]:
+  """Exports the distilled set of `workdir` in the raw data's pixel space, for other tools.
+
+  The saved preprocessing is undone (`data.invert_preprocessing`: un-ZCA, un-standardise), and
+  `out` (default `workdir/export`) receives:
+    train/<class>/<class>_<i>.png  8-bit PNGs of the pixels clipped to [0, 1] (the range every
+                                   image loader here scales to), readable by `tfds.ImageFolder`;
+    labels.csv                     file, class, and the stored label vector (learned or not);
+    pixels.npz                     the unclipped float32 pixels and the labels, nothing rounded;
+    export.json                    source, counts, and how many pixel values were clipped.
+  It is written in a temporary directory beside `out` and renamed when complete, so a killed
+  export leaves nothing; an existing `out` is refused. Returns export.json's contents.
+  """
+  out = out or os.path.join(workdir, "export")
+  set_path = os.path.join(workdir, "distilled.npz")
+  if not os.path.exists(set_path):
+    raise FileNotFoundError(f"{set_path} does not exist: is {workdir} a finished distillation run?")
+  if os.path.exists(out):
+    raise ValueError(f"--out={out} exists; choose another --out, or delete it to export again.")
+  arrays = io.load_npz(set_path)
+  if arrays["images"].ndim != 4 or arrays["images"].shape[-1] not in (1, 3):
+    raise ValueError(f"The set in {workdir} holds samples of shape {arrays['images'].shape[1:]}; "
+                     "only images (H, W, 1 or 3) export to PNG. Its arrays are in distilled.npz.")
+  prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))
+  pixels = data_lib.invert_preprocessing(arrays["images"], prep)
+  labels = np.asarray(arrays["labels"], np.float32)
+  classes = labels.argmax(-1)
+  outside = int(np.sum((pixels < 0) | (pixels > 1)))
+  png = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(out)}-")
+  try:
+    files = io.save_image_folder(tmp, png, classes, num_classes=labels.shape[1])
+    io.save_csv(os.path.join(tmp, "labels.csv"),
+                ["file", "class"] + [f"label_{c}" for c in range(labels.shape[1])],
+                [[f, int(c), *(f"{v:.6g}" for v in row)]
+                 for f, c, row in zip(files, classes, labels)])
+    io.save_npz(os.path.join(tmp, "pixels.npz"), images=pixels, labels=labels)
+    summary = {"source": os.path.abspath(set_path), "images": len(pixels),
+               "shape": list(pixels.shape[1:]), "classes": int(labels.shape[1]),
+               "pixel_range": [0.0, 1.0], "clipped_values": outside,
+               "clipped_fraction": outside / pixels.size,
+               "layout": "tfds.ImageFolder: train/<class>/<class>_<i>.png"}
+    io.save_json(os.path.join(tmp, "export.json"), summary)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  log(f"Exported {len(pixels)} images ({labels.shape[1]} classes) to {out}/: PNGs under train/, "
+      f"labels.csv, pixels.npz; {100 * outside / pixels.size:.2f}% of pixel values lay outside "
+      "[0, 1] and were clipped in the PNGs (pixels.npz keeps them).")
+  return summary

@@ -1,4 +1,4 @@
-"""Files that survive a crash: atomic writes of arrays, JSON, PNG grids and checkpoints.
+"""Files that survive a crash: atomic writes of arrays, JSON, PNG grids; Orbax checkpoints.
 
 Every writer writes to a temporary file in the target directory, flushes and fsyncs it, then
 renames it over the target (`os.replace` is atomic on POSIX), so a killed run never leaves a
@@ -8,6 +8,7 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io as _io
 import json
 import os
@@ -130,48 +131,221 @@ def save_image_grid(path: str, images: np.ndarray, *, rows: int, scale: int = 4)
   atomic_write_bytes(path, buf.getvalue())
 
 
+def save_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
+  """A CSV file (comma-separated, one header line) written atomically."""
+  buf = _io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(header)
+  writer.writerows(rows)
+  atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def save_image_folder(directory: str, images: np.ndarray, labels: np.ndarray, *,
+                      split: str = "train", num_classes: int) -> list[str]:
+  """Saves uint8 images (n, H, W, 1 or 3) as `directory/split/<label>/<label>_<i>.png`: the layout
+  `tfds.ImageFolder(directory)` reads as a dataset (and torchvision's `ImageFolder` reads from
+  `directory/split`). Label folders are zero-padded class indices, so their sorted order is the
+  class order. Returns the files' paths relative to `directory`, in image order."""
+  from PIL import Image
+  images = np.asarray(images)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"save_image_folder needs uint8 images (n, H, W, 1 or 3), got "
+                     f"{images.dtype} {images.shape}.")
+  width = len(str(num_classes - 1))
+  paths = []
+  for i, (image, label) in enumerate(zip(images, np.asarray(labels))):
+    name = f"{int(label):0{width}d}"
+    rel = os.path.join(split, name, f"{name}_{i:05d}.png")
+    os.makedirs(os.path.join(directory, split, name), exist_ok=True)
+    buf = _io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    atomic_write_bytes(os.path.join(directory, rel), buf.getvalue())
+    paths.append(rel)
+  return paths
+
+
 # --------------------------------------------------------------------------------- checkpoints
+#
+# Orbax (`orbax.checkpoint.CheckpointManager`, the checkpointing library Flax recommends): each
+# checkpoint is a directory `<step>/` written as `<step>.orbax-checkpoint-tmp*` and renamed when
+# complete, so a run killed during a save leaves only a temporary directory, which the next run's
+# manager deletes; the newest `keep` are kept; saves run in the background while the loop goes on.
+# Arrays restore onto the template's shardings, so a run saved on 8 devices resumes on 1.
 
-_CKPT = re.compile(r"^ckpt_(\d+)\.npz$")
+_NPZ_CKPT = re.compile(r"^ckpt_(\d+)\.npz$")  # Checkpoints of robust_dd before Orbax.
 
 
-def save_checkpoint(directory: str, state: Any, *, step: int, keep: int = 2) -> str:
-  """Saves a pytree's leaves as `ckpt_{step}.npz` atomically; keeps the newest `keep` files."""
-  leaves = jax.tree_util.tree_leaves(state)
-  path = os.path.join(directory, f"ckpt_{step:08d}.npz")
-  save_npz(path, **{f"leaf_{i:04d}": np.asarray(leaf) for i, leaf in enumerate(leaves)})
-  for old in checkpoint_steps(directory)[:-keep]:
-    os.remove(os.path.join(directory, f"ckpt_{old:08d}.npz"))
-  return path
+class Checkpoints:
+  """The checkpoints of one run in `directory`, through an Orbax `CheckpointManager`.
+
+  Use as a context manager (or call `close`): saves are asynchronous and `close` waits for the
+  last one. `restore` also reads the npz checkpoints (`ckpt_<step>.npz`) older versions wrote.
+  """
+
+  def __init__(self, directory: str, *, keep: int = 2, asynchronous: bool = True):
+    import orbax.checkpoint as ocp  # Imported here: only runs that checkpoint pay for it.
+    self._ocp = ocp
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=asynchronous))
+
+  def __enter__(self) -> "Checkpoints":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Waits for a save in progress to finish and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def steps(self) -> list[int]:
+    """Steps of the complete Orbax checkpoints, ascending (a save in progress is not one)."""
+    self._manager.reload()  # Steps another process wrote since this manager opened.
+    return sorted(self._manager.all_steps())
+
+  def save(self, state: Any, *, step: int) -> None:
+    """Starts saving the pytree `state` as checkpoint `step` (returns once the arrays are copied
+    off the devices; the write finishes in the background). Deletes checkpoints beyond `keep`."""
+    self._manager.save(step, args=self._ocp.args.StandardSave(state))
+
+  def restore(self, template: Any) -> tuple[Optional[Any], int]:
+    """The newest checkpoint (Orbax, or an older version's npz) in the structure of `template`,
+    its arrays placed as the template's are (its shardings: any device count); (None, 0) when
+    there is none. Raises ValueError when it does not fit the template."""
+    steps, old = self.steps(), npz_checkpoint_steps(self.directory)
+    if old and (not steps or old[-1] > steps[-1]):
+      path = os.path.join(self.directory, f"ckpt_{old[-1]:08d}.npz")
+      return _restore_npz(path, template), old[-1]
+    if not steps:
+      return None, 0
+    abstract = jax.tree_util.tree_map(_abstract_leaf, template)
+    try:
+      state = self._manager.restore(steps[-1], args=self._ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"Checkpoint {self.directory}/{steps[-1]} does not fit this run's state "
+                       f"({type(e).__name__}: {str(e)[:200]}). Use a new --workdir.") from e
+    _check_leaves(state, template, f"{self.directory}/{steps[-1]}")
+    return state, steps[-1]
+
+
+def _abstract_leaf(leaf):
+  leaf = jax.numpy.asarray(leaf)
+  return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+
+
+def _check_leaves(restored, template, where: str) -> None:
+  got, want = jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(template)
+  if len(got) != len(want):
+    raise ValueError(f"Checkpoint {where} holds {len(got)} arrays; this run's state has "
+                     f"{len(want)}. Use a new --workdir.")
+  for i, (a, b) in enumerate(zip(got, want)):
+    if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
+      raise ValueError(f"Checkpoint leaf {i} has shape {np.shape(a)} {np.asarray(a).dtype}, "
+                       f"expected {np.shape(b)} {np.asarray(b).dtype}. Use a new --workdir.")
+
+
+def npz_checkpoint_steps(directory: str) -> list[int]:
+  """Steps of the npz checkpoints (`ckpt_<step>.npz`) robust_dd wrote before Orbax, ascending."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(m.group(1)) for m in map(_NPZ_CKPT.match, os.listdir(directory)) if m)
+
+
+def _restore_npz(path: str, template: Any) -> Any:
+  arrays = load_npz(path)
+  leaves, treedef = jax.tree_util.tree_flatten(template)
+  restored = [arrays.get(f"leaf_{i:04d}") for i in range(len(arrays))]
+  _check_leaves(restored, leaves, path)
+  return jax.tree_util.tree_unflatten(treedef, restored)
+
+
+def save_checkpoint(directory: str, state: Any, *, step: int, keep: int = 2) -> None:
+  """Saves `state` as checkpoint `step` in `directory` and waits for it (`Checkpoints`, once)."""
+  with Checkpoints(directory, keep=keep, asynchronous=False) as checkpoints:
+    checkpoints.save(state, step=step)
 
 
 def checkpoint_steps(directory: str) -> list[int]:
   """Steps of the complete checkpoints in `directory`, ascending."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(m.group(1)) for m in map(_CKPT.match, os.listdir(directory)) if m)
+  with Checkpoints(directory) as checkpoints:
+    return checkpoints.steps()
 
 
 def restore_checkpoint(directory: str, template: Any) -> tuple[Optional[Any], int]:
-  """Restores the newest checkpoint into the structure of `template`.
-
-  Returns (state, step), or (None, 0) when there is no checkpoint. Leaf shapes and dtypes must
-  match the template's; a mismatch raises ValueError.
-  """
-  steps = checkpoint_steps(directory)
-  if not steps:
+  """`Checkpoints(directory).restore(template)`: the newest checkpoint, or (None, 0)."""
+  if not os.path.isdir(directory):
     return None, 0
-  step = steps[-1]
-  arrays = load_npz(os.path.join(directory, f"ckpt_{step:08d}.npz"))
-  leaves, treedef = jax.tree_util.tree_flatten(template)
-  if len(arrays) != len(leaves):
-    raise ValueError(f"Checkpoint {directory}/ckpt_{step:08d}.npz holds {len(arrays)} arrays; "
-                     f"this run's state has {len(leaves)}. Use a new --workdir.")
-  restored = []
-  for i, leaf in enumerate(leaves):
-    value = arrays[f"leaf_{i:04d}"]
-    if value.shape != np.shape(leaf) or value.dtype != np.asarray(leaf).dtype:
-      raise ValueError(f"Checkpoint leaf {i} has shape {value.shape} {value.dtype}, expected "
-                       f"{np.shape(leaf)} {np.asarray(leaf).dtype}. Use a new --workdir.")
-    restored.append(value)
-  return jax.tree_util.tree_unflatten(treedef, restored), step
+  with Checkpoints(directory) as checkpoints:
+    return checkpoints.restore(template)
+
+
+# ------------------------------------------------------------------------------ metric writers
+
+
+class MetricWriter:
+  """Scalars and images as TensorBoard event files in `logdir` (`tensorboard --logdir DIR`).
+
+  Written with tensorboardX, which needs no TensorFlow. `purge_step` (a resumed run's step)
+  tells TensorBoard to drop what an earlier run of this logdir wrote from that step on, so a run
+  killed after its last checkpoint shows one curve. Use as a context manager (or call `close`).
+  """
+
+  def __init__(self, logdir: str, *, purge_step: Optional[int] = None):
+    from tensorboardX import SummaryWriter  # Imported here: only writers pay for it.
+    os.makedirs(logdir, exist_ok=True)
+    self.logdir = logdir
+    self._writer = SummaryWriter(logdir, purge_step=purge_step or None, flush_secs=10)
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def scalars(self, step: int, values: dict[str, float]) -> None:
+    """One scalar per name (finite numbers only; other values are skipped)."""
+    for name, value in values.items():
+      if isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value):
+        self._writer.add_scalar(name, float(value), global_step=int(step))
+
+  def image(self, step: int, name: str, image: np.ndarray) -> None:
+    """A uint8 image (H, W) or (H, W, C), e.g. `image_grid(...)`."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+      image = image[..., None]
+    self._writer.add_image(name, image, global_step=int(step), dataformats="HWC")
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def read_events(logdir: str) -> dict[str, list[tuple[int, Any]]]:
+  """What the event files in `logdir` hold: {tag: [(step, value), ...]} in writing order, value a
+  float for scalars and the PNG bytes for images. A reader for tests and scripts that needs
+  neither TensorFlow nor TensorBoard (event files are TFRecords of `Event` protos)."""
+  from tensorboardX.proto import event_pb2
+  out: dict[str, list[tuple[int, Any]]] = {}
+  for name in sorted(os.listdir(logdir)):
+    if "tfevents" not in name:
+      continue
+    with open(os.path.join(logdir, name), "rb") as f:
+      data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):  # Record: length (8), its CRC (4), payload, payload CRC (4).
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      payload = data[pos + 12:pos + 12 + length]
+      pos += 12 + length + 4
+      event = event_pb2.Event.FromString(payload)
+      for value in event.summary.value:
+        item = value.image.encoded_image_string if value.HasField("image") else value.simple_value
+        out.setdefault(value.tag, []).append((int(event.step), item))
+  return out

@@ -92,14 +92,29 @@ _TRAIN_STATIC = ("apply_fn", "init_fn", "steps", "batch_size", "augment", "loss"
                  "learning_rate", "momentum", "weight_decay")
 
 
-def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment, loss,
-           learning_rate, momentum, weight_decay):
-  # The schedule's scalars are static (Python floats), so the optimiser is built here, in the
-  # trace, from them: one compiled program per evaluation schedule.
-  optimizer = evaluation_optimizer(learning_rate=learning_rate, momentum=momentum,
-                                   weight_decay=weight_decay, total_steps=steps)
+def _optimizer(static):
+  # The schedule's scalars are static (Python floats), so the optimiser is built in the trace
+  # from them: one compiled program per evaluation schedule.
+  return evaluation_optimizer(learning_rate=static["learning_rate"], momentum=static["momentum"],
+                              weight_decay=static["weight_decay"], total_steps=static["steps"])
+
+
+def _begin(key, **static):
+  """A fresh network's training carry: (params, optimiser state, the loop's key)."""
   k_init, k_loop = jax.random.split(key)
-  params = init_fn(k_init)
+  params = static["init_fn"](k_init)
+  return params, _optimizer(static).init(params), k_loop
+
+
+def _run(carry, images, labels, start, *, length, apply_fn, init_fn, steps, batch_size, augment,
+         loss, learning_rate, momentum, weight_decay):
+  """Steps start .. start + length - 1 of the `steps`-step schedule from `carry`; step i draws
+  its batch and augmentation from fold_in(loop key, i), so any split into chunks trains the same
+  network. Returns (carry, per-step losses)."""
+  del init_fn
+  optimizer = _optimizer(dict(learning_rate=learning_rate, momentum=momentum,
+                              weight_decay=weight_decay, steps=steps))
+  params, opt_state, k_loop = carry
   n = images.shape[0]
 
   def body(carry, i):
@@ -117,25 +132,37 @@ def _train(key, images, labels, *, apply_fn, init_fn, steps, batch_size, augment
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), value
 
-  (params, _), losses = jax.lax.scan(body, (params, optimizer.init(params)), jnp.arange(steps))
-  return params, losses
+  (params, opt_state), losses = jax.lax.scan(body, (params, opt_state),
+                                             start + jnp.arange(length))
+  return (params, opt_state, k_loop), losses
 
 
-_train_one = jax.jit(_train, static_argnames=_TRAIN_STATIC)
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC + ("many",))
+def _begin_jit(keys, *, many, **static):
+  return jax.vmap(lambda k: _begin(k, **static))(keys) if many else _begin(keys, **static)
 
 
-@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC + ("stacked",))
-def _train_many(keys, images, labels, *, stacked, **static):
+@functools.partial(jax.jit, static_argnames=_TRAIN_STATIC + ("length", "many", "stacked"),
+                   donate_argnums=0)
+def _run_jit(carry, images, labels, start, *, length, many, stacked, **static):
+  run = functools.partial(_run, length=length, **static)
+  if not many:
+    return run(carry, images, labels, start)
   data_axis = 0 if stacked else None
-  return jax.vmap(lambda k, x, y: _train(k, x, y, **static),
-                  in_axes=(0, data_axis, data_axis))(keys, images, labels)
+  return jax.vmap(run, in_axes=(0, data_axis, data_axis, None))(carry, images, labels, start)
+
+
+def _chunks(epochs: int, most: int = 20) -> int:
+  """How many equal chunks of whole epochs a progress-reporting run trains in: the largest
+  divisor of `epochs` up to `most` (one compiled chunk length)."""
+  return max(d for d in range(1, min(epochs, most) + 1) if epochs % d == 0)
 
 
 def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
                   init_fn: Callable[[jax.Array], Any], epochs: int = 300, batch_size: int = 256,
                   learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                   augment: Optional[AugmentFn] = None, loss: str = "ce",
-                  stacked: bool = False, mesh: Optional[Mesh] = None):
+                  stacked: bool = False, mesh: Optional[Mesh] = None, progress=None):
   """Trains a fresh network (`init_fn(key)`) on (images, labels) for a fixed schedule.
 
   Runs `epochs * ceil(n / batch_size)` steps, each on a random batch of min(n, batch_size)
@@ -148,21 +175,45 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   network i trains on its own set, images[i] and labels[i] ((s, n, ...) and (s, n)). On a
   `mesh` of several devices the s networks are split over them (padded to a multiple of the
   device count with copies of network 0, dropped from the result).
+
+  `progress` (e.g. a `robust_dd.progress.Progress` counting epochs): training runs in up to 20
+  equal chunks of whole epochs, one jitted call each, calling `progress.update(epochs_done)`
+  after each; the networks are the same as in one call.
   """
   n = images.shape[1] if stacked else len(images)
   if n == 0:
     raise ValueError("Cannot train on an empty set.")
-  steps = epochs * -(-n // batch_size)
-  kw = dict(apply_fn=apply_fn, init_fn=init_fn, steps=steps, batch_size=min(batch_size, n),
-            augment=augment, loss=loss, learning_rate=float(learning_rate),
-            momentum=float(momentum), weight_decay=float(weight_decay))
+  per_epoch = -(-n // batch_size)
+  static = dict(apply_fn=apply_fn, init_fn=init_fn, steps=epochs * per_epoch,
+                batch_size=min(batch_size, n), augment=augment, loss=loss,
+                learning_rate=float(learning_rate), momentum=float(momentum),
+                weight_decay=float(weight_decay))
   images, labels = jnp.asarray(images), jnp.asarray(labels)
-  if not stacked and jnp.ndim(key) == 0:
-    return _train_one(key, images, labels, **kw)
-  train = functools.partial(_train_many, stacked=stacked, **kw)
-  if stacked:
-    return parallel.call_split(train, (key, images, labels), mesh)
-  return parallel.call_split(train, (key,), mesh, shared=(images, labels))
+  many = stacked or jnp.ndim(key) > 0
+  chunks = _chunks(epochs) if progress is not None else 1
+  length = static["steps"] // chunks
+  split = functools.partial(parallel.call_split, mesh=mesh) if many else (
+      lambda fn, args, shared=(): fn(*args, *shared))
+
+  def begin(k):
+    return _begin_jit(k, many=many, **static)
+
+  def run(carry, x, y, start):
+    return _run_jit(carry, x, y, start, length=length, many=many, stacked=stacked, **static)
+
+  carry = split(begin, (key,))
+  losses = []
+  for c in range(chunks):
+    start = jnp.int32(c * length)
+    if stacked:
+      carry, part = split(run, (carry, images, labels), shared=(start,))
+    else:
+      carry, part = split(run, (carry,), shared=(images, labels, start))
+    losses.append(part)
+    if progress is not None:
+      jax.block_until_ready(part)
+      progress.update(epochs // chunks)
+  return carry[0], losses[0] if chunks == 1 else jnp.concatenate(losses, axis=-1)
 
 
 def map_batches(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, batch_size: int = 500

@@ -42,6 +42,18 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
   assert "feature_worst_cluster_accuracy" in report["network"]["distilled_robustness"]
   assert len(os.listdir(cache)) == 1
 
+  # The set exported in pixel space; a second export to the same place is refused, nothing lost.
+  out = str(tmp_path / "export")
+  ex = run("experiments.export", f"--workdir={workdir}", f"--out={out}")
+  assert ex.returncode == 0 and ex.stderr == "", ex.stderr[-3000:]
+  assert "Exported 10 images (10 classes)" in ex.stdout
+  assert len(os.listdir(os.path.join(out, "train"))) == 10
+  for args, message in (([f"--workdir={workdir}", f"--out={out}"], "exists"),
+                        (["--workdir=/nonexistent"], "does not exist")):
+    again = run("experiments.export", *args)
+    assert again.returncode == 2 and message in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
   help_text = " ".join(run("experiments.distill", "--help").stdout.split())
   for flag in ("--method", "--ipc", "--steps", "--seed", "--dataset", "--workdir"):
     assert flag in help_text

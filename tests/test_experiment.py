@@ -1,6 +1,8 @@
 """End to end, in-process: `experiment.distill_experiment` and `evaluate_workdir` outputs, resume,
 determinism and bad input (the drivers' flags and exit codes: tests/test_drivers.py)."""
 
+import csv
+import io as pyio
 import json
 import os
 import re
@@ -8,11 +10,13 @@ import re
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from robust_dd import config as config_lib
 from robust_dd import data as data_lib
 from robust_dd import evaluate
 from robust_dd import experiment
+from robust_dd import io
 from robust_dd import kernels
 from robust_dd import models
 from robust_dd import training
@@ -92,6 +96,56 @@ def test_a_kip_run_can_be_evaluated_with_a_finite_network(finished):
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert abs(result["krr"]["distilled_test_acc"] - metrics["distilled_test_acc"]) < 1e-9
   assert len(result["krr"]["random_subset_test_acc"]) == 2  # --baseline_draws overrides 5.
+
+
+@pytest.mark.slow
+def test_tensorboard_events_hold_the_logged_scalars_and_the_set(finished):
+  """Read back from the event files (no TensorFlow): every logged step's loss equals
+  progress.json's, the step time and the final accuracy are there, and the image is the
+  distilled set's grid as a PNG."""
+  workdir, _ = finished
+  events = io.read_events(os.path.join(workdir, experiment.TENSORBOARD_DIR))
+  history = json.load(open(os.path.join(workdir, "progress.json")))
+  assert [s for s, _ in events["distill/loss"]] == [10, 20, 30]
+  np.testing.assert_allclose([v for _, v in events["distill/loss"]],
+                             [h["loss"] for h in history], rtol=1e-6)
+  assert len(events["distill/step_s"]) == 3 and len(events["distill/test_acc"]) == 3
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert events["final/distilled_test_acc"] == [(30, pytest.approx(metrics["distilled_test_acc"]))]
+  step, png = events["distilled"][-1]
+  grid = np.asarray(Image.open(pyio.BytesIO(png)))[..., 0]
+  saved = np.load(os.path.join(workdir, "distilled.npz"))["images"]
+  assert step == 30
+  np.testing.assert_array_equal(grid, io.image_grid(saved, rows=10))
+
+
+@pytest.mark.slow
+def test_export_round_trip_gives_the_unpreprocessed_pixels(finished, tmp_path):
+  """export -> read the PNG folder back with tfds.ImageFolder -> the same pixels as the saved
+  set with its preprocessing (standardisation and ZCA) undone, within 1/255 (PNG rounding: half
+  of it; values outside [0, 1] clipped); pixels.npz, preprocessed again, is the saved set itself."""
+  workdir, _ = finished
+  out = str(tmp_path / "export")
+  summary = experiment.export_workdir(workdir, out, log=lambda s: None)
+  saved = np.load(os.path.join(workdir, "distilled.npz"))
+  prep = data_lib.Preprocessing(saved["mean"], saved["std"], saved["zca"])
+  pixels = np.load(os.path.join(out, "pixels.npz"))["images"]
+  np.testing.assert_allclose(data_lib.apply_preprocessing(pixels, prep), saved["images"],
+                             atol=1e-4)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  folder = tfds.ImageFolder(out)
+  read = list(tfds.as_numpy(folder.as_dataset(split="train", shuffle_files=False)))
+  assert len(read) == 20 == summary["images"]
+  by_name = {os.path.basename(r["image/filename"].decode()): r for r in read}
+  rows = list(csv.reader(open(os.path.join(out, "labels.csv"))))[1:]
+  for i, row in enumerate(rows):
+    r = by_name[os.path.basename(row[0])]
+    assert r["label"] == int(row[1]) == saved["labels"][i].argmax()
+    gray = r["image"][..., :1] / 255.0  # ImageFolder decodes 3 channels; grey PNGs repeat one.
+    np.testing.assert_allclose(gray, np.clip(pixels[i], 0, 1), atol=0.5 / 255 + 1e-6)
+  assert summary["clipped_values"] == int(np.sum((pixels < 0) | (pixels > 1)))
+  with pytest.raises(ValueError, match="exists"):
+    experiment.export_workdir(workdir, out, log=lambda s: None)
 
 
 @pytest.mark.slow

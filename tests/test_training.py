@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from robust_dd import models
@@ -83,6 +84,34 @@ def test_train_network_fits_a_separable_problem_and_is_deterministic():
                                                                           atol=1e-5),
                            both, expected)
   np.testing.assert_allclose(both_losses[1], alone_losses, rtol=1e-4, atol=1e-5)
+
+
+class _Count:
+  def __init__(self):
+    self.updates = []
+
+  def update(self, n):
+    self.updates.append(n)
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_training_in_chunks_for_progress_trains_the_same_networks(many):
+  """With a progress counter, training runs in equal chunks of whole epochs (30 epochs: 15 of
+  2), reporting each; the networks and losses are those of one call, bit for bit (the same
+  steps, batches and augmentation keys, fold_in(loop key, step))."""
+  rng = np.random.default_rng(4)
+  y = np.repeat(np.arange(3), 10)
+  x = (rng.normal(size=(30, 5)) + y[:, None]).astype(np.float32)
+  model = models.make_network("mlp", num_classes=3, input_shape=(5,), depth=1, width=8)
+  kw = dict(apply_fn=models.logits_fn(model), init_fn=models.init_fn(model, (5,)), epochs=30,
+            batch_size=8, learning_rate=0.05)
+  key = jnp.stack([jax.random.key(1), jax.random.key(2)]) if many else jax.random.key(1)
+  whole, whole_losses = training.train_network(key, x, y, **kw)
+  count = _Count()
+  chunked, chunked_losses = training.train_network(key, x, y, progress=count, **kw)
+  assert count.updates == [2] * 15 and training._chunks(30) == 15 and training._chunks(7) == 7
+  np.testing.assert_array_equal(chunked_losses, whole_losses)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, chunked, whole)
 
 
 def test_predict_in_padded_batches_equals_one_call():
