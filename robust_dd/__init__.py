@@ -22,6 +22,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
                      "per_class_cluster_losses"),
         "curvature": ("curvature_match_class_loss", "curvature_match_loss",
                       "curvature_match_loss_jit", "hvp", "hvp_finite_difference"),
+        "trajectory": ("mtt_loss", "unrolled_sgd", "trajectory_distance", "train_experts"),
     },
     "kernels": {
         "kernels": ("make_kernel_fn", "make_architecture", "kernel_matrix", "feature_matrix"),
@@ -65,17 +66,20 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "progress": ("Progress",),
     },
     "experiments": {
-        "config": ("DistillConfig", "SelectConfig", "resolve_config", "validate_config"),
+        "config": ("DistillConfig", "SelectConfig", "ExpertsConfig", "resolve_config",
+                   "validate_config"),
         "experiment": ("distill_experiment", "evaluate_workdir", "export_workdir"),
         "coreset": ("select_experiment",),
+        "experts": ("experts_experiment", "load_experts"),
     },
 }
 _WHERE = {name: module for group in _GROUPS.values() for module, names in group.items()
           for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
-               "evaluate", "experiment", "groups", "io", "kernels", "krr", "matching", "methods",
+               "evaluate", "experiment", "experts", "groups", "io", "kernels", "krr", "matching",
+               "methods",
                "models", "parallel", "precision", "progress", "random_features", "reporting",
-               "risk", "select", "sensitivity", "training")
+               "risk", "select", "sensitivity", "training", "trajectory")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 

@@ -42,7 +42,9 @@ RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir"
              # Speed knobs of the same computation (tested equal to float tolerance):
              "class_batch", "conv_impl",
              # Devices (`parallel.map_groups`: the same set on any count, to float tolerance):
-             "mesh")
+             "mesh",
+             # MTT's rematerialisation (the same loss and gradients to float tolerance):
+             "remat")
 # Choices of string fields, checked by `validate_config` and shown by `--help`.
 ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
@@ -387,6 +389,24 @@ class SamplerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrajectoryConfig:
+  """Trajectory matching (MTT): the expert buffer, the student's unroll, the learnable step."""
+  expert_dir: Optional[str] = _field(None, "mtt: a directory written by experiments.experts "
+                                     "(its config must match this run's data and network).")
+  syn_steps: int = _field(20, "mtt: student SGD steps on the set per update (N).")
+  expert_epochs: int = _field(2, "mtt: expert epochs the student's N steps should cover (M).")
+  max_start_epoch: int = _field(10, "mtt: start epochs are drawn from [0, this) (T+); needs "
+                                "max_start_epoch + expert_epochs <= the experts' epochs.")
+  syn_lr_init: float = _field(0.01, "mtt: initial value of the learnable student step size.")
+  lr_lr: float = _field(0.01, "mtt: learning rate of the step size's logarithm (SGD, "
+                        "--momentum; the paper's 1e-5 on the step size itself is 0.1 on its "
+                        "log at a step size of 0.01).")
+  syn_batch: int = _field(0, "mtt: synthetic images per student step (0: the whole set).")
+  remat: bool = _field(True, "mtt: recompute each student step's activations in the backward "
+                       "pass (memory of one step's activations, not N); same gradients.")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
   """How sets are evaluated: KRR blocks, finite-network training, baselines, robustness."""
   baseline_draws: int = _field(5, "Random subsets for the KRR baseline.")
@@ -435,7 +455,26 @@ class DistillConfig(_Config):
   optim: OptimConfig = _section(OptimConfig)
   robust: RobustConfig = _section(RobustConfig)
   sampler: SamplerConfig = _section(SamplerConfig)
+  trajectory: TrajectoryConfig = _section(TrajectoryConfig)
   evaluation: EvalConfig = _section(EvalConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertsConfig(_Config):
+  """Expert trajectories for MTT: networks trained on the real training set, every epoch's
+  parameters kept (`experiments.experts`)."""
+  num_experts: int = _field(5, "Experts (networks) to train, in one vmap.")
+  epochs: int = _field(15, "Epochs per expert (T); a distillation's --max_start_epoch plus "
+                       "--expert_epochs must not exceed it.")
+  expert_lr: float = _field(0.01, "Experts' SGD learning rate (constant, as in the MTT code).")
+  expert_momentum: float = _field(0.0, "Experts' SGD momentum (MTT code: 0).")
+  expert_batch: int = _field(256, "Experts' batch size.")
+  expert_augment: bool = _field(True, "Per-sample DSA while training experts.")
+  seed: int = _field(0, "Seed of the experts' initialisation and batches.")
+  mesh: Optional[str] = _field(None, "Devices on the mesh's data axis: N or data:N (default: all "
+                               "local devices); the experts split over them.")
+  data: DataConfig = _section(DataConfig)
+  network: NetworkConfig = _section(NetworkConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -578,6 +617,12 @@ def validate_config(config: DistillConfig) -> None:
          "--sampler_train_steps and --init_rank must be >= 0, --init_ridge > 0.")
   _check(s.dedup_quantile is None or 0 <= s.dedup_quantile <= 1,
          f"--dedup_quantile must be in [0, 1], got {s.dedup_quantile}.")
+  t = config.trajectory
+  _check(t.syn_steps >= 1 and t.expert_epochs >= 1 and t.max_start_epoch >= 1,
+         "--syn_steps, --expert_epochs and --max_start_epoch must be >= 1.")
+  _check(t.syn_lr_init > 0 and t.lr_lr >= 0 and t.syn_batch >= 0,
+         "--syn_lr_init must be positive, --lr_lr and --syn_batch >= 0.")
+  methods_lib.get(config.method).validate(config)
   every = r.recluster_every
   _check(every is None or every >= 0,
          f"--recluster_every must be >= 0 (0: cluster once), got {every}.")
@@ -600,6 +645,18 @@ def validate_select_config(config: SelectConfig) -> None:
   _check(not unknown and bool(config.evaluators),
          f"--evaluators must be a non-empty subset of network,krr; got "
          f"{','.join(config.evaluators)}.")
+
+
+def validate_experts_config(config: ExpertsConfig) -> None:
+  """Raises ValueError for expert-training settings that cannot run."""
+  _check_choices_and_finite(config)
+  _check(config.num_experts >= 1 and config.epochs >= 1 and config.expert_batch >= 1,
+         "--num_experts, --epochs and --expert_batch must be >= 1.")
+  _check(config.expert_lr > 0 and config.expert_momentum >= 0,
+         "--expert_lr must be positive and --expert_momentum >= 0.")
+  _check(config.network.net_depth >= 1 and config.network.net_width >= 1,
+         "--net_depth and --net_width must be >= 1.")
+  parallel.make_mesh(parallel.parse_mesh(config.mesh))  # Raises for a bad or too large --mesh.
 
 
 # ------------------------------------------------------------------------------------ workdirs

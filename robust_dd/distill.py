@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -53,18 +53,29 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def make_optimizer(*, learning_rate: float = 0.01, learn_labels: bool = True,
-                   name: str = "adam", momentum: float = 0.5) -> optax.GradientTransformation:
+                   name: str = "adam", momentum: float = 0.5,
+                   learning_rates: Optional[Mapping[str, float]] = None
+                   ) -> optax.GradientTransformation:
   """Adam (KIP) or SGD with momentum (DC) on every parameter of the set (images and any extras),
-  and on the labels too when `learn_labels`."""
+  and on the labels too when `learn_labels`. `learning_rates` gives named parameters their own
+  rate (the same optimiser kind; MTT's learnable step size: {'log_syn_lr': 0.01})."""
   if name not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
-  opt = (optax.adam(learning_rate) if name == "adam"
-         else optax.sgd(learning_rate, momentum=momentum or None))
-  if learn_labels:
-    return opt
-  return optax.multi_transform(
-      {"learn": opt, "fixed": optax.set_to_zero()},
-      lambda params: {k: "fixed" if k == "labels" else "learn" for k in params})
+
+  def make(lr):
+    return optax.adam(lr) if name == "adam" else optax.sgd(lr, momentum=momentum or None)
+
+  own = dict(learning_rates or {})
+  if learn_labels and not own:
+    return make(learning_rate)
+  transforms = {"learn": make(learning_rate), "fixed": optax.set_to_zero(),
+                **{f"own:{k}": make(lr) for k, lr in own.items()}}
+
+  def label(params):
+    return {k: "fixed" if k == "labels" and not learn_labels
+            else f"own:{k}" if k in own else "learn" for k in params}
+
+  return optax.multi_transform(transforms, label)
 
 
 def init_state(images, labels, optimizer: optax.GradientTransformation, *,

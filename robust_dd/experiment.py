@@ -564,6 +564,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   config_lib.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
   config_lib.check_workdir(workdir, config)
+  method = methods_lib.get(config.method)
+  real_extras = method.real_extras(config, x_train, log=log)  # MTT's experts, checked.
   mesh = config_mesh(config)
   config = config.replace(mesh=f"{parallel.AXIS}:{parallel.size(mesh)}")  # The mesh used.
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -582,7 +584,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
     log(f"Initialised with --init={config.sampler.init}: {len(init_idx)} real samples.")
   o = config.optim
   optimizer = distill.make_optimizer(learning_rate=o.learning_rate, learn_labels=o.learn_labels,
-                                     name=o.optimizer, momentum=o.momentum)
+                                     name=o.optimizer, momentum=o.momentum,
+                                     learning_rates=method.learning_rates(config))
   importance = config.sampler.kind == "importance"
   state = distill.init_state(
       x_train[init_idx], data_lib.one_hot_centered(dataset.y_train[init_idx], num_classes),
@@ -605,7 +608,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   table, counts = data_lib.class_index_table(dataset.y_train, num_classes)
   real = {"images": jnp.asarray(x_train),
           "labels": data_lib.one_hot_centered(jnp.asarray(dataset.y_train), num_classes),
-          "table": jnp.asarray(table), "counts": jnp.asarray(counts)}
+          "table": jnp.asarray(table), "counts": jnp.asarray(counts), **real_extras}
   refresh, num_clusters, r = None, None, config.robust
   if methods_lib.robust_on_network(config):
     log(f"Robust network (--robust_on={r.robust_on}): {config.matching.inner_loop} SGD steps on "

@@ -24,6 +24,7 @@ import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
+from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
@@ -39,6 +40,7 @@ from robust_dd import parallel
 from robust_dd import random_features as rf_lib
 from robust_dd import risk
 from robust_dd import training
+from robust_dd import trajectory
 
 Params = distill.Params
 Batch = distill.Batch
@@ -382,6 +384,86 @@ def _describe_matching(config, num_classes: int) -> str:
           f"{config.optim.real_per_class}/class, DSA {'on' if m.augment else 'off'})")
 
 
+# ------------------------------------------------------------------------ trajectory matching
+
+
+def mtt_loss_fn(model, *, input_shape, steps: int, batch_size: int = 0,
+                augment: Optional[matching.AugmentFn] = None,
+                remat: bool = True) -> distill.LossFn:
+  """MTT as a distillation method: `loss_fn(params, batch, key)`, the `trajectory.mtt_loss` of
+  the set (its labels' argmax as classes, its learnable step size exp(`params['log_syn_lr']`)) on
+  the
+  expert segment `batch = {'start', 'target'}` (`trajectory.sample_expert_segment`)."""
+  apply_fn = models.logits_fn(model)
+  unravel = ravel_pytree(models.init_fn(model, tuple(input_shape))(jax.random.key(0)))[1]
+
+  def loss_fn(params: Params, batch: Batch, key: jax.Array) -> jax.Array:
+    return trajectory.mtt_loss(params["images"], jnp.argmax(params["labels"], -1),
+                               params["log_syn_lr"], batch["start"], batch["target"],
+                               apply_fn=apply_fn, unravel=unravel, key=key, steps=steps,
+                               batch_size=batch_size, augment=augment, remat=remat)
+
+  return loss_fn
+
+
+def _mtt_loss(config, ctx: Context):
+  t = config.trajectory
+  return mtt_loss_fn(network_model(config, ctx.num_classes, ctx.input_shape),
+                     input_shape=ctx.input_shape, steps=t.syn_steps, batch_size=t.syn_batch,
+                     augment=augment_lib.dsa if config.matching.augment else None,
+                     remat=t.remat)
+
+
+def _mtt_sample_batch(config, ctx: Context):
+  """Each update's 'real batch': a random expert segment of the buffer `real['experts']`."""
+  del ctx
+  t = config.trajectory
+
+  def draw(key, real, probs=None):
+    del probs
+    return trajectory.sample_expert_segment(key, real["experts"],
+                                            max_start_epoch=t.max_start_epoch,
+                                            expert_epochs=t.expert_epochs)
+
+  return draw
+
+
+def _mtt_real_extras(config, x_train, *, log) -> dict[str, Any]:
+  from robust_dd import experts  # pylint: disable=g-import-not-at-top  # experts imports config.
+  return {"experts": experts.load_experts(config, x_train, log=log)}
+
+
+def _mtt_validate(config) -> None:
+  refusals = (
+      (config.robust.objective != "none", "--robust: MTT has no per-cluster loss (its loss "
+       "compares parameter trajectories, not real samples); run it without --robust"),
+      (config.sampler.kind != "uniform", "--sampler=importance: MTT draws expert segments, not "
+       "real samples; use --sampler=uniform (--init, including sensitivity sampling, applies)"),
+      (bool(config.optim.learn_labels), "--learn_labels: MTT trains the student on the set's "
+       "hard labels; pass --nolearn_labels"),
+      (config.optim.krr_loss != "mse", f"--krr_loss={config.optim.krr_loss} is a KIP loss"),
+      (not config.trajectory.expert_dir, "--expert_dir is required: train experts first with "
+       "python -m experiments.experts --workdir=DIR (same data and network flags)"))
+  for refused, message in refusals:
+    if refused:
+      raise ValueError(f"--method=mtt: {message}.")
+
+
+def _refuse(what: str):
+  def builder(config, ctx):
+    del ctx
+    raise ValueError(f"--method={config.method} has no {what}.")
+  return builder
+
+
+def _describe_mtt(config, num_classes: int) -> str:
+  del num_classes
+  t = config.trajectory
+  return (f" (N={t.syn_steps} student steps covering M={t.expert_epochs} expert epochs, start "
+          f"epochs < {t.max_start_epoch}, step size from {t.syn_lr_init}, "
+          f"DSA {'on' if config.matching.augment else 'off'}, remat {'on' if t.remat else 'off'})")
+
+
 # ----------------------------------------------------------------------------------- the table
 
 
@@ -400,7 +482,14 @@ class Method:
     ipc_defaults: `ipc -> {field: value}`, presets that depend on the IPC, or None.
     describe: `(config, num_classes) -> str` appended to the run's first log line.
     extra_params: `config -> {name: array}`, parameters learned with the set besides its images
-      and labels (KIP with --krr_loss=platt: the log-scale of its predictions).
+      and labels (KIP with --krr_loss=platt: the log-scale of its predictions; MTT: its step
+      size, as its log); learning_rates: `config -> {name: rate}`, those with their own
+      learning rate.
+    validate: `config -> None`, raises ValueError for settings the method refuses.
+    sample_batch: builder `(config, Context) -> draw(key, real, probs=None) -> batch` of each
+      update's batch, replacing the class-balanced real batch (MTT: an expert segment).
+    real_extras: `(config, x_train, log=) -> {name: array}` added to the real data the step
+      sees (MTT: the expert buffer, loaded and checked against the config).
   """
   name: str
   summary: str
@@ -414,6 +503,10 @@ class Method:
   ipc_defaults: Optional[Callable[[int], dict[str, Any]]] = None
   describe: Callable[..., str] = lambda config, num_classes: ""
   extra_params: Callable[..., dict[str, Any]] = lambda config: {}
+  learning_rates: Callable[..., dict[str, float]] = lambda config: {}
+  validate: Callable[..., None] = lambda config: None
+  sample_batch: Optional[Callable[..., Callable]] = None
+  real_extras: Callable[..., dict[str, Any]] = lambda config, x_train, log: {}
 
   @property
   def trains_network(self) -> bool:
@@ -443,6 +536,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            dict(_MATCHING_DEFAULTS, augment=True), "network",
            **_matching_parts(_curvature_class_loss), check_inputs=_matching_check_inputs,
            ipc_defaults=dc_loops, describe=_describe_matching),
+    Method("mtt", "Trajectory matching (Cazenavette et al. 2022).",
+           dict(optimizer="sgd", learning_rate=100.0, learn_labels=False, real_per_class=1,
+                steps=1000, log_every=10, checkpoint_every=50, eval_during=False, augment=True,
+                outer_loop=0, inner_loop=0),
+           "network", _mtt_loss, _refuse("per-cluster loss"), _refuse("per-sample loss"), None,
+           _matching_check_inputs, describe=_describe_mtt,
+           extra_params=lambda config: {
+               "log_syn_lr": jnp.log(jnp.float32(config.trajectory.syn_lr_init))},
+           learning_rates=lambda config: {"log_syn_lr": config.trajectory.lr_lr},
+           validate=_mtt_validate, sample_batch=_mtt_sample_batch,
+           real_extras=_mtt_real_extras),
 )}
 
 
@@ -485,6 +589,8 @@ def build_step(config, optimizer, *, num_classes: int, input_shape,
     draw = functools.partial(distill.cluster_batch, per_cluster=per_cluster,
                              masses=config.robust.cluster_masses, **draw_kw)
     loss_fn = method.cluster_loss(config, ctx)
+  elif method.sample_batch is not None:
+    draw, loss_fn = method.sample_batch(config, ctx), method.loss(config, ctx)
   else:
     draw = functools.partial(distill.class_balanced_batch,
                              per_class=config.optim.real_per_class, **draw_kw)

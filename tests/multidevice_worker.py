@@ -32,6 +32,7 @@ from robust_dd import models
 from robust_dd import parallel
 from robust_dd import select
 from robust_dd import training
+from robust_dd import trajectory
 
 CLASSES, PER_CLASS = 3, 8
 # Each case: DistillConfig overrides; robust cases carry 2 clusters per class.
@@ -122,7 +123,7 @@ def evaluate_seeds(devices: int):
 
 def select_and_cluster(devices: int):
   """Coreset selection (sensitivity, herding, LCMat-S) and per-class k-means with the classes
-  split over the devices."""
+  split over the devices; MTT experts (3) split over them."""
   x, _ = _real()
   y = np.repeat(np.arange(CLASSES), PER_CLASS)
   feats = x.reshape(len(x), -1)
@@ -139,6 +140,12 @@ def select_and_cluster(devices: int):
         "lcmat", jax.random.key(2), feats, y, num_classes=CLASSES, budget=2,
         lcmat_inputs=(feats[:, :6], probs), num_coords=4, class_batch=class_batch,
         mesh=mesh)[0]
+  model = models.make_network("mlp", num_classes=CLASSES, input_shape=feats.shape[1:], depth=1,
+                               width=8)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(4), i))(jnp.arange(3))
+  out[f"experts/{devices}/trajectories"] = np.asarray(trajectory.train_experts(
+      keys, jnp.asarray(feats), jnp.asarray(y), apply_fn=models.logits_fn(model),
+      init_fn=models.init_fn(model, feats.shape[1:]), epochs=2, batch_size=8, mesh=mesh))
   out[f"kmeans/{devices}/ids"] = cluster.kmeans_per_class(jax.random.key(3), feats, y,
                                                           num_classes=CLASSES, k=2, mesh=mesh)
   return out

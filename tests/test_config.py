@@ -13,7 +13,7 @@ DistillConfig = config_lib.DistillConfig
 
 
 def test_flag_names_are_unique_and_reach_every_leaf():
-  for cls in (DistillConfig, config_lib.SelectConfig):
+  for cls in (DistillConfig, config_lib.SelectConfig, config_lib.ExpertsConfig):
     specs = config_lib.flag_specs(cls)
     names = [s.name for s in specs]
     assert len(names) == len(set(names))
@@ -43,7 +43,8 @@ def test_specs_carry_types_choices_and_each_methods_preset():
   specs = {s.name: s for s in config_lib.flag_specs(DistillConfig)}
   assert specs["method"].kind == "enum" and specs["method"].choices == tuple(methods.METHODS)
   assert specs["zca"].kind == "bool" and specs["diag_reg"].kind == "float"
-  assert specs["steps"].default is None and "kip 2000; dc, dsa, lcmat 1000" in specs["steps"].help
+  assert specs["steps"].default is None
+  assert "kip 2000; dc, dsa, lcmat, mtt 1000" in specs["steps"].help
   assert "by IPC (1: 1, 10: 10, 50: 50)" in specs["outer_loop"].help
   assert {s.name: s.kind for s in config_lib.flag_specs(config_lib.SelectConfig)}[
       "evaluators"] == "list"

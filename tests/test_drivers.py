@@ -81,6 +81,15 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
 def test_evaluate_and_select_drivers_exit_codes(tmp_path):
   missing = run("experiments.evaluate", "--workdir=/nonexistent")
   assert missing.returncode == 2 and "does not exist" in missing.stderr
+  for module, flags, message in (
+      ("experiments.experts", ["--num_experts=0"], "--num_experts, --epochs and --expert_batch"),
+      ("experiments.distill", ["--method=mtt"], "--expert_dir is required"),
+      ("experiments.distill", ["--method=mtt", "--expert_dir=x", "--robust=cvar"],
+       "no per-cluster loss")):
+    bad = run(module, *flags, f"--workdir={tmp_path / 'never'}")
+    assert bad.returncode == 2 and message in bad.stderr, bad.stderr[-2000:]
+    assert len(bad.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "never")
   workdir = str(tmp_path / "lcmat")
   cmd = ["--method=lcmat", "--dataset=digits", "--fraction=0.01", "--warmup_epochs=1",
          "--net_width=8", "--eval_epochs=2", "--eval_seeds=1", "--evaluators=krr",

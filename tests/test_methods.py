@@ -20,13 +20,14 @@ def test_every_record_is_complete_and_its_presets_are_config_fields():
   for name, m in methods.METHODS.items():
     assert m.name == name and m.evaluator in ("krr", "network")
     assert set(m.defaults) <= fields, set(m.defaults) - fields
-    assert m.trains_network == (m.evaluator == "network")
+    # Network-evaluated methods train a network between updates, or (MTT) draw their own batches.
+    assert (m.trains_network or m.sample_batch is not None) == (m.evaluator == "network")
     if m.ipc_defaults is not None:
       assert set(m.ipc_defaults(10)) <= fields
   assert methods.METHODS["dsa"].defaults["augment"] and not methods.METHODS["dc"].defaults[
       "augment"]
   with pytest.raises(ValueError, match="choose one of"):
-    methods.get("mtt")
+    methods.get("frepo")
 
 
 def _real(n_per_class=6, classes=3, dim=5):

@@ -67,8 +67,8 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
   devices, not on one, a step that communicates (the all-reduced image gradient of split
   classes, or of split real rows). The evaluator's seeds, split over the devices, train the same
   networks, and its kernel matrices, row blocks split over the devices, are the same; so are
-  coreset selections and per-class k-means with the classes split. One test, so that the
-  subprocess runs once whichever pytest-xdist worker takes it."""
+  coreset selections and per-class k-means with the classes split, and MTT's experts. One
+  test, so that the subprocess runs once whichever pytest-xdist worker takes it."""
   out = str(tmp_path / "results.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_worker.py"), out],
@@ -93,6 +93,8 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
     for name in ("select_sensitivity/{}/indices", "select_herding/{}/indices",
                  "select_lcmat0/{}/indices", "select_lcmat2/{}/indices", "kmeans/{}/ids"):
       np.testing.assert_array_equal(r[name.format(devices)], r[name.format(1)], err_msg=name)
+    np.testing.assert_allclose(r[f"experts/{devices}/trajectories"],
+                               r["experts/1/trajectories"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r[f"select_sensitivity/{devices}/weights"],
                                r["select_sensitivity/1/weights"], rtol=1e-5)
     for name in ("kernel_conv", "kernel_fc"):  # Row blocks split over the devices.
