@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -678,6 +679,8 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
       "final_loss": history[-1]["loss"] if history else None,
       "steps": int(state.step),
       "distill_seconds_this_run": round(distill_seconds, 2),
+      # This process's peak resident memory so far (Linux: ru_maxrss in KiB).
+      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "split": dataset.split,
       "init": {"method": config.sampler.init, "indices": [int(i) for i in init_idx],
                "weights": [float(w) for w in init_weights]},
