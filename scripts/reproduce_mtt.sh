@@ -22,7 +22,7 @@ python -m experiments.experts --dataset=mnist5k --net_padding=same --num_experts
   --workdir=runs/experts_mnist5k
 for seed in 0 1 2; do
   python -m experiments.distill --method=mtt --ipc=1 --seed=$seed --net_padding=same \
-    --expert_dir=runs/experts_mnist5k --steps=200 --workdir=runs/mtt_mnist5k_ipc1_seed$seed
+    --expert_dir=runs/experts_mnist5k --steps=100 --workdir=runs/mtt_mnist5k_ipc1_seed$seed
 done
-python -m experiments.distill --method=mtt --ipc=10 --net_padding=same \
-  --expert_dir=runs/experts_mnist5k --steps=100 --workdir=runs/mtt_mnist5k_ipc10
+python -m experiments.distill --method=mtt --ipc=10 --syn_batch=20 --net_padding=same \
+  --expert_dir=runs/experts_mnist5k --steps=60 --workdir=runs/mtt_mnist5k_ipc10
