@@ -2,8 +2,9 @@
 
 neural-tangents (NT) 0.6.5 is the last release (December 2023). On JAX >= 0.6 it fails at import
 time. This module is the ONLY place in `robust_dd` that knows why; `robust_dd.kernels` calls
-`apply()` before NT is first imported. Each adaptation fills in something that is missing and leaves
-alone anything that exists, so on an old stack (jax 0.4.x) `apply()` changes nothing.
+`apply()` before NT is first imported. Each adaptation checks that the installed JAX needs it (a
+name is missing, a signature changed) and otherwise leaves NT and JAX alone, so on an old stack
+(jax 0.4.x) `apply()` changes nothing.
 
 The adaptations (see `shared/docs/DEPENDENCIES.md` for how they were found):
 
@@ -24,10 +25,18 @@ The adaptations (see `shared/docs/DEPENDENCIES.md` for how they were found):
    translates that one argument; nothing outside NT's predict module sees it.
 
 6. NT's structured-derivatives empirical NTK (`implementation=3`, and `AUTO`, which may choose it)
-   walks JAX's internal autodiff, whose signatures changed; it fails deep inside JAX. The public
-   `nt.empirical_ntk_fn` / `nt.empirical_kernel_fn` are wrapped to refuse those two with a clear
-   `NotImplementedError`; implementations 1 (Jacobian contraction, NT's default) and 2 (NTK-vector
-   products) work unchanged.
+   walked JAX's internal autodiff, whose signatures changed. Four of NT's functions in
+   `neural_tangents._src.empirical` are replaced by ports to current JAX: building the linear
+   jaxpr (`jax.linearize` + `jax.make_jaxpr` instead of the internal `ad.linearize`), one
+   equation's VJP (no `Primitive.map_primitive`), AUTO's cost model (`cost_analysis()` returns a
+   dict) and two helpers that used deprecated calls (`jnp.dtype(array)`, `jnp.size` of shapes). NT's
+   module also sees a proxy for `jax.interpreters.ad` that supplies the three names the public
+   module no longer exports (`source_info_util`, `config`, `reducing_transposes`). Implementations
+   1 and 2 are NT's own code, unchanged.
+7. `nt.predict` and `stax.linear` evaluate cached values inside `jax.core.eval_context()`, which on
+   stackless JAX rejects tracers from an enclosing `vmap`/`grad` (`UnexpectedTracerError`). Those
+   two modules see `jax.ensure_compile_time_eval()` under that name: concrete values are still
+   computed eagerly, tracers stay in their trace.
 
 Public: `apply()` (idempotent) and `import_neural_tangents()` returning the `neural_tangents`
 module.
@@ -184,39 +193,192 @@ def _patch_scipy_in_predict() -> list[str]:
   return ["neural_tangents._src.predict.sp.linalg.eigvalsh(eigvals=...)"]
 
 
-_UNSUPPORTED_IMPLEMENTATIONS = (0, 3)
+class _JaxWithFoldingEvalContext(types.ModuleType):
+  """Proxy for the `jax` module inside NT's `predict` and `stax.linear` modules.
+
+  NT computes cached quantities (a Cholesky factor, an eigendecomposition, a kernel scale) inside
+  `with jax.core.eval_context():` so they are evaluated eagerly even when first needed inside a
+  `jit`. On old JAX that context left a vmap/grad tracer's own trace in charge of operations on
+  it; on stackless JAX it forces the evaluation trace, and a kernel that is itself a tracer
+  (`vmap(lambda key: ... nt.predict.gradient_descent_mse(kernel(key), ...))`) fails with
+  `UnexpectedTracerError`. `jax.ensure_compile_time_eval()` is today's form of NT's intent:
+  operations on concrete values run eagerly, operations on tracers stay in their trace. This proxy
+  exposes it as `jax.core.eval_context`; every other name is the real `jax`'s.
+  """
+
+  def __init__(self, jax_module):
+    super().__init__("jax")
+    self._jax = jax_module
+    core = types.ModuleType("jax.core")
+    core.__getattr__ = lambda name: getattr(jax_module.core, name)
+    core.eval_context = jax_module.ensure_compile_time_eval
+    self.core = core
+
+  def __getattr__(self, name):
+    return getattr(self._jax, name)
 
 
-def _refuse_structured_derivatives(nt) -> list[str]:
-  import functools
-  import inspect
-  from neural_tangents._src import empirical
-  if getattr(empirical, "_robust_dd_checked", False):
+def _patch_eval_context() -> list[str]:
+  import jax
+  from jax._src import config as jax_config
+  if not hasattr(jax_config, "eager_constant_folding"):  # Old JAX: eval_context already fits.
     return []
-  try:  # On the JAX NT was written for, leave everything as it is.
-    from jax.interpreters import ad
-    if "has_aux" not in inspect.signature(ad.linearize).parameters:
-      return []
+  patched = []
+  for name in ("neural_tangents._src.predict", "neural_tangents._src.stax.linear"):
+    module = importlib.import_module(name)
+    if not isinstance(module.jax, _JaxWithFoldingEvalContext):
+      module.jax = _JaxWithFoldingEvalContext(jax)
+      patched.append(f"{name}: jax.core.eval_context() -> jax.ensure_compile_time_eval()")
+  return patched
+
+
+def _linearize_has_old_signature() -> bool:
+  """True on the JAX NT 0.6.5 was written for: `ad.linearize(traceable, *primals, **kwargs)`."""
+  import inspect
+
+  from jax.interpreters import ad
+  try:
+    params = inspect.signature(ad.linearize).parameters.values()
   except (AttributeError, TypeError, ValueError):
-    pass
+    return False
+  return any(p.kind is p.VAR_POSITIONAL for p in params)
 
-  def refuse(fn):
-    default = inspect.signature(fn).parameters["implementation"].default
 
-    @functools.wraps(fn)
-    def wrapped(*args, implementation=default, **kwargs):
-      if int(implementation) in _UNSUPPORTED_IMPLEMENTATIONS:
-        raise NotImplementedError(
-            f"neural-tangents' empirical NTK implementation {int(implementation)} "
-            "(AUTO / STRUCTURED_DERIVATIVES) relies on JAX internals that changed after NT 0.6.5; "
-            "use implementation=1 (JACOBIAN_CONTRACTION) or 2 (NTK_VECTOR_PRODUCTS).")
-      return fn(*args, implementation=implementation, **kwargs)
-    return wrapped
+class _AdCompat(types.ModuleType):
+  """Proxy for `jax.interpreters.ad` inside NT's `empirical` module.
 
-  nt.empirical_ntk_fn = refuse(empirical.empirical_ntk_fn)
-  nt.empirical_kernel_fn = refuse(empirical.empirical_kernel_fn)
-  empirical._robust_dd_checked = True
-  return ["nt.empirical_ntk_fn / nt.empirical_kernel_fn refuse implementation 0 and 3"]
+  NT's structured-derivatives pass reads three names the public `jax.interpreters.ad` no longer
+  exports: `source_info_util` (JAX's own, from `jax._src`), `config.jax_enable_checks` (read from
+  `jax.config` at each use) and `reducing_transposes` (removed in JAX 0.10; unused since 0.4.38,
+  so an empty table). Everything else is forwarded unchanged.
+  """
+
+  def __init__(self, ad_module):
+    super().__init__("jax.interpreters.ad")
+    from jax._src import source_info_util
+    self._ad = ad_module
+    self.source_info_util = source_info_util
+    self.reducing_transposes = {}
+
+  @property
+  def config(self):
+    import jax
+    return types.SimpleNamespace(jax_enable_checks=jax.config.jax_enable_checks)
+
+  def __getattr__(self, name):
+    return getattr(self._ad, name)
+
+
+def _get_primals_out_and_pullback(fn, mode, _j_rules, _s_rules, _fwd, *primals_in):
+  """NT's `empirical._get_primals_out_and_pullback`, on public JAX APIs.
+
+  NT built the linear (tangent) jaxpr of `fn` with JAX's internal `ad.linearize`, whose signature
+  and return values changed. The same jaxpr comes from `jax.linearize` followed by `jax.make_jaxpr`
+  of the returned JVP: its equations are the tangent computation, its constants the primal
+  residuals, and outputs whose tangent is zero are instantiated, so no output needs to be dropped
+  (NT dropped the cotangents of outputs with a known tangent). As in NT, this runs under
+  `jax.disable_jit()` so that the jaxpr holds primitives, not nested jit calls.
+  """
+  import jax
+  from jax.interpreters.ad import UndefinedPrimal
+  from neural_tangents._src import empirical
+
+  primals_in_flat, in_tree = jax.tree.flatten(primals_in)
+  out_trees = []
+
+  def fn_flat(*flat):
+    out_flat, out_tree = jax.tree.flatten(fn(*jax.tree.unflatten(in_tree, flat)))
+    out_trees.append(out_tree)
+    return out_flat
+
+  with jax.disable_jit():
+    primals_out_flat, jvp_fn = jax.linearize(fn_flat, *primals_in_flat)
+    closed = jax.make_jaxpr(jvp_fn)(*primals_in_flat)
+  jaxpr, consts = closed.jaxpr, closed.consts
+  primals_out = jax.tree.unflatten(out_trees[0], primals_out_flat)
+
+  def pullback_fn(*cts_in):
+    cts_in, _ = jax.tree.flatten(cts_in)
+    dummy_args = [UndefinedPrimal(v.aval) for v in jaxpr.invars]
+    cts_out = empirical._backward_pass(  # pylint: disable=protected-access
+        jaxpr, mode=mode, consts=consts, primals_in=dummy_args, cotangents_in=tuple(cts_in),
+        _j_rules=_j_rules, _s_rules=_s_rules, _fwd=_fwd)
+    return jax.tree.unflatten(in_tree, cts_out)
+
+  return primals_out, pullback_fn
+
+
+def _eqn_vjp_fn(eqn, cts_in, *invals):
+  """NT's `empirical._eqn_vjp_fn` without `Primitive.map_primitive`, which JAX removed with
+  `pmap`'s primitive. Call primitives keep NT's call-transpose path; the linearisation runs under
+  `jax.disable_jit()`, so none reaches here from `nt.empirical_*`."""
+  from jax._src import source_info_util
+  from jax.interpreters import ad
+  if eqn is None:  # Identity function.
+    return cts_in,
+  name_stack = source_info_util.current_name_stack() + eqn.source_info.name_stack
+  with source_info_util.user_context(eqn.source_info.traceback, name_stack=name_stack):
+    if getattr(eqn.primitive, "call_primitive", False):
+      params = dict(eqn.params)
+      call_jaxpr = params.pop("call_jaxpr")
+      return ad.get_primitive_transpose(eqn.primitive)(
+          params, call_jaxpr, invals, cts_in, [v.aval for v in eqn.outvars], ())
+    return ad.get_primitive_transpose(eqn.primitive)(cts_in, *invals, **eqn.params)
+
+
+def _get_flops(f, optimize: bool, *args, **kwargs) -> float:
+  """NT's `empirical._get_flops` (AUTO's cost model): `cost_analysis()` of a compiled
+  computation now returns one dict, where NT indexed a list of them."""
+  import jax
+  lowered = jax.jit(f).lower(*args, **kwargs)
+  analysis = lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0]
+  return analysis["flops"]
+
+
+def _get_fx_axis_and_dtype(fx, fx_axis, params):
+  """NT's `empirical._get_fx_axis_and_dtype` without `jnp.dtype(array)`, which JAX deprecated
+  (an error in a future release): the parameters' promoted dtype, read from `.dtype`."""
+  import functools
+
+  import jax
+  import jax.numpy as jnp
+  if fx_axis is None:
+    fx_axis = jax.tree.map(lambda x: None, fx)
+  dtypes = [jnp.asarray(p).dtype if not hasattr(p, "dtype") else p.dtype
+            for p in jax.tree.leaves(params)]
+  return fx_axis, functools.reduce(jnp.promote_types, dtypes) if dtypes else None
+
+
+def _std_basis(pytree):
+  """NT's `empirical._std_basis` without `jnp.size`/`result_type` of shape-only leaves, which
+  JAX deprecated: the identity basis of the flattened pytree, sized from `.shape`/`.dtype`."""
+  import math
+
+  import jax
+  import jax.numpy as jnp
+  from neural_tangents._src import empirical
+  leaves = jax.tree.leaves(pytree)
+  ndim = sum(math.prod(leaf.shape) for leaf in leaves)
+  dtype = jax.dtypes.result_type(*(leaf.dtype for leaf in leaves))
+  return empirical._unravel_array_into_pytree(  # pylint: disable=protected-access
+      pytree, 1, jnp.eye(ndim, dtype=dtype))
+
+
+def _port_structured_derivatives() -> list[str]:
+  from jax.interpreters import ad
+  from neural_tangents._src import empirical
+  if _linearize_has_old_signature() or isinstance(empirical.ad, _AdCompat):
+    return []
+  empirical.ad = _AdCompat(ad)
+  empirical._get_primals_out_and_pullback = _get_primals_out_and_pullback  # pylint: disable=protected-access
+  empirical._eqn_vjp_fn = _eqn_vjp_fn  # pylint: disable=protected-access
+  empirical._get_flops = _get_flops  # pylint: disable=protected-access
+  empirical._get_fx_axis_and_dtype = _get_fx_axis_and_dtype  # pylint: disable=protected-access
+  empirical._std_basis = _std_basis  # pylint: disable=protected-access
+  return ["neural_tangents._src.empirical: structured derivatives (implementation 3) on "
+          "jax.linearize + jax.make_jaxpr"]
 
 
 APPLIED_PATCHES: list[str] = []
@@ -231,9 +393,10 @@ def apply() -> list[str]:
   APPLIED_PATCHES.extend(_patch_jax_util())
   APPLIED_PATCHES.extend(_patch_zeros_like_p())
   APPLIED_PATCHES.extend(_stub_experimental())
-  nt = importlib.import_module("neural_tangents")
+  importlib.import_module("neural_tangents")
   APPLIED_PATCHES.extend(_patch_scipy_in_predict())
-  APPLIED_PATCHES.extend(_refuse_structured_derivatives(nt))
+  APPLIED_PATCHES.extend(_port_structured_derivatives())
+  APPLIED_PATCHES.extend(_patch_eval_context())
   _APPLIED = True
   return list(APPLIED_PATCHES)
 

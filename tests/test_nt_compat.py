@@ -107,31 +107,109 @@ def test_max_learning_rate_uses_largest_eigenvalue():
   np.testing.assert_allclose(lr, 2 * 1.5 * 6 / np.linalg.eigvalsh(ntk)[-1], rtol=1e-6)
 
 
-@pytest.mark.parametrize("implementation", [1, 2])
-def test_empirical_ntk_equals_explicit_jacobian_product(implementation):
-  rng = np.random.default_rng(5)
-  x1 = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
-  x2 = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
-  init_fn, apply_fn, _ = stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(2))
-  _, params = init_fn(jax.random.key(0), x1.shape)
-  ntk_fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=implementation)
-  got = ntk_fn(x1, x2, params)  # (3, 2, 2, 2): [i, j, out_i, out_j]
+NETS = {
+    "dense": lambda: stax.serial(stax.Dense(8), stax.Relu(), stax.Dense(2)),
+    "conv_pool": lambda: stax.serial(stax.Conv(4, (3, 3), padding="SAME"), stax.Relu(),
+                                     stax.AvgPool((2, 2), strides=(2, 2), padding="SAME"),
+                                     stax.Flatten(), stax.Dense(3)),
+    "conv_gap": lambda: stax.serial(stax.Conv(3, (2, 2)), stax.Erf(), stax.GlobalAvgPool(),
+                                    stax.Dense(2)),
+}
+INPUT_SHAPES = {"dense": (4,), "conv_pool": (6, 6, 2), "conv_gap": (5, 5, 1)}
+
+
+def explicit_ntk(apply_fn, params, x1, x2):
+  """Independent: the (n1, n2, out, out) Jacobian contraction from `jax.jacobian`."""
 
   def flat_jacobian(x):
     jac = jax.jacobian(apply_fn)(params, x)  # leaves (n, out, *param_shape)
     return jnp.concatenate([j.reshape(j.shape[0], j.shape[1], -1)
                             for j in jax.tree_util.tree_leaves(jac)], axis=-1)
 
-  expected = jnp.einsum("iap,jbp->ijab", flat_jacobian(x1), flat_jacobian(x2))
-  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  return jnp.einsum("iap,jbp->ijab", flat_jacobian(x1), flat_jacobian(x2))
 
 
-def test_structured_derivatives_refused_with_clear_error():
-  _, apply_fn, _ = stax.serial(stax.Dense(3))
-  if "has_aux" not in __import__("inspect").signature(jax.interpreters.ad.linearize).parameters:
-    pytest.skip("old JAX: structured derivatives work there and are left alone")
-  with pytest.raises(NotImplementedError, match="implementation=1"):
-    nt.empirical_ntk_fn(apply_fn, implementation=3)
+@pytest.mark.parametrize("net", sorted(NETS))
+@pytest.mark.parametrize("implementation", [0, 1, 2, 3])  # AUTO, Jacobian, NTK-VP, structured
+def test_empirical_ntk_equals_explicit_jacobian_product(implementation, net):
+  rng = np.random.default_rng(5)
+  shape = INPUT_SHAPES[net]
+  x1 = jnp.asarray(rng.normal(size=(3, *shape)), jnp.float32)
+  x2 = jnp.asarray(rng.normal(size=(2, *shape)), jnp.float32)
+  init_fn, apply_fn, _ = NETS[net]()
+  _, params = init_fn(jax.random.key(0), x1.shape)
+  expected = explicit_ntk(apply_fn, params, x1, x2)
+  full = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=implementation)
+  np.testing.assert_allclose(full(x1, x2, params), expected, rtol=1e-4, atol=1e-5)
+  traced = nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
+                               implementation=implementation)  # Mean over the outputs.
+  np.testing.assert_allclose(traced(x1, x2, params),
+                             jnp.einsum("ijaa->ij", expected) / expected.shape[-1],
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_structured_derivatives_under_jit_and_of_a_flax_network():
+  """Implementation 3 inside `jax.jit` (NT linearises under `disable_jit`) and of a network NT
+  did not build (a Flax module's apply), against the explicit contraction."""
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+  rng = np.random.default_rng(6)
+  x1 = jnp.asarray(rng.normal(size=(2, 5, 5, 1)), jnp.float32)
+  x2 = jnp.asarray(rng.normal(size=(3, 5, 5, 1)), jnp.float32)
+  params = Net().init(jax.random.key(1), x1)
+  apply_fn = Net().apply
+  ntk_fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=3))
+  np.testing.assert_allclose(ntk_fn(x1, x2, params), explicit_ntk(apply_fn, params, x1, x2),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_predict_with_a_vmapped_kernel_has_no_tracer_leak():
+  """NT's predict caches an eigendecomposition inside `jax.core.eval_context()`; with a kernel
+  that is a vmap tracer this raised UnexpectedTracerError on current JAX. Vmapped over two
+  kernels, the predictions equal each kernel's own."""
+  rng = np.random.default_rng(7)
+  a = rng.normal(size=(2, 5, 5))
+  k_dd = jnp.asarray(a @ np.swapaxes(a, 1, 2) + np.eye(5), jnp.float32)
+  k_td = jnp.asarray(rng.normal(size=(2, 3, 5)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(5, 1)), jnp.float32)
+
+  def predict(k_dd, k_td):
+    predict_fn = nt.predict.gradient_descent_mse(k_dd, y, diag_reg=1e-3)
+    return predict_fn(0.5, jnp.zeros((5, 1)), jnp.zeros((3, 1)), k_td)
+
+  batched = jax.vmap(predict)(k_dd, k_td)
+  for i in range(2):
+    one = predict(k_dd[i], k_td[i])
+    for got, want in zip(batched, one):
+      np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
+  # Closed form of the train predictions from f0 = 0: (I - expm(-t K / y.size)) y (NT's MSE is
+  # normalised by y's size; learning rate 1; diag_reg relative to the mean diagonal).
+  k = np.asarray(k_dd[0], np.float64)
+  k = k + 1e-3 * np.trace(k) / 5 * np.eye(5)
+  w, v = np.linalg.eigh(k)
+  expected = (v @ np.diag(1 - np.exp(-0.5 * w / y.size)) @ v.T) @ np.asarray(y, np.float64)
+  np.testing.assert_allclose(batched[0][0], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_auto_cost_model_reads_one_cost_analysis():
+  from neural_tangents._src import empirical
+  flops = empirical._get_flops(lambda x: x @ x, True, jnp.ones((8, 8)))  # pylint: disable=protected-access
+  assert flops == pytest.approx(2 * 8 ** 3, rel=0.5)
+
+
+def test_port_is_skipped_on_the_old_linearize_signature(monkeypatch):
+  """On JAX with NT's `ad.linearize(traceable, *primals, **kwargs)` nothing is replaced."""
+  from jax.interpreters import ad
+  monkeypatch.setattr(ad, "linearize", lambda traceable, *primals, **kwargs: None)
+  assert _nt_compat._linearize_has_old_signature()  # pylint: disable=protected-access
+  monkeypatch.undo()
+  assert not _nt_compat._linearize_has_old_signature()  # pylint: disable=protected-access
 
 
 def test_apply_is_idempotent_and_keeps_existing_names():
