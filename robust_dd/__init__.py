@@ -27,6 +27,7 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "kernels": {
         "kernels": ("make_kernel_fn", "make_architecture", "kernel_matrix", "feature_matrix"),
         "random_features": ("RandomFeatureKernel",),
+        "empirical_ntk": ("EmpiricalNTKKernel",),
     },
     "networks": {
         "models": ("ConvNet", "MLP", "make_network"),

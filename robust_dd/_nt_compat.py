@@ -372,11 +372,11 @@ def _port_structured_derivatives() -> list[str]:
   if _linearize_has_old_signature() or isinstance(empirical.ad, _AdCompat):
     return []
   empirical.ad = _AdCompat(ad)
-  empirical._get_primals_out_and_pullback = _get_primals_out_and_pullback  # pylint: disable=protected-access
-  empirical._eqn_vjp_fn = _eqn_vjp_fn  # pylint: disable=protected-access
-  empirical._get_flops = _get_flops  # pylint: disable=protected-access
-  empirical._get_fx_axis_and_dtype = _get_fx_axis_and_dtype  # pylint: disable=protected-access
-  empirical._std_basis = _std_basis  # pylint: disable=protected-access
+  ports = {"_get_primals_out_and_pullback": _get_primals_out_and_pullback,
+           "_eqn_vjp_fn": _eqn_vjp_fn, "_get_flops": _get_flops,
+           "_get_fx_axis_and_dtype": _get_fx_axis_and_dtype, "_std_basis": _std_basis}
+  for name, port in ports.items():
+    setattr(empirical, name, port)
   return ["neural_tangents._src.empirical: structured derivatives (implementation 3) on "
           "jax.linearize + jax.make_jaxpr"]
 

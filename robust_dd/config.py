@@ -243,9 +243,12 @@ class DataConfig:
 class KernelConfig:
   """The infinite-width kernel of KIP's loss and of KRR evaluation."""
   arch: str = _field("fc", "Kernel architecture.", choices=ARCHITECTURES)
-  kind: Optional[str] = _field(None, "Infinite-width kernel (default: ntk; nngp with "
-                               "--random_features, the kernel random features estimate).",
-                               choices=KERNELS, flag="kernel")
+  kind: Optional[str] = _field(None, "Kernel: the infinite-width ntk or nngp (default: ntk; "
+                               "nngp with --random_features, the kernel random features "
+                               "estimate), or empirical_ntk: the NTK of a finite network of the "
+                               "architecture (--empirical_width) at a random initialisation, "
+                               "redrawn every step.", choices=KERNELS + ("empirical_ntk",),
+                               flag="kernel")
   depth: int = _field(1, "Hidden layers (fc) or conv blocks (conv).")
   w_std: float = _field(math.sqrt(2.0), "Weight standard deviation.")
   b_std: float = _field(0.1, "Bias standard deviation.")
@@ -260,6 +263,13 @@ class KernelConfig:
   rf_integrate_readout: bool = _field(True, "Random features: integrate each network's readout "
                                       "layer exactly (its last hidden layer are the features: "
                                       "less noise, same cost); false: the M sampled outputs.")
+  empirical_width: int = _field(128, "--kernel=empirical_ntk: width (units/channels) of the "
+                                "finite network; KRR evaluation uses one fixed draw.")
+  empirical_implementation: str = _field(
+      "structured", "--kernel=empirical_ntk: how neural-tangents computes it (all exact): "
+      "structured derivatives (fastest KIP step measured on CPU), jacobian contraction, ntvp "
+      "(NTK-vector products), or auto (NT picks by XLA's FLOP estimate).",
+      choices=("structured", "jacobian", "ntvp", "auto"))
   eval_random_features: Optional[int] = _field(None, "Random features: M of the one fixed draw "
                                                "that KRR evaluation uses (default 4 x "
                                                "--random_features; 0: the exact kernel).")
@@ -559,6 +569,9 @@ def validate_eval(config) -> None:
                                                            k.eval_features)):
     _check(m % k.rf_width == 0, f"--{name}={m} must be a multiple of --rf_width={k.rf_width} "
            "(M/rf_width networks of rf_width outputs each).")
+  _check(not (k.random_features and k.kernel_kind == "empirical_ntk"),
+         "--kernel=empirical_ntk is a finite network's exact NTK; drop --random_features.")
+  _check(k.empirical_width >= 1, "--empirical_width must be >= 1.")
   _check(not (k.random_features and k.kernel_kind == "ntk"),
          "--random_features estimates the NNGP kernel; drop --kernel=ntk (or pass --kernel=nngp).")
   _check(config.network.net_depth >= 1 and config.network.net_width >= 1,

@@ -424,6 +424,9 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
 
     k = config.kernel
     kind = k.kernel_kind
+    if kind == "empirical_ntk":
+      kind += (f" of one width-{k.empirical_width} network ({k.empirical_implementation}, "
+               "seed 0)")
     if k.eval_features:
       readout = "integrated" if k.rf_integrate_readout else "sampled"
       kind += (f", random features of {k.eval_features // k.rf_width} networks "

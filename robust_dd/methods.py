@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 from robust_dd import augment as augment_lib
 from robust_dd import curvature
 from robust_dd import distill
+from robust_dd import empirical_ntk as entk_lib
 from robust_dd import evaluate
 from robust_dd import kernels
 from robust_dd import krr
@@ -256,19 +257,30 @@ def _random_feature_kernel(k, num_features: int) -> rf_lib.RandomFeatureKernel:
                                     integrate_readout=k.rf_integrate_readout)
 
 
+def _empirical_ntk_kernel(k) -> entk_lib.EmpiricalNTKKernel:
+  return entk_lib.EmpiricalNTKKernel(k.arch, depth=k.depth, width=k.empirical_width,
+                                     w_std=k.w_std, b_std=k.b_std, pool=k.pool,
+                                     implementation=k.empirical_implementation)
+
+
 def config_kernel_fn(config) -> rf_lib.Kernel:
   """The kernel of KIP's loss: the exact infinite-width kernel function, or with
-  `--random_features=M` a `RandomFeatureKernel` (a new draw every step)."""
+  `--random_features=M` a `RandomFeatureKernel`, or with `--kernel=empirical_ntk` an
+  `EmpiricalNTKKernel` (both a new draw every step)."""
   k = config.kernel
+  if k.kernel_kind == "empirical_ntk":
+    return _empirical_ntk_kernel(k)
   if k.random_features:
     return _random_feature_kernel(k, k.random_features)
   return _exact_kernel_fn(k)
 
 
 def config_eval_kernel_fn(config, *, seed: int = 0) -> kernels.KernelFn:
-  """The kernel function of KRR evaluation and leverage scores: the exact kernel, or with random
-  features one fixed draw (seed `seed`) of `--eval_random_features` features."""
+  """The kernel function of KRR evaluation and leverage scores: the exact kernel, or one fixed
+  draw (seed `seed`): of `--eval_random_features` features, or of the empirical NTK's network."""
   k = config.kernel
+  if k.kernel_kind == "empirical_ntk":
+    return _empirical_ntk_kernel(k).fixed(seed)
   if not k.eval_features:
     return _exact_kernel_fn(k)
   return _random_feature_kernel(k, k.eval_features).fixed(seed)

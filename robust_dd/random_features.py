@@ -172,10 +172,12 @@ Kernel = Union[kernels.KernelFn, RandomFeatureKernel]
 
 
 def bind(kernel: Kernel, key) -> kernels.KernelFn:
-  """The kernel function of one step: `kernel.sample(key)` for a random-feature kernel (a new
-  draw per key), `kernel` itself for an exact kernel function."""
-  if isinstance(kernel, RandomFeatureKernel):
+  """The kernel function of one step: `kernel.sample(key)` for a sampled kernel (a
+  `RandomFeatureKernel` or an `empirical_ntk.EmpiricalNTKKernel`: a new draw per key), `kernel`
+  itself for an exact kernel function."""
+  if hasattr(kernel, "sample"):
     if key is None:
-      raise ValueError("A random-feature kernel needs a key (one draw per step).")
+      raise ValueError(f"A sampled kernel ({type(kernel).__name__}) needs a key (one draw per "
+                       "step).")
     return kernel.sample(key)
   return kernel

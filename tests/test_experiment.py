@@ -403,6 +403,27 @@ def test_golden_values_of_a_tiny_run(method, tmp_path):
   np.testing.assert_allclose(np.abs(images).sum(), abs_sum, rtol=1e-4)
 
 
+def test_empirical_ntk_kip_runs_and_evaluates_with_its_fixed_draw(tmp_path):
+  """--kernel=empirical_ntk through the loss (a new network every step), resumable checkpoints
+  and KRR evaluation with the seed-0 network, whose accuracy is recomputed here."""
+  workdir = str(tmp_path / "entk")
+  fields = dict(FAST, ipc=1, steps=3, log_every=1, checkpoint_every=1, kernel="empirical_ntk",
+                empirical_width=16, empirical_implementation="structured")
+  result = run(workdir=workdir, **fields, robust_eval=False)
+  metrics = outputs(workdir)
+  assert "KRR, fc1 empirical_ntk of one width-16 network (structured, seed 0)" in result.stdout
+  assert np.isfinite(metrics["final_loss"])
+  saved = np.load(os.path.join(workdir, "distilled.npz"))
+  ds = data_lib.load_dataset("digits")
+  x = (ds.x_test - saved["mean"]) / saved["std"]
+  config = config_lib.DistillConfig.make(kernel="empirical_ntk", empirical_width=16,
+                                         empirical_implementation="structured")
+  from robust_dd import methods
+  acc = evaluate.krr_accuracy(methods.config_eval_kernel_fn(config), saved["images"],
+                              saved["labels"], x, ds.y_test)
+  assert abs(acc - metrics["distilled_test_acc"]) < 1e-9 and acc > 0.3
+
+
 @pytest.mark.slow
 def test_random_feature_kip_runs_every_kernel_path_and_reports_its_fixed_draw(tmp_path):
   """Conv random features through the loss, the robust per-cluster loss, importance rescoring,
