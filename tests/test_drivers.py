@@ -59,7 +59,7 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
     assert flag in help_text
   assert "--zca_reg" not in help_text  # Only in --helpfull.
   assert "--learning_rate: Learning rate of the synthetic set. Default by method: kip 0.01; dc, " \
-         "dsa, lcmat 0.1." in help_text
+         "dsa, lcmat 0.1; mtt 100.0." in help_text
   full = run("experiments.distill", "--helpfull").stdout
   assert full.index("--steps") < full.index("--zca_reg") < full.index("absl.app:")
 
