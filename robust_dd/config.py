@@ -296,10 +296,11 @@ class NetworkConfig:
                     choices=NETS)
   net_depth: int = _field(3, "ConvNet blocks / MLP hidden layers.")
   net_width: int = _field(128, "ConvNet channels / MLP units.")
-  conv_impl: str = _field("auto", "ConvNet's convolution: one matmul of patches (fastest under "
-                          "vmap on CPU), lax.conv, or shifted (lax.conv forward, weight "
-                          "gradients as matmuls of shifted slices; no forward-mode autodiff); "
-                          "auto: patches on CPU, lax on GPU/TPU.", choices=CONV_IMPLS)
+  conv_impl: str = _field("auto", "ConvNet's convolution: one matmul of patches, lax.conv, "
+                          "shifted (lax.conv forward, weight gradients as matmuls of shifted "
+                          "slices; no forward-mode autodiff) or winograd (Winograd F(2x2,3x3): "
+                          "2.25x fewer FLOPs, as matmuls); auto: models.auto_conv_impl of the "
+                          "backend.", choices=CONV_IMPLS)
   net_padding: str = _field("reference", "reference: pad one-channel inputs as the DC/MTT code "
                             "(ConvNet's first conv by 3: 28x28 maps 32, 16, 8, 4); same: pad by "
                             "1 (28, 14, 7, 3; robust_dd <= 0.3).", choices=PADDINGS)

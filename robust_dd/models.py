@@ -27,8 +27,12 @@ import jax.numpy as jnp
 NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
 # Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
 EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
-CONV_IMPLS = ("auto", "patches", "lax", "shifted")
+CONV_IMPLS = ("auto", "patches", "lax", "shifted", "winograd")
 PADDINGS = ("reference", "same")
+# conv_impl='winograd' keeps 'patches' below this many input channels: with one channel (the
+# first layer on MNIST) the tile transforms cost more than the 9x patch matmul they replace
+# (256 28x28 images, forward + weight gradient: patches 0.43 s, winograd 0.68 s on 2 CPU cores).
+WINOGRAD_MIN_CHANNELS = 8
 
 
 def auto_conv_impl(backend: Optional[str] = None) -> str:
@@ -107,10 +111,57 @@ def conv_shifted(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
   return _conv_shifted(x, kernel, _pads(kh, kw, padding))
 
 
+# Winograd F(2x2, 3x3) (Lavin & Gray, 2016): a 4x4 input tile d gives the 2x2 outputs
+# A^T [(G g G^T) * (B^T d B)] A of a 3x3 filter g; 16 products per 4 outputs instead of 36.
+_WINOGRAD_G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
+
+
+def _winograd_in(d0, d1, d2, d3):
+  """B^T along one axis, given its 4 tile rows (strided slices): (d0-d2, d1+d2, d2-d1, d1-d3)."""
+  return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def _winograd_out(m0, m1, m2, m3):
+  """A^T along one axis: the tile's two outputs (m0+m1+m2, m1-m2-m3)."""
+  return m0 + m1 + m2, m1 - m2 - m3
+
+
+def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
+  """`conv_patches`' 3x3 convolution by Winograd's minimal filtering F(2x2, 3x3).
+
+  The padded input is cut into 4x4 tiles at stride 2 (strided slices, transformed by B^T . B
+  with additions only), each filter into its 4x4 transform G g G^T, and the 16 transformed
+  components are multiplied as 16 batched matmuls (n * ceil(h/2) * ceil(w/2), cin) x (cin,
+  cout); A^T . A adds each tile's products into its 2x2 outputs. 16 multiplications per 4
+  outputs and channel pair instead of 36: 2.25x fewer FLOPs than `conv_patches` in the forward
+  pass and, through JAX's autodiff of these linear maps, in both gradients (weight gradients
+  stay plain matmuls under `vmap` over classes). Equal to `lax.conv_general_dilated` to float
+  rounding (about 2e-7 relative, tested); forward and reverse mode to any order.
+  """
+  kh, kw, cin, cout = kernel.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"conv_winograd computes 3x3 convolutions, not {kh}x{kw}.")
+  (top, bottom), (left, right) = _pads(kh, kw, padding)
+  n, h, w = x.shape[0], x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
+  th, tw = -(-h // 2), -(-w // 2)  # Tiles; odd outputs get one extra, cropped, row/column.
+  xp = jnp.pad(x, ((0, 0), (top, bottom + 2 * th - h), (left, right + 2 * tw - w), (0, 0)))
+  rows = _winograd_in(*[xp[:, i:i + 2 * th:2] for i in range(4)])
+  tiles = jnp.stack([t for r in rows for t in _winograd_in(*[r[:, :, j:j + 2 * tw:2]
+                                                               for j in range(4)])])
+  g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
+  u = jnp.einsum("ai,bj,ijcd->abcd", g, g, kernel).reshape(16, cin, cout)
+  m = jnp.matmul(tiles.reshape(16, n * th * tw, cin), u).reshape(4, 4, n, th, tw, cout)
+  y = [_winograd_out(*[r[j] for j in range(4)]) for r in _winograd_out(*[m[i] for i in range(4)])]
+  # y[i][j]: the outputs (2 ty + i, 2 tx + j), each (n, th, tw, cout).
+  y = jnp.stack([jnp.stack(yi, axis=3) for yi in y], axis=2).reshape(n, 2 * th, 2 * tw, cout)
+  return y[:, :h, :w]
+
+
 class PatchConv(nn.Module):
   """A stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias'), padded
-  'SAME' or by `padding` pixels on every side, computed by `conv_patches` (impl 'patches') or
-  `conv_shifted` ('shifted')."""
+  'SAME' or by `padding` pixels on every side, computed by `conv_patches` (impl 'patches'),
+  `conv_shifted` ('shifted') or `conv_winograd` ('winograd', 3x3 only; inputs with fewer than
+  `WINOGRAD_MIN_CHANNELS` channels use `conv_patches`)."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   padding: Optional[int] = None
@@ -121,7 +172,9 @@ class PatchConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    conv = conv_shifted if self.impl == "shifted" else conv_patches
+    conv = {"shifted": conv_shifted, "winograd": conv_winograd}.get(self.impl, conv_patches)
+    if self.impl == "winograd" and x.shape[-1] < WINOGRAD_MIN_CHANNELS:
+      conv = conv_patches
     return conv(x, kernel, self.padding) + bias
 
 
@@ -134,8 +187,9 @@ class ConvNet(nn.Module):
   the others by 1. `norm='none'` drops the InstanceNorm (with its affine parameters).
   `conv_impl='patches'` computes each convolution as one matmul (see `conv_patches`); 'lax' uses
   `nn.Conv`; 'shifted' uses `conv_shifted` (lax forward, a weight gradient of shifted matmuls);
-  'auto' (default) is `auto_conv_impl()` of the default backend. All have the same parameters
-  and outputs.
+  'winograd' uses `conv_winograd` (2.25x fewer FLOPs; 'patches' for the first layer of
+  one-channel inputs); 'auto' (default) is `auto_conv_impl()` of the default backend. All have
+  the same parameters and outputs (to float rounding).
   """
   num_classes: int
   depth: int = 3
@@ -149,7 +203,7 @@ class ConvNet(nn.Module):
 
     def conv(i):
       pad = self.first_padding if i == 0 else 1
-      if impl in ("patches", "shifted"):
+      if impl in ("patches", "shifted", "winograd"):
         return PatchConv(self.width, (3, 3), padding=pad, impl=impl, name=f"conv{i}")
       return nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{i}")
 

@@ -32,17 +32,21 @@ def test_padded_patch_convolution_equals_lax_conv(padding):
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["shifted", "winograd"])
 @pytest.mark.parametrize("padding", [None, 1, 3])
-def test_shifted_convolution_and_its_gradients_equal_lax_conv(padding):
-  """conv_shifted's value, input and weight gradients (also per class under vmap, with shared
-  weights) and a second-order gradient equal those of lax.conv."""
+def test_shifted_and_winograd_convolutions_and_their_gradients_equal_lax_conv(impl, padding):
+  """conv_shifted's and conv_winograd's values (odd and even output sizes), input and weight
+  gradients (also per class under vmap, with shared weights) and a second-order gradient equal
+  those of lax.conv."""
   kx, kk, kg = jax.random.split(jax.random.key(4), 3)
   x = jax.random.normal(kx, (3, 2, 6, 5, 2))  # (classes, n, H, W, C)
   kernel = jax.random.normal(kk, (3, 3, 2, 4))
   pads = "SAME" if padding is None else [(padding, padding)] * 2
   lax = lambda v, k: jax.lax.conv_general_dilated(v, k, (1, 1), pads,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  shifted = lambda v, k: models.conv_shifted(v, k, padding)
+  conv = {"shifted": models.conv_shifted, "winograd": models.conv_winograd}[impl]
+  shifted = lambda v, k: conv(v, k, padding)
+  assert shifted(x[0], kernel).shape == lax(x[0], kernel).shape
   np.testing.assert_allclose(shifted(x[0], kernel), lax(x[0], kernel), rtol=1e-5, atol=1e-5)
   r = jax.random.normal(kg, lax(x[0], kernel).shape)
 
@@ -57,7 +61,34 @@ def test_shifted_convolution_and_its_gradients_equal_lax_conv(padding):
   # Reverse over reverse: d/dx <dL/dkernel, kernel>, as the matching loss needs.
   second = lambda conv: jax.grad(lambda v: jnp.sum(jax.grad(loss(conv), 1)(v, kernel) ** 2))(
       x[0])
-  np.testing.assert_allclose(second(shifted), second(lax), rtol=1e-4, atol=1e-4)
+  # Entries reach ~300 here; float32 rounding of the two orders of summation differs by ~2e-6 of
+  # the largest (both agree to 2e-13 in float64).
+  expected = second(lax)
+  np.testing.assert_allclose(second(shifted), expected, rtol=1e-4,
+                             atol=1e-5 * np.max(np.abs(expected)))
+  if impl == "winograd":  # Forward mode too (LCMat's exact Hessian-vector products).
+    tangent = jax.random.normal(kg, kernel.shape)
+    jvp = lambda conv: jax.jvp(lambda k: conv(x[0], k), (kernel,), (tangent,))[1]
+    np.testing.assert_allclose(jvp(shifted), jvp(lax), rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_convolution_matches_an_independent_numpy_convolution():
+  """F(2x2, 3x3) against a direct NumPy sum over the 9 taps, at the ConvNet's layer sizes."""
+  rng = np.random.default_rng(0)
+  for shape, padding in (((2, 28, 28, 1), 3), ((2, 16, 16, 5), 1), ((1, 9, 7, 3), 0)):
+    x = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, shape[-1], 4)).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    h, w = xp.shape[1] - 2, xp.shape[2] - 2
+    expected = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + h, j:j + w], kernel[i, j])
+                   for i in range(3) for j in range(3))
+    np.testing.assert_allclose(models.conv_winograd(x, kernel, padding), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_convolution_refuses_other_kernel_sizes():
+  with pytest.raises(ValueError, match="3x3"):
+    models.conv_winograd(jnp.zeros((1, 5, 5, 1)), jnp.zeros((5, 5, 1, 2)))
 
 
 @pytest.mark.slow
