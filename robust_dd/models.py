@@ -29,21 +29,24 @@ NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
 EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
 CONV_IMPLS = ("auto", "patches", "lax", "shifted", "winograd")
 PADDINGS = ("reference", "same")
-# conv_impl='winograd' keeps 'patches' below this many input channels: with one channel (the
-# first layer on MNIST) the tile transforms cost more than the 9x patch matmul they replace
-# (256 28x28 images, forward + weight gradient: patches 0.43 s, winograd 0.68 s on 2 CPU cores).
-WINOGRAD_MIN_CHANNELS = 8
+# conv_impl='auto' on CPU uses Winograd in layers with at least this many input channels and
+# patches below: the tile transforms cost about what the matmul saving brings at 16-64 channels
+# (forward + both gradients, 2 CPU cores: patches/winograd time 0.45-0.95 at 8-16 channels,
+# 1.05-1.17 at 32, 0.93-1.15 at 64, 1.5 at 128; 0.6 for the one-channel first layer on MNIST).
+WINOGRAD_MIN_CHANNELS = 32
 
 
 def auto_conv_impl(backend: Optional[str] = None) -> str:
   """The ConvNet convolution `conv_impl='auto'` picks on `backend` (default: JAX's default one).
 
-  'patches' on CPU, where it was measured fastest (XLA:CPU runs the weight gradient of a
+  'winograd' on CPU (ConvNet: in layers of at least `WINOGRAD_MIN_CHANNELS` input channels,
+  'patches' in the others), where it was measured fastest (DC, one outer iteration, each timed
+  in turn with the PyTorch reference: 1.47x PyTorch's speed at IPC 1 and 1.39x at IPC 10,
+  against 1.28x and 1.10x for 'patches' on another day; XLA:CPU runs the weight gradient of a
   `vmap`ped `lax.conv` as a grouped convolution, 3.7x slower; README, Benchmarks); 'lax' on GPU
-  and TPU, where the convolution libraries are fast and the 9x patch tensor costs memory (not
-  measured here).
+  and TPU, where the convolution libraries are fast (not measured here).
   """
-  return "patches" if (backend or jax.default_backend()) == "cpu" else "lax"
+  return "winograd" if (backend or jax.default_backend()) == "cpu" else "lax"
 
 
 def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
@@ -161,11 +164,12 @@ class PatchConv(nn.Module):
   """A stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias'), padded
   'SAME' or by `padding` pixels on every side, computed by `conv_patches` (impl 'patches'),
   `conv_shifted` ('shifted') or `conv_winograd` ('winograd', 3x3 only; inputs with fewer than
-  `WINOGRAD_MIN_CHANNELS` channels use `conv_patches`)."""
+  `winograd_min_channels` channels use `conv_patches`)."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   padding: Optional[int] = None
   impl: str = "patches"
+  winograd_min_channels: int = 0
 
   @nn.compact
   def __call__(self, x):
@@ -173,7 +177,7 @@ class PatchConv(nn.Module):
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     conv = {"shifted": conv_shifted, "winograd": conv_winograd}.get(self.impl, conv_patches)
-    if self.impl == "winograd" and x.shape[-1] < WINOGRAD_MIN_CHANNELS:
+    if self.impl == "winograd" and x.shape[-1] < self.winograd_min_channels:
       conv = conv_patches
     return conv(x, kernel, self.padding) + bias
 
@@ -187,8 +191,9 @@ class ConvNet(nn.Module):
   the others by 1. `norm='none'` drops the InstanceNorm (with its affine parameters).
   `conv_impl='patches'` computes each convolution as one matmul (see `conv_patches`); 'lax' uses
   `nn.Conv`; 'shifted' uses `conv_shifted` (lax forward, a weight gradient of shifted matmuls);
-  'winograd' uses `conv_winograd` (2.25x fewer FLOPs; 'patches' for the first layer of
-  one-channel inputs); 'auto' (default) is `auto_conv_impl()` of the default backend. All have
+  'winograd' uses `conv_winograd` (2.25x fewer FLOPs) in every layer; 'auto' (default) is
+  `auto_conv_impl()` of the default backend, on CPU winograd in the layers of at least
+  `WINOGRAD_MIN_CHANNELS` input channels and patches in the others. All have
   the same parameters and outputs (to float rounding).
   """
   num_classes: int
@@ -200,11 +205,13 @@ class ConvNet(nn.Module):
 
   def setup(self):
     impl = auto_conv_impl() if self.conv_impl == "auto" else self.conv_impl
+    min_channels = WINOGRAD_MIN_CHANNELS if self.conv_impl == "auto" else 0
 
     def conv(i):
       pad = self.first_padding if i == 0 else 1
       if impl in ("patches", "shifted", "winograd"):
-        return PatchConv(self.width, (3, 3), padding=pad, impl=impl, name=f"conv{i}")
+        return PatchConv(self.width, (3, 3), padding=pad, impl=impl,
+                         winograd_min_channels=min_channels, name=f"conv{i}")
       return nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{i}")
 
     self.convs = [conv(i) for i in range(self.depth)]

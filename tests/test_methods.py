@@ -127,7 +127,7 @@ def test_dc_step_is_the_same_whatever_the_class_batching_and_convolution():
   images, loss = updated()
   assert not np.allclose(images, x[[0, 4, 8]])  # The step moved the set.
   for overrides in (dict(class_batch=0, conv_impl="lax"), dict(class_batch=1),
-                    dict(class_batch=2, conv_impl="patches")):
+                    dict(class_batch=2, conv_impl="patches"), dict(conv_impl="winograd")):
     other_images, other_loss = updated(**overrides)
     np.testing.assert_allclose(other_loss, loss, rtol=1e-5)
     np.testing.assert_allclose(other_images, images, rtol=1e-5, atol=1e-6)

@@ -235,7 +235,7 @@ def _separable(n, size, seed=0):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["alexnet", "vit"])
+@pytest.mark.parametrize("name", [pytest.param("alexnet", marks=pytest.mark.extended), "vit"])
 def test_network_fits_a_separable_problem(name):
   """Trained on 16 8x8 images (the evaluation schedule, 10 epochs), the network fits them."""
   from robust_dd import training  # pylint: disable=g-import-not-at-top
@@ -250,10 +250,11 @@ def test_network_fits_a_separable_problem(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,size", [("resnet18", 16), ("vgg11", 32)])
+@pytest.mark.parametrize("name,size", [("resnet18", 16), ("vgg11", 32), ("alexnet", 8)])
 def test_every_parameter_gets_a_gradient_and_a_step_lowers_the_loss(name, size):
-  """ResNet-18 and VGG-11 are too slow to train in the CPU suite (XLA optimisations off): one
-  gradient reaches every parameter tensor, and a small step lowers the loss on a separable batch."""
+  """ResNet-18 and VGG-11 are too slow to train in the CPU suite (XLA optimisations off), and
+  AlexNet's training (above) is in the extended tier: one gradient reaches every parameter
+  tensor, and a small step lowers the loss on a separable batch."""
   from robust_dd import training  # pylint: disable=g-import-not-at-top
   x, y = _separable(4, size)
   model = models.make_network(name, num_classes=2, input_shape=x.shape[1:])
@@ -279,13 +280,23 @@ def test_reference_padding_only_changes_one_channel_28x28_inputs():
     models.make_network("convnet", num_classes=2, input_shape=(8, 8, 1), padding="valid")
 
 
-def test_auto_convolution_is_patches_on_cpu_and_lax_on_accelerators():
-  assert models.auto_conv_impl("cpu") == "patches"
+def test_auto_convolution_is_winograd_on_cpu_and_lax_on_accelerators():
+  """On CPU 'auto' is Winograd in layers of at least WINOGRAD_MIN_CHANNELS input channels and
+  patches in the others: bit for bit the network built with that convolution."""
+  assert models.auto_conv_impl("cpu") == "winograd"
   assert models.auto_conv_impl("gpu") == models.auto_conv_impl("tpu") == "lax"
-  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
-  auto = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=1, width=4)
-  chosen = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=1, width=4,
-                               conv_impl=models.auto_conv_impl())
-  params = models.init_params(auto, jax.random.key(2), (8, 8, 1))
-  np.testing.assert_array_equal(models.logits_fn(auto)(params, x),
-                                models.logits_fn(chosen)(params, x))
+  wide = models.WINOGRAD_MIN_CHANNELS
+  expected = {1: "patches" if jax.default_backend() == "cpu" else models.auto_conv_impl(),
+              wide: models.auto_conv_impl()}
+  for channels, impl in expected.items():
+    shape = (8, 8, channels)
+    x = jax.random.normal(jax.random.key(1), (2, *shape))
+    auto = models.make_network("convnet", num_classes=3, input_shape=shape, depth=1, width=4)
+    chosen = models.make_network("convnet", num_classes=3, input_shape=shape, depth=1, width=4,
+                                 conv_impl=impl)
+    params = models.init_params(auto, jax.random.key(2), shape)
+    np.testing.assert_array_equal(models.logits_fn(auto)(params, x),
+                                  models.logits_fn(chosen)(params, x))
+  other = models.make_network("convnet", num_classes=3, input_shape=shape, depth=1, width=4,
+                              conv_impl="patches" if impl != "patches" else "lax")
+  assert not np.array_equal(models.logits_fn(other)(params, x), models.logits_fn(auto)(params, x))
