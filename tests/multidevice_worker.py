@@ -1,6 +1,10 @@
 """Runs a few steps of every method on meshes of simulated CPU devices; used by test_parallel.py.
 
-  python tests/multidevice_worker.py OUT.npz
+  python tests/multidevice_worker.py OUT.npz [quick]
+
+`quick` (the default test tier) runs KIP on 8, 3 and 1 devices, robust DC on 8 and 1,
+and the evaluator, selections, k-means and experts on 8 and 1; without it (the extended tier)
+every case on every mesh of `MESHES`, and the rest on 8, 4 and 1.
 
 Must start before JAX: it asks XLA for 8 host devices. For each case and each mesh size it saves
 the synthetic images and loss after two steps, whether the step's outputs are replicated over
@@ -50,6 +54,7 @@ CASES = {
 # devices the 3 classes split evenly, so XLA would leave the set split unless the step keeps it
 # replicated (the next call's input shardings would then differ from the compiled ones).
 MESHES = {case: (8, 1) if case in ("dsa", "lcmat") else (8, 4, 3, 1) for case in CASES}
+QUICK_MESHES = {"kip": (8, 3, 1), "dc_cvar": (8, 1)}
 CLUSTERS = 2 * CLASSES
 INITIAL = [0, 1, 8, 9, 16, 17]  # Two real images of each class.
 
@@ -152,15 +157,15 @@ def select_and_cluster(devices: int):
 
 
 def main(argv):
-  out = argv[1]
+  out, quick = argv[1], argv[2:] == ["quick"]
   assert len(jax.devices()) == 8, jax.devices()
   results = {"initial_images": _real()[0][INITIAL]}
-  for case in CASES:
-    for devices in MESHES[case]:
+  for case, meshes in (QUICK_MESHES if quick else MESHES).items():
+    for devices in meshes:
       t0 = time.time()
       results.update(run(case, devices))
       print(f"{case} on {devices}: {time.time() - t0:.1f} s", flush=True)
-  for devices in (8, 4, 1):
+  for devices in (8, 1) if quick else (8, 4, 1):
     results.update(evaluate_seeds(devices))
     results.update(select_and_cluster(devices))
   np.savez(out, **results)

@@ -102,7 +102,9 @@ def test_lcmat_with_zero_gamma_is_gradient_matching_and_adds_the_hvp_distance():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hvp_mode", curvature.HVP_MODES)
+@pytest.mark.parametrize("hvp_mode", [
+    pytest.param(m, marks=pytest.mark.extended) if m == "finite_difference" else m
+    for m in curvature.HVP_MODES])
 def test_gradients_through_the_curvature_loss_order_two(hvp_mode):
   # The direction v is a stop-gradient, so the loss's derivative in the images is that of the
   # same loss with v frozen at its current value; check that, then check_grads the frozen loss.
@@ -136,6 +138,7 @@ def test_gradients_through_the_curvature_loss_order_two(hvp_mode):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_vmapped_curvature_loss_equals_a_loop_and_jit():
   apply_fn, params, syn, real = _tiny_conv()
   class_loss = curvature.curvature_match_class_loss(apply_fn)

@@ -459,6 +459,7 @@ def test_random_feature_kip_step_redraws_the_kernel_from_the_step_key():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_robust_network_trains_on_real_batches_first_then_matches():
   """--robust_on=network: a fresh network, `steps` SGD steps on real class-balanced batches with
   the prototype CVaR loss, then the update, written out against make_step at outer_loop 1."""

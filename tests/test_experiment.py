@@ -361,6 +361,7 @@ IMPORTANCE = dict(DC, init="sensitivity_kmeans", sampler="importance", sampler_e
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_importance_sampled_dc_resumes_exactly(tmp_path):
   full, part = str(tmp_path / "full"), str(tmp_path / "part")
   result = run(**IMPORTANCE, steps=2, workdir=full)

@@ -73,6 +73,7 @@ def test_mtt_refuses_what_it_cannot_mean(fields, message):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_an_mtt_run_learns_its_step_size_and_resumes_exactly(buffer, tmp_path):
   """MTT through distill_experiment: 4 steps straight, and 2 then 2 more from the checkpoint,
   give the same set and step size; the step size (saved as its log) moved from its start."""

@@ -130,8 +130,12 @@ def explicit_ntk(apply_fn, params, x1, x2):
 
 
 # AUTO compiles all three implementations to pick one (the slowest to test): on the dense net only.
+# Global pooling with the Jacobian and NTK-vector products: extended tier (conv + pooling covers
+# their convolutions; structured derivatives, the port, on every net in the default tier).
 @pytest.mark.parametrize("implementation,net", [(0, "dense")] + [
-    (i, net) for i in (1, 2, 3) for net in sorted(NETS)])  # Jacobian, NTK-VP, structured
+    pytest.param(i, net, marks=[pytest.mark.slow, pytest.mark.extended])
+    if net == "conv_gap" and i in (1, 2) else (i, net)
+    for i in (1, 2, 3) for net in sorted(NETS)])  # Jacobian, NTK-VP, structured
 def test_empirical_ntk_equals_explicit_jacobian_product(implementation, net):
   rng = np.random.default_rng(5)
   shape = INPUT_SHAPES[net]

@@ -67,6 +67,8 @@ def run_suites(tmp_path, *args, timeout):
   return summary, proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.extended
 def test_one_case_of_each_fast_family_passes(tmp_path):
   summary, _ = run_suites(tmp_path, "--tests=" + ",".join("tests." + c for c in FAST_CASES),
                           timeout=900)

@@ -59,7 +59,10 @@ CASES = ["kip", "kip_cvar", "dc", "dsa", "lcmat", "dc_cvar", "dc_importance"]
 
 
 @pytest.mark.slow
-def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
+@pytest.mark.parametrize("tier", [
+    pytest.param("quick", id="kip_robust_dc"),
+    pytest.param("full", id="every_method", marks=pytest.mark.extended)])
+def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path, tier):
   """Every method's two steps (matching methods: two updates with inner training between them)
   on meshes of 8, 4, 3 and 1 simulated CPU devices (DSA and LCMat: 8 and 1), in a subprocess (XLA
   reads the device count once, before JAX starts): the same set and losses whatever the device
@@ -68,14 +71,19 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
   classes, or of split real rows). The evaluator's seeds, split over the devices, train the same
   networks, and its kernel matrices, row blocks split over the devices, are the same; so are
   coreset selections and per-class k-means with the classes split, and MTT's experts. One
-  test, so that the subprocess runs once whichever pytest-xdist worker takes it."""
+  subprocess per tier, so that it runs once whichever pytest-xdist worker takes it. The default
+  tier ('quick') runs KIP on 8, 3 and 1 devices, robust DC on 8 and 1, and the rest on
+  8 and 1 (`tests/multidevice_worker.py`); the extended tier all of it."""
   out = str(tmp_path / "results.npz")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_worker.py"), out],
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_worker.py"), out,
+                         *(["quick"] if tier == "quick" else [])],
                         capture_output=True, text=True, env=env, timeout=1500, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = dict(np.load(out))
-  for case in CASES:
+  cases = [c for c in CASES if f"{c}/1/images" in r]
+  assert cases == (["kip", "dc_cvar"] if tier == "quick" else CASES)
+  for case in cases:
     one = r[f"{case}/1/images"]
     assert not np.allclose(one, r["initial_images"]), case  # The steps moved the set.
     for devices in (d for d in (8, 4, 3) if f"{case}/{d}/images" in r):
@@ -85,7 +93,7 @@ def test_every_method_gives_the_same_set_on_8_4_and_1_devices(tmp_path):
                                  rtol=1e-4, err_msg=f"{case} on {devices} devices")
       assert r[f"{case}/{devices}/replicated"], (case, devices)
     assert r[f"{case}/8/communicates"] and not r[f"{case}/1/communicates"], case
-  for devices in (8, 4):
+  for devices in (8,) if tier == "quick" else (8, 4):
     np.testing.assert_array_equal(r[f"evaluate/{devices}/predictions"],
                                   r["evaluate/1/predictions"])
     np.testing.assert_allclose(r[f"evaluate/{devices}/head"], r["evaluate/1/head"], rtol=1e-4,
@@ -114,6 +122,7 @@ def test_a_workdir_resumes_under_another_device_count(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_dc_run_checkpointed_on_8_devices_resumes_on_1_as_if_uninterrupted(tmp_path):
   """The driver end to end: a DC run on 8 simulated devices (classes split) stops after 2 steps;
   the same command on a 1-device process continues it from the checkpoint to step 3, and its set
