@@ -41,7 +41,7 @@ def auto_conv_impl(backend: Optional[str] = None) -> str:
 
   'winograd' on CPU (ConvNet: in layers of at least `WINOGRAD_MIN_CHANNELS` input channels,
   'patches' in the others), where it was measured fastest (DC, one outer iteration, each timed
-  in turn with the PyTorch reference: 1.47x PyTorch's speed at IPC 1 and 1.39x at IPC 10,
+  in turn with the PyTorch reference: 1.43x PyTorch's speed at IPC 1 and 1.39x at IPC 10,
   against 1.28x and 1.10x for 'patches' on another day; XLA:CPU runs the weight gradient of a
   `vmap`ped `lax.conv` as a grouped convolution, 3.7x slower; README, Benchmarks); 'lax' on GPU
   and TPU, where the convolution libraries are fast (not measured here).
@@ -176,9 +176,9 @@ class PatchConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    conv = {"shifted": conv_shifted, "winograd": conv_winograd}.get(self.impl, conv_patches)
-    if self.impl == "winograd" and x.shape[-1] < self.winograd_min_channels:
-      conv = conv_patches
+    narrow = self.impl == "winograd" and x.shape[-1] < self.winograd_min_channels
+    impl = "patches" if narrow else self.impl
+    conv = {"shifted": conv_shifted, "winograd": conv_winograd}.get(impl, conv_patches)
     return conv(x, kernel, self.padding) + bias
 
 
