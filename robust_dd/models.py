@@ -483,7 +483,14 @@ def _max_depth(size: int, first_padding: int) -> int:
 
 
 def init_params(model: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> Any:
-  """Fresh parameters of `model` for samples of `input_shape`."""
+  """Fresh parameters of `model` for samples of `input_shape` (jitted: one compiled program per
+  model and shape, where an eager `model.init` dispatches, and on first use compiles, every
+  operation of the forward pass on its own)."""
+  return _init_params(model, key, tuple(input_shape))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init_params(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> Any:
   return model.init(key, jnp.zeros((1, *input_shape), jnp.float32))["params"]
 
 

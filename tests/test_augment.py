@@ -108,8 +108,8 @@ def test_colour_keeps_single_channel_saturation_and_is_affine():
 def test_gradients_in_the_images(op):
   x = _images(n=2, h=6, w=6, c=2)
   w = jax.random.normal(jax.random.key(7), x.shape)
-  f = lambda v: jnp.sum(augment.dsa(jax.random.key(5), v, ops=(op,)) * w)
   with jax.enable_x64(True):
+    f = jax.jit(lambda v: jnp.sum(augment.dsa(jax.random.key(5), v, ops=(op,)) * w))
     check_grads(f, (jnp.asarray(x, jnp.float64),), order=1, modes=["rev"])
 
 

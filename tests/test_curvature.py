@@ -33,9 +33,10 @@ def test_hvp_equals_dense_hessian_times_vector():
   with jax.enable_x64(True):
     loss, params, v = _problem(jnp.float64)
     flat, unravel = ravel_pytree(params)
-    hessian = jax.hessian(lambda f: loss(unravel(f)))(flat)
+    hessian = jax.jit(jax.hessian(lambda f: loss(unravel(f))))(flat)
     expected = hessian @ ravel_pytree(v)[0]
-    np.testing.assert_allclose(ravel_pytree(curvature.hvp(loss, params, v))[0], expected,
+    hv = jax.jit(curvature.hvp, static_argnums=0)(loss, params, v)
+    np.testing.assert_allclose(ravel_pytree(hv)[0], expected,
                                rtol=1e-8, atol=1e-10)
 
 
@@ -90,14 +91,19 @@ def test_lcmat_with_zero_gamma_is_gradient_matching_and_adds_the_hvp_distance():
                             apply_fn=apply_fn)  # gamma traced: one compilation for both values.
   np.testing.assert_allclose(lcmat(gamma=0.0), gm, rtol=1e-5)
   # The curvature term by hand for each class, with the dense route: jvp of grad.
-  extra = 0.0
-  for c in range(2):
-    ls = lambda p: training.cross_entropy(apply_fn(p, syn[c]), c)
-    lt = lambda p: training.cross_entropy(apply_fn(p, real[c]), c)
-    gs, gt = jax.grad(ls)(params), jax.grad(lt)(params)
-    v = curvature.adversarial_direction(gs, gt, rho=0.05)
-    extra += matching.gradient_match_distance(curvature.hvp(ls, params, v),
-                                              curvature.hvp(lt, params, v))
+  @jax.jit  # One compilation instead of every operation's.
+  def by_hand():
+    extra = 0.0
+    for c in range(2):
+      ls = lambda p, c=c: training.cross_entropy(apply_fn(p, syn[c]), c)
+      lt = lambda p, c=c: training.cross_entropy(apply_fn(p, real[c]), c)
+      gs, gt = jax.grad(ls)(params), jax.grad(lt)(params)
+      v = curvature.adversarial_direction(gs, gt, rho=0.05)
+      extra += matching.gradient_match_distance(curvature.hvp(ls, params, v),
+                                                curvature.hvp(lt, params, v))
+    return extra
+
+  extra = by_hand()
   np.testing.assert_allclose(lcmat(gamma=2.0), gm + 2.0 * extra, rtol=1e-4)
 
 
@@ -123,11 +129,16 @@ def test_gradients_through_the_curvature_loss_order_two(hvp_mode):
                                                      product(lt, params, v[c]), metric="mse"))
       return total
 
-    v = []
-    for c in range(2):
-      gs = matching.class_loss_gradient(apply_fn, params, syn[c], c)
-      gt = matching.class_loss_gradient(apply_fn, params, real[c], c)
-      v.append(curvature.adversarial_direction(gs, gt, rho=0.5))
+    @jax.jit
+    def directions():
+      v = []
+      for c in range(2):
+        gs = matching.class_loss_gradient(apply_fn, params, syn[c], c)
+        gt = matching.class_loss_gradient(apply_fn, params, real[c], c)
+        v.append(curvature.adversarial_direction(gs, gt, rho=0.5))
+      return v
+
+    v = directions()
     full = lambda s: curvature.curvature_match_loss(params, s, real, apply_fn=apply_fn,
                                                     hvp_mode=hvp_mode, metric="mse", rho=0.5)
     frozen_v = jax.jit(lambda s: frozen(s, v))  # Compiled once: check_grads calls it often.
@@ -169,5 +180,6 @@ def test_masked_real_rows_drop_out_of_the_curvature_loss():
                                                             cluster_class))(syn)
   for k in range(2):
     rows = np.asarray(mask[k])
-    expected = class_loss(params, syn[int(cluster_class[k])], real[k][rows], cluster_class[k])
+    expected = jax.jit(class_loss)(params, syn[int(cluster_class[k])], real[k][rows],
+                                   cluster_class[k])
     np.testing.assert_allclose(got[k], expected, rtol=1e-4, atol=1e-6)

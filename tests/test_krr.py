@@ -73,8 +73,8 @@ def test_platt_kip_loss_gradients_match_finite_differences():
     xt = jnp.asarray(rng.normal(size=(4, 5)))
     yt = jnp.asarray(np.eye(2)[[0, 1, 1, 0]] - 0.5)
     kernel_fn = lambda a, b: a @ b.T + 1.0
-    loss = lambda a, b, s: krr.kip_loss(a, b, xt, yt, kernel_fn=kernel_fn, diag_reg=1e-2,
-                                        loss="platt", log_scale=s)
+    loss = jax.jit(lambda a, b, s: krr.kip_loss(a, b, xt, yt, kernel_fn=kernel_fn,
+                                                diag_reg=1e-2, loss="platt", log_scale=s))
     check_grads(loss, (xs, ys, jnp.asarray(0.3)), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
   finally:
     jax.config.update("jax_enable_x64", False)
@@ -99,7 +99,7 @@ def test_kip_loss_gradients_match_finite_differences():
     xt = jnp.asarray(rng.normal(size=(4, 5)))
     yt = jnp.asarray(rng.normal(size=(4, 2)))
     kernel_fn = kernels.make_kernel_fn("fc", kernel="ntk", depth=2)
-    loss = lambda a, b: krr.kip_loss(a, b, xt, yt, kernel_fn=kernel_fn, diag_reg=1e-2)
+    loss = jax.jit(lambda a, b: krr.kip_loss(a, b, xt, yt, kernel_fn=kernel_fn, diag_reg=1e-2))
     check_grads(loss, (xs, ys), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
   finally:
     jax.config.update("jax_enable_x64", False)

@@ -83,9 +83,9 @@ def test_vmapped_per_class_loss_equals_a_loop_with_and_without_dsa():
     np.testing.assert_allclose(vmapped, looped, rtol=1e-4, atol=1e-5)
     chunked = losses(aug, 2)
     np.testing.assert_allclose(chunked, vmapped, rtol=1e-4, atol=1e-5)  # 2 + a remainder of 1.
-    manual = [matching.gradient_match_distance(
+    manual = jax.jit(lambda: [matching.gradient_match_distance(  # Jitted: one compilation.
         matching.class_loss_gradient(apply_fn, params, syn[c], c),
-        matching.class_loss_gradient(apply_fn, params, real[c], c)) for c in range(3)]
+        matching.class_loss_gradient(apply_fn, params, real[c], c)) for c in range(3)])()
     if aug is None:
       np.testing.assert_allclose(vmapped, manual, rtol=1e-4, atol=1e-5)
 
@@ -95,13 +95,13 @@ def test_matching_a_set_to_itself_costs_nothing():
   apply_fn, params = _tiny()
   x = jax.random.normal(jax.random.key(1), (3, 4, 6, 6, 1))
   for metric in matching.METRICS:
-    loss = matching.gradient_match_loss(params, x, x, apply_fn=apply_fn, metric=metric)
+    loss = matching.gradient_match_loss_jit(params, x, x, apply_fn=apply_fn, metric=metric)
     np.testing.assert_allclose(loss, 0.0, atol=1e-3)  # 'ours': eps / |row|^2 per row remains.
   # With DSA the shared key transforms both copies alike, so the loss stays zero.
-  loss = matching.gradient_match_loss(params, x, x, apply_fn=apply_fn, key=jax.random.key(4),
-                                      augment=augment.dsa)
+  loss = matching.gradient_match_loss_jit(params, x, x, apply_fn=apply_fn, key=jax.random.key(4),
+                                          augment=augment.dsa)
   np.testing.assert_allclose(loss, 0.0, atol=1e-3)
-  other = matching.gradient_match_loss(params, x, x[::-1], apply_fn=apply_fn)
+  other = matching.gradient_match_loss_jit(params, x, x[::-1], apply_fn=apply_fn)
   assert other > 0.5
 
 
@@ -113,7 +113,8 @@ def test_gradients_through_the_matching_loss_order_two(metric):
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     syn = jax.random.normal(jax.random.key(1), (2, 1, 4, 4, 1), jnp.float64)
     real = jax.random.normal(jax.random.key(2), (2, 3, 4, 4, 1), jnp.float64)
-    f = lambda s: matching.gradient_match_loss(params, s, real, apply_fn=apply_fn, metric=metric)
+    f = jax.jit(lambda s: matching.gradient_match_loss(params, s, real, apply_fn=apply_fn,
+                                                       metric=metric))  # Compiled once.
     check_grads(f, (syn,), order=2, modes=["rev"], atol=1e-4, rtol=1e-4)
 
 
