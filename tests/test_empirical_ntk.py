@@ -17,7 +17,7 @@ def explicit_mean_ntk(e, params, x1, x2):
   apply_fn = empirical_ntk._architecture(e)[1]  # pylint: disable=protected-access
 
   def flat_jacobian(x):
-    jac = jax.jacobian(apply_fn)(params, x)  # leaves (n, out, *param_shape)
+    jac = jax.jit(jax.jacobian(apply_fn))(params, x)  # leaves (n, out, *param_shape)
     return np.concatenate([np.asarray(j, np.float64).reshape(j.shape[0], j.shape[1], -1)
                            for j in jax.tree_util.tree_leaves(jac)], axis=-1)
 
@@ -106,6 +106,7 @@ def test_kip_gradient_through_the_empirical_ntk_matches_finite_differences():
     targets, y_s, y_t = (jnp.asarray(rng.normal(size=s)) for s in ((5, 3), (2, 2), (5, 2)))
     kernel_fn = e.sample(jax.random.key(6))
 
+    @jax.jit  # Compiled once: the differences call it 12 times.
     def loss(s):
       k_ss = kernel_fn(s, s) + 1e-2 * jnp.eye(2)
       pred = kernel_fn(targets, s) @ jnp.linalg.solve(k_ss, y_s)

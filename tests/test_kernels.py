@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def test_conv_kernels_match_golden_values_from_old_stack(name, kernel):
   golden = np.load(GOLDEN)
   assert str(golden["jax_version"]) == "0.4.38"
   kernel_fn = kernels.make_kernel_fn("conv", kernel=kernel, **CASES[name])
-  got = kernel_fn(jnp.asarray(golden["x1"]), jnp.asarray(golden["x2"]))
+  got = jax.jit(kernel_fn)(jnp.asarray(golden["x1"]), jnp.asarray(golden["x2"]))
   np.testing.assert_allclose(got, golden[f"{name}_{kernel}"], rtol=2e-5, atol=1e-6)
 
 

@@ -143,11 +143,12 @@ def test_empirical_ntk_equals_explicit_jacobian_product(implementation, net):
   x2 = jnp.asarray(rng.normal(size=(2, *shape)), jnp.float32)
   init_fn, apply_fn, _ = NETS[net]()
   _, params = init_fn(jax.random.key(0), x1.shape)
-  expected = explicit_ntk(apply_fn, params, x1, x2)
-  full = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=implementation)
+  # Jitted: one compilation each instead of one per operation.
+  expected = jax.jit(explicit_ntk, static_argnums=0)(apply_fn, params, x1, x2)
+  full = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=implementation))
   np.testing.assert_allclose(full(x1, x2, params), expected, rtol=1e-4, atol=1e-5)
-  traced = nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
-                               implementation=implementation)  # Mean over the outputs.
+  traced = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), vmap_axes=0,
+                                       implementation=implementation))  # Mean over the outputs.
   np.testing.assert_allclose(traced(x1, x2, params),
                              jnp.einsum("ijaa->ij", expected) / expected.shape[-1],
                              rtol=1e-4, atol=1e-5)
