@@ -3,8 +3,8 @@
   python tests/multidevice_worker.py OUT.npz [quick]
 
 `quick` (the default test tier) runs KIP on 8, 3 and 1 devices, robust DC on 8 and 1,
-and the evaluator, selections, k-means and experts on 8 and 1; without it (the extended tier)
-every case on every mesh of `MESHES`, and the rest on 8, 4 and 1.
+and the evaluator on 8 and 1; without it (the extended tier) every case on every mesh of
+`MESHES`, and the evaluator, selections, k-means and experts on 8, 4 and 1.
 
 Must start before JAX: it asks XLA for 8 host devices. For each case and each mesh size it saves
 the synthetic images and loss after two steps, whether the step's outputs are replicated over
@@ -167,7 +167,8 @@ def main(argv):
       print(f"{case} on {devices}: {time.time() - t0:.1f} s", flush=True)
   for devices in (8, 1) if quick else (8, 4, 1):
     results.update(evaluate_seeds(devices))
-    results.update(select_and_cluster(devices))
+    if not quick:  # About 30 s of compilation per mesh: the extended tier only.
+      results.update(select_and_cluster(devices))
   np.savez(out, **results)
 
 

@@ -268,16 +268,16 @@ def test_robust_network_run_and_cross_architecture_evaluation(dc_run, tmp_path):
   the printed table and experiments.evaluate."""
   result = run(**dict(DC, eval_seeds=1, eval_epochs=3), steps=2, robust="cvar",
                robust_on="network", robust_net_batch=40, robust_eval=False,
-               eval_nets=("mlp", "vit"), workdir=tmp_path / "rn")
+               eval_nets=("convnet", "mlp"), workdir=tmp_path / "rn")
   assert "Robust network (--robust_on=network): 1 SGD steps on real batches of 40" in result.stdout
   assert "clusters (" not in result.stdout  # No cluster table for the matching loss.
   metrics = outputs(str(tmp_path / "rn"))
-  assert list(metrics["eval_nets"]) == ["mlp", "vit"]
-  for net, name in (("mlp", "MLP-3 w8"), ("vit", "ViT")):
+  assert list(metrics["eval_nets"]) == ["convnet", "mlp"]
+  for net, name in (("mlp", "MLP-3 w8"), ("convnet", "ConvNet")):
     e = metrics["eval_nets"][net]
     assert e["evaluator"].startswith(name)
     assert len(e["distilled_test_accs"]) == 1 and len(e["random_subset_test_acc"]) == 1
-  assert "| dc | 1 | vit | ViT, 3 epochs" in result.lines[-1]
+  assert "| dc | 1 | convnet | ConvNet" in result.lines[-1], result.lines[-1]
   # Re-evaluation with another list of networks, the run's own seeds: same numbers for 'mlp'.
   workdir, _ = dc_run
   report = experiment.evaluate_workdir(workdir, network=False, baseline=False,

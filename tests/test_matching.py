@@ -119,6 +119,7 @@ def test_gradients_through_the_matching_loss_order_two(metric):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # Eager DSA compiles op by op (30 s); jitted losses are checked elsewhere.
 def test_jitted_alias_equals_eager():
   apply_fn, params = _tiny()
   syn = jax.random.normal(jax.random.key(1), (3, 2, 6, 6, 1))

@@ -53,14 +53,17 @@ def test_shifted_and_winograd_convolutions_and_their_gradients_equal_lax_conv(im
   def loss(conv):
     return lambda v, k: jnp.sum(jnp.tanh(conv(v, k)) * r)
 
+  # Every derivative jitted: one compilation each instead of one per operation.
   for argnum in (0, 1):
-    np.testing.assert_allclose(jax.grad(loss(shifted), argnum)(x[0], kernel),
-                               jax.grad(loss(lax), argnum)(x[0], kernel), rtol=1e-4, atol=1e-5)
-  per_class = lambda conv: jax.vmap(jax.grad(loss(conv), 1), in_axes=(0, None))(x, kernel)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss(shifted), argnum))(x[0], kernel),
+                               jax.jit(jax.grad(loss(lax), argnum))(x[0], kernel), rtol=1e-4,
+                               atol=1e-5)
+  per_class = lambda conv: jax.jit(jax.vmap(jax.grad(loss(conv), 1), in_axes=(0, None)))(
+      x, kernel)
   np.testing.assert_allclose(per_class(shifted), per_class(lax), rtol=1e-4, atol=1e-5)
   # Reverse over reverse: d/dx <dL/dkernel, kernel>, as the matching loss needs.
-  second = lambda conv: jax.grad(lambda v: jnp.sum(jax.grad(loss(conv), 1)(v, kernel) ** 2))(
-      x[0])
+  second = lambda conv: jax.jit(jax.grad(
+      lambda v: jnp.sum(jax.grad(loss(conv), 1)(v, kernel) ** 2)))(x[0])
   # Entries reach ~300 here; float32 rounding of the two orders of summation differs by ~2e-6 of
   # the largest (both agree to 2e-13 in float64).
   expected = second(lax)
@@ -68,7 +71,8 @@ def test_shifted_and_winograd_convolutions_and_their_gradients_equal_lax_conv(im
                              atol=1e-5 * np.max(np.abs(expected)))
   if impl == "winograd":  # Forward mode too (LCMat's exact Hessian-vector products).
     tangent = jax.random.normal(kg, kernel.shape)
-    jvp = lambda conv: jax.jvp(lambda k: conv(x[0], k), (kernel,), (tangent,))[1]
+    jvp = lambda conv: jax.jit(lambda t: jax.jvp(lambda k: conv(x[0], k), (kernel,), (t,))[1])(
+        tangent)
     np.testing.assert_allclose(jvp(shifted), jvp(lax), rtol=1e-4, atol=1e-4)
 
 
@@ -116,10 +120,10 @@ def test_convnet_embed_shape_and_head(shape, padding, features):
   assert isinstance(model, models.ConvNet)
   params = models.init_params(model, jax.random.key(0), shape)
   x = jax.random.normal(jax.random.key(1), (2, *shape))
-  z = models.embed_fn(model)(params, x)
+  z = jax.jit(models.embed_fn(model))(params, x)  # Jitted: one compilation, not one per op.
   assert z.shape == (2, features)
   head = params["head"]
-  np.testing.assert_allclose(models.logits_fn(model)(params, x),
+  np.testing.assert_allclose(jax.jit(models.logits_fn(model))(params, x),
                              z @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
 
 

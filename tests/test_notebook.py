@@ -22,6 +22,7 @@ def test_the_notebook_and_its_plain_text_twin_hold_the_same_cells():
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # 90 s; its API calls run in test_experiment, test_readme and test_krr.
 def test_the_notebook_runs_top_to_bottom(tmp_path):
   nbclient = pytest.importorskip("nbclient")
   notebook = nbformat.read(IPYNB, as_version=4)
