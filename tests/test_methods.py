@@ -127,8 +127,8 @@ def test_dc_step_is_the_same_whatever_the_class_batching_and_convolution():
 
   images, loss = updated()
   assert not np.allclose(images, x[[0, 4, 8]])  # The step moved the set.
-  others = [dict(class_batch=0, conv_impl="lax"), dict(class_batch=2, conv_impl="patches"),
-            dict(conv_impl="winograd")]
+  # (Winograd's loss and image gradient: test_matching's agreement across convolutions.)
+  others = [dict(class_batch=0, conv_impl="lax"), dict(class_batch=2, conv_impl="patches")]
   if matching.default_class_batch() != 1:  # On CPU the default is one class at a time already.
     others.append(dict(class_batch=1))
   for overrides in others:
