@@ -264,8 +264,9 @@ def test_every_parameter_gets_a_gradient_and_a_step_lowers_the_loss(name, size):
   model = models.make_network(name, num_classes=2, input_shape=x.shape[1:])
   f = models.logits_fn(model)
   params = models.init_params(model, jax.random.key(0), x.shape[1:])
-  loss = jax.jit(lambda p: training.cross_entropy(f(p, x), y))  # Jitted: 2.5x less time.
-  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  loss_fn = lambda p: training.cross_entropy(f(p, x), y)
+  loss = jax.jit(loss_fn)  # Jitted, as is the gradient below: 2.5x less time than eager.
+  value, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads))
   stepped = jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, params, grads)
   assert float(loss(stepped)) < float(value)
