@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
 # Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
@@ -62,7 +63,12 @@ def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
   h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
   patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
                             axis=-1)
-  return patches @ kernel.reshape(kh * kw * cin, cout)
+  # One 2-D matmul: XLA:CPU then computes the weight gradient as one dot over all pixels; the
+  # 4-D form made it transpose the output gradient first (layer 1 of ConvNet-3 on MNIST: the
+  # block's gradient 0.56 s -> 0.38 s for 256 images).
+  n = x.shape[0]
+  y = patches.reshape(n * h * w, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+  return y.reshape(n, h, w, cout)
 
 
 def _pads(kh: int, kw: int, padding: Optional[int]):
@@ -117,6 +123,7 @@ def conv_shifted(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
 # Winograd F(2x2, 3x3) (Lavin & Gray, 2016): a 4x4 input tile d gives the 2x2 outputs
 # A^T [(G g G^T) * (B^T d B)] A of a 3x3 filter g; 16 products per 4 outputs instead of 36.
 _WINOGRAD_G = ((1., 0., 0.), (.5, .5, .5), (.5, -.5, .5), (0., 0., 1.))
+_WINOGRAD_GG = np.kron(np.asarray(_WINOGRAD_G), np.asarray(_WINOGRAD_G))  # (16, 9)
 
 
 def _winograd_in(d0, d1, d2, d3):
@@ -151,8 +158,11 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
   rows = _winograd_in(*[xp[:, i:i + 2 * th:2] for i in range(4)])
   tiles = jnp.stack([t for r in rows for t in _winograd_in(*[r[:, :, j:j + 2 * tw:2]
                                                                for j in range(4)])])
-  g = jnp.asarray(_WINOGRAD_G, kernel.dtype)
-  u = jnp.einsum("ai,bj,ijcd->abcd", g, g, kernel).reshape(16, cin, cout)
+  # G g G^T of every (cin, cout) filter as one (16, 9) matmul: under vmap over robust DC's
+  # clusters the transpose (each cluster's weight gradient back to 3x3) is then one batched
+  # matmul, not two with transposed copies (K = 1000 image gradient: 14.9 s -> 13.9 s).
+  u = (jnp.asarray(_WINOGRAD_GG, kernel.dtype) @ kernel.reshape(9, cin * cout))
+  u = u.reshape(16, cin, cout)
   m = jnp.matmul(tiles.reshape(16, n * th * tw, cin), u).reshape(4, 4, n, th, tw, cout)
   y = [_winograd_out(*[r[j] for j in range(4)]) for r in _winograd_out(*[m[i] for i in range(4)])]
   # y[i][j]: the outputs (2 ty + i, 2 tx + j), each (n, th, tw, cout).
