@@ -25,17 +25,15 @@ METRICS = ("ours", "mse", "cos")
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # class_loss(net_params, x_syn, x_real, label, real_weights=None) -> scalar: one class's loss.
+# It may carry `class_loss.cluster_losses(net_params, x_syn, x_real, label, real_weights)`,
+# the (m,) losses of m clusters of one class (x_real (m, S, ...)), which
+# `per_class_cluster_losses` then calls instead of vmapping `class_loss` over the clusters.
 ClassLoss = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def _rows(g: jax.Array) -> jax.Array:
-  """A weight tensor as (out_features, -1); Flax keeps the output axis last (HWIO, (in, out))."""
-  return jnp.moveaxis(g, -1, 0).reshape(g.shape[-1], -1)
-
-
-def _safe_norm(x: jax.Array) -> jax.Array:
-  """Row norms whose gradient is 0, not NaN, at an all-zero row (a dead unit's gradient)."""
-  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, -1), 1e-30))
+def _safe_norm(x: jax.Array, axis=-1) -> jax.Array:
+  """Norms over `axis` whose gradient is 0, not NaN, at an all-zero row (a dead unit's gradient)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis), 1e-30))
 
 
 def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
@@ -57,8 +55,11 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
     for s, r in zip(syn, real):
       if s.ndim < 2:
         continue
-      s, r = _rows(s), _rows(r)
-      cos = jnp.sum(s * r, -1) / (_safe_norm(s) * _safe_norm(r) + eps)
+      # An output unit's row is everything but the last axis (Flax: HWIO kernels, (in, out)
+      # dense): reduce over those axes in place, with no transposed copy of each gradient (robust
+      # DC at K = 1000 computes 1,000 real gradients a step: its image gradient 15.8 s -> 13.8 s).
+      rows = tuple(range(s.ndim - 1))
+      cos = jnp.sum(s * r, rows) / (_safe_norm(s, rows) * _safe_norm(r, rows) + eps)
       total = total + jnp.sum(1.0 - cos)
     return total
   if metric == "mse":
@@ -81,7 +82,9 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> Cla
   """The DC matching loss of one class: D(G_S^c, G_T^c).
 
   The returned `class_loss(net_params, x_syn, x_real, label, real_weights=None)` weights the real
-  samples' cross-entropy by `real_weights` (a mask of padded rows, or importance weights).
+  samples' cross-entropy by `real_weights` (a mask of padded rows, or importance weights). Its
+  `cluster_losses` attribute gives m clusters' losses at once (see `per_class_cluster_losses`),
+  equal to `class_loss` vmapped over them (tested), computed faster on CPU.
   """
 
   def class_loss(net_params, x_syn, x_real, label, real_weights=None):
@@ -90,6 +93,18 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> Cla
         class_loss_gradient(apply_fn, net_params, x_real, label, real_weights))
     return gradient_match_distance(g_syn, g_real, metric=metric)
 
+  def cluster_losses(net_params, x_syn, x_real, label, real_weights):
+    # The (m,) losses of m real clusters of one class (x_real (m, S, ...), real_weights (m, S)):
+    # the synthetic gradient once, the clusters' real gradients in one vmap, and the distances in
+    # a loop over clusters, whose backward pass adds each cluster's cotangent of the synthetic
+    # gradient into one accumulator. (Under vmap the same backward is a reduction over the
+    # clusters' axis, which XLA:CPU runs about 10x slower: robust DC K = 1000, README.)
+    g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
+    g_real = jax.lax.stop_gradient(jax.vmap(
+        lambda x, w: class_loss_gradient(apply_fn, net_params, x, label, w))(x_real, real_weights))
+    return jax.lax.map(lambda g: gradient_match_distance(g_syn, g, metric=metric), g_real)
+
+  class_loss.cluster_losses = cluster_losses
   return class_loss
 
 
@@ -201,7 +216,10 @@ def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.
   computed once per class, and the backward pass into the synthetic images sums the clusters'
   cotangents before it runs, instead of once per cluster. A_c is the class's augmentation
   (`fold_in(key, c)`), shared by the synthetic images and every cluster of the class (siamese, as
-  in `per_class_losses`).
+  in `per_class_losses`). A `class_loss` with a `cluster_losses` attribute (DC's and DSA's)
+  computes a class's clusters itself: `gradient_match_class_loss` vmaps the real gradients and
+  loops over the clusters' distances, so the backward pass accumulates the synthetic gradient's
+  cotangent instead of reducing a (m, ...) one.
 
   Args:
     syn_images: (C, ipc, ...) synthetic images, class c in row c.
@@ -220,6 +238,9 @@ def per_class_cluster_losses(class_loss: ClassLoss, net_params, syn_images: jax.
     if augment is not None:
       x_syn = augment(k, x_syn)
       x_real = augment(k, x_real.reshape(-1, *x_real.shape[2:])).reshape(x_real.shape)
+    shared = getattr(class_loss, "cluster_losses", None)
+    if shared is not None:
+      return shared(net_params, x_syn, x_real, label, weights)
     return jax.vmap(lambda xr, w: class_loss(net_params, x_syn, xr, label, w))(x_real, weights)
 
   keys = _group_keys(key, num_classes, augment)

@@ -161,7 +161,8 @@ def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
 def test_per_class_cluster_losses_equal_the_general_form_and_its_gradient(loss):
   """The class-major form (synthetic work shared by a class's clusters) gives the per-cluster
   losses of `per_cluster_match_losses` and the same gradient in the synthetic images, for DC's
-  and LCMat's class losses, with classes vmapped or one at a time."""
+  and LCMat's class losses, with classes vmapped or one at a time. (DC's class loss computes its
+  clusters by its own `cluster_losses`; the general form vmaps the class loss.)"""
   from robust_dd import curvature  # pylint: disable=g-import-not-at-top
   apply_fn, params = _tiny()
   rng = np.random.default_rng(5)
