@@ -102,7 +102,12 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> Cla
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
     g_real = jax.lax.stop_gradient(jax.vmap(
         lambda x, w: class_loss_gradient(apply_fn, net_params, x, label, w))(x_real, real_weights))
-    return jax.lax.map(lambda g: gradient_match_distance(g_syn, g, metric=metric), g_real)
+    distance = lambda g: gradient_match_distance(g_syn, g, metric=metric)
+    if jax.sharding.get_abstract_mesh().manual_axes:
+      # Inside shard_map (`mesh=` of several devices) jax 0.10.2 fails to transpose the loop
+      # (its zero cotangent of g_syn gets the outer mesh's sharding): vmap there.
+      return jax.vmap(distance)(g_real)
+    return jax.lax.map(distance, g_real)
 
   class_loss.cluster_losses = cluster_losses
   return class_loss
