@@ -42,8 +42,8 @@ def auto_conv_impl(backend: Optional[str] = None) -> str:
 
   'winograd' on CPU (ConvNet: in layers of at least `WINOGRAD_MIN_CHANNELS` input channels,
   'patches' in the others), where it was measured fastest (DC, one outer iteration, each timed
-  in turn with the PyTorch reference: 1.43x PyTorch's speed at IPC 1 and 1.39x at IPC 10,
-  against 1.28x and 1.10x for 'patches' on another day; XLA:CPU runs the weight gradient of a
+  in turn with the PyTorch reference: 1.2-1.4x PyTorch's speed at IPC 1 and 1.4x at IPC 10,
+  depending on the day, against 1.28x and 1.10x for 'patches'; XLA:CPU runs the weight gradient of a
   `vmap`ped `lax.conv` as a grouped convolution, 3.7x slower; README, Benchmarks); 'lax' on GPU
   and TPU, where the convolution libraries are fast (not measured here).
   """
