@@ -57,12 +57,9 @@ def bench(name: str, clusters: int, gradient: bool) -> dict:
   start = time.perf_counter()
   jax.block_until_ready(fn(syn))
   compile_seconds = time.perf_counter() - start
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(syn))
-    times.append(time.perf_counter() - start)
-  return {"row": name, "clusters": clusters, "gradient": gradient, "seconds": min(times),
+  times, _ = _bench.interleave({"call": lambda: jax.block_until_ready(fn(syn))},
+                               repeats=FLAGS.repeats)
+  return {"row": name, "clusters": clusters, "gradient": gradient, "seconds": min(times["call"]),
           "first_call_seconds": compile_seconds}
 
 
