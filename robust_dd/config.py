@@ -40,7 +40,7 @@ RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir"
              "eval_epochs", "eval_batch", "eval_seed_batch", "eval_augment", "baseline_draws",
              "robust_eval", "feature_cluster_epochs", "feature_cluster_cache",
              # Speed knobs of the same computation (tested equal to float tolerance):
-             "class_batch", "conv_impl",
+             "class_batch", "conv_impl", "grad_chunk",
              # Devices (`parallel.map_groups`: the same set on any count, to float tolerance):
              "mesh",
              # MTT's rematerialisation (the same loss and gradients to float tolerance):
@@ -301,6 +301,11 @@ class NetworkConfig:
                           "slices; no forward-mode autodiff) or winograd (Winograd F(2x2,3x3): "
                           "2.25x fewer FLOPs, as matmuls); auto: models.auto_conv_impl of the "
                           "backend.", choices=CONV_IMPLS)
+  grad_chunk: Optional[int] = _field(None, "Images per chunk of a network gradient over a real "
+                                     "batch or the synthetic set (DC/DSA/LCMat real gradients, "
+                                     "the inner loop), summed in a scan (0: one batch; default: "
+                                     "training.default_chunk, 16 on CPU, where it was measured "
+                                     "fastest, none on GPU/TPU).")
   net_padding: str = _field("reference", "reference: pad one-channel inputs as the DC/MTT code "
                             "(ConvNet's first conv by 3: 28x28 maps 32, 16, 8, 4); same: pad by "
                             "1 (28, 14, 7, 3; robust_dd <= 0.3).", choices=PADDINGS)
@@ -608,6 +613,8 @@ def validate_config(config: DistillConfig) -> None:
          "--method=lcmat --hvp=exact needs forward-mode autodiff, which --conv_impl=shifted "
          "lacks; pass --hvp=finite_difference or another --conv_impl.")
   parallel.make_mesh(parallel.parse_mesh(config.mesh))  # Raises for a bad or too large --mesh.
+  _check(config.network.grad_chunk is None or config.network.grad_chunk >= 0,
+         f"--grad_chunk must be >= 0 (0: no chunks), got {config.network.grad_chunk}.")
   _check(m.class_batch is None or m.class_batch >= 0,
          f"--class_batch must be >= 0 (0: all classes at once), got "
          f"{m.class_batch}.")

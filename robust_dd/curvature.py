@@ -18,21 +18,27 @@ import jax
 import jax.numpy as jnp
 
 from robust_dd import matching
-from robust_dd import training
 
 HVP_MODES = ("exact", "finite_difference")
 
 
 def hvp(loss_fn: Callable[[Any], jax.Array], params, v) -> Any:
   """Exact Hessian-vector product H(params) v by forward-over-reverse differentiation."""
-  return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+  return _jvp_of_grad(jax.grad(loss_fn), params, v)
 
 
 def hvp_finite_difference(loss_fn: Callable[[Any], jax.Array], params, v) -> Any:
   """grad L(params + v) - grad L(params): H v up to O(|v|^2)."""
-  grad = jax.grad(loss_fn)
+  return _difference_of_grad(jax.grad(loss_fn), params, v)
+
+
+def _jvp_of_grad(grad_fn, params, v):
+  return jax.jvp(grad_fn, (params,), (v,))[1]
+
+
+def _difference_of_grad(grad_fn, params, v):
   shifted = jax.tree_util.tree_map(jnp.add, params, v)
-  return jax.tree_util.tree_map(jnp.subtract, grad(shifted), grad(params))
+  return jax.tree_util.tree_map(jnp.subtract, grad_fn(shifted), grad_fn(params))
 
 
 def tree_norm(tree) -> jax.Array:
@@ -48,21 +54,23 @@ def adversarial_direction(g_syn, g_real, *, rho: float, eps: float = 1e-12):
 
 def curvature_match_class_loss(apply_fn: matching.ApplyFn, *, rho: float = 0.05,
                                gamma: float = 1.0, metric: str = "ours",
-                               hvp_mode: str = "exact") -> matching.ClassLoss:
-  """The LCMat-C loss of one class (see the module docstring); `real_weights` as in
+                               hvp_mode: str = "exact", chunk: int = 0) -> matching.ClassLoss:
+  """The LCMat-C loss of one class (see the module docstring); `real_weights` and `chunk` (the
+  real gradient and Hessian-vector product over at most that many images at a time) as in
   `matching.gradient_match_class_loss`."""
   if hvp_mode not in HVP_MODES:
     raise ValueError(f"Unknown hvp mode {hvp_mode!r}; choose one of {HVP_MODES}.")
-  product = hvp if hvp_mode == "exact" else hvp_finite_difference
+  product = _jvp_of_grad if hvp_mode == "exact" else _difference_of_grad
 
   def class_loss(net_params, x_syn, x_real, label, real_weights=None):
-    loss_syn = lambda p: training.cross_entropy(apply_fn(p, x_syn), label)
-    loss_real = lambda p: training.cross_entropy(apply_fn(p, x_real), label, real_weights)
-    g_syn = jax.grad(loss_syn)(net_params)
-    g_real = jax.lax.stop_gradient(jax.grad(loss_real)(net_params))
+    grad_syn = lambda p: matching.class_loss_gradient(apply_fn, p, x_syn, label)
+    grad_real = lambda p: matching.class_loss_gradient(apply_fn, p, x_real, label, real_weights,
+                                                       chunk=chunk)
+    g_syn = grad_syn(net_params)
+    g_real = jax.lax.stop_gradient(grad_real(net_params))
     v = adversarial_direction(g_syn, g_real, rho=rho)
-    h_syn = product(loss_syn, net_params, v)
-    h_real = jax.lax.stop_gradient(product(loss_real, net_params, v))
+    h_syn = product(grad_syn, net_params, v)
+    h_real = jax.lax.stop_gradient(product(grad_real, net_params, v))
     return (matching.gradient_match_distance(g_syn, g_real, metric=metric)
             + gamma * matching.gradient_match_distance(h_syn, h_real, metric=metric))
 

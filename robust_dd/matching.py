@@ -72,36 +72,46 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
 
 
 def class_loss_gradient(apply_fn: ApplyFn, net_params, images, label,
-                        weights: Optional[jax.Array] = None) -> Any:
-  """grad_theta of the (`weights`-weighted) mean cross-entropy of `images`, all labelled `label`."""
-  return jax.grad(lambda p: training.cross_entropy(apply_fn(p, images), label, weights))(
-      net_params)
+                        weights: Optional[jax.Array] = None, *, chunk: int = 0) -> Any:
+  """grad_theta of the (`weights`-weighted) mean cross-entropy of `images`, all labelled `label`
+  (in chunks of at most `chunk` images: `training.loss_and_grad`)."""
+  return training.loss_and_grad(apply_fn, net_params, images, label, weights, chunk=chunk)[1]
 
 
-def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours") -> ClassLoss:
+def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours",
+                              chunk: int = 0) -> ClassLoss:
   """The DC matching loss of one class: D(G_S^c, G_T^c).
 
   The returned `class_loss(net_params, x_syn, x_real, label, real_weights=None)` weights the real
   samples' cross-entropy by `real_weights` (a mask of padded rows, or importance weights). Its
   `cluster_losses` attribute gives m clusters' losses at once (see `per_class_cluster_losses`),
-  equal to `class_loss` vmapped over them (tested), computed faster on CPU.
+  equal to `class_loss` vmapped over them (tested), computed faster on CPU. `chunk` > 0
+  computes the real gradients over at most that many images at a time (one class's batch in
+  chunks, a class's clusters in groups of about `chunk` images; `training.loss_and_grad`): the
+  same loss to float rounding, faster on CPU (`training.default_chunk`).
   """
 
   def class_loss(net_params, x_syn, x_real, label, real_weights=None):
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
     g_real = jax.lax.stop_gradient(
-        class_loss_gradient(apply_fn, net_params, x_real, label, real_weights))
+        class_loss_gradient(apply_fn, net_params, x_real, label, real_weights, chunk=chunk))
     return gradient_match_distance(g_syn, g_real, metric=metric)
 
   def cluster_losses(net_params, x_syn, x_real, label, real_weights):
     # The (m,) losses of m real clusters of one class (x_real (m, S, ...), real_weights (m, S)):
-    # the synthetic gradient once, the clusters' real gradients in one vmap, and the distances in
-    # a loop over clusters, whose backward pass adds each cluster's cotangent of the synthetic
-    # gradient into one accumulator. (Under vmap the same backward is a reduction over the
-    # clusters' axis, which XLA:CPU runs about 10x slower: robust DC K = 1000, README.)
+    # the synthetic gradient once, the clusters' real gradients vmapped (in groups of about
+    # `chunk` images), and the distances in a loop over clusters, whose backward pass adds each
+    # cluster's cotangent of the synthetic gradient into one accumulator. (Under vmap the same
+    # backward is a reduction over the clusters' axis, which XLA:CPU runs about 10x slower:
+    # robust DC K = 1000, README.)
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
-    g_real = jax.lax.stop_gradient(jax.vmap(
-        lambda x, w: class_loss_gradient(apply_fn, net_params, x, label, w))(x_real, real_weights))
+    real_grad = lambda x, w: class_loss_gradient(apply_fn, net_params, x, label, w, chunk=chunk)
+    if chunk:
+      g_real = jax.lax.map(lambda xw: real_grad(*xw), (x_real, real_weights),
+                           batch_size=max(chunk // x_real.shape[1], 1))
+    else:
+      g_real = jax.vmap(real_grad)(x_real, real_weights)
+    g_real = jax.lax.stop_gradient(g_real)
     distance = lambda g: gradient_match_distance(g_syn, g, metric=metric)
     if jax.sharding.get_abstract_mesh().manual_axes:
       # Inside shard_map (`mesh=` of several devices) jax 0.10.2 fails to transpose the loop

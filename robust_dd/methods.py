@@ -160,9 +160,11 @@ def robust_matching_loss_fn(class_loss: matching.ClassLoss, *, num_classes: int,
 
 
 def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
-                       augment: Optional[matching.AugmentFn] = None) -> distill.Network:
+                       augment: Optional[matching.AugmentFn] = None,
+                       chunk: int = 0) -> distill.Network:
   """DC's network: fresh `model` parameters, trained between updates by `steps` full-batch SGD
-  steps on the synthetic set (labels: argmax of the synthetic label vectors)."""
+  steps on the synthetic set (labels: argmax of the synthetic label vectors; each step's
+  gradient in chunks of at most `chunk` images, `training.loss_and_grad`)."""
   apply_fn = models.logits_fn(model)
 
   def train(net_params, params, real, key):
@@ -170,7 +172,7 @@ def inner_loop_network(model, *, input_shape, steps: int, learning_rate: float,
     labels = jnp.argmax(params["labels"], axis=-1)
     return training.sgd_steps(apply_fn, net_params, jax.lax.stop_gradient(params["images"]),
                               labels, key=key, steps=steps, learning_rate=learning_rate,
-                              augment=augment)
+                              augment=augment, chunk=chunk)
 
   return distill.Network(init=models.init_fn(model, tuple(input_shape)), train=train)
 
@@ -322,14 +324,20 @@ def _kip_check_inputs(config, x_train) -> None:
   kernels.check_inputs(config.kernel.arch, x_train)
 
 
+def _grad_chunk(config) -> int:
+  return training.default_chunk(config.network.grad_chunk)
+
+
 def _gradient_class_loss(config, apply_fn):
-  return matching.gradient_match_class_loss(apply_fn, metric=config.matching.metric)
+  return matching.gradient_match_class_loss(apply_fn, metric=config.matching.metric,
+                                            chunk=_grad_chunk(config))
 
 
 def _curvature_class_loss(config, apply_fn):
   m = config.matching
   return curvature.curvature_match_class_loss(apply_fn, rho=m.rho, gamma=m.gamma,
-                                              metric=m.metric, hvp_mode=m.hvp)
+                                              metric=m.metric, hvp_mode=m.hvp,
+                                              chunk=_grad_chunk(config))
 
 
 def _matching_parts(class_loss_fn):
@@ -360,7 +368,7 @@ def _matching_parts(class_loss_fn):
     if robust_on_network(config):
       return robust_network(model, **kw, **_risk_kw(config),
                             per_class=max(1, config.robust.robust_net_batch // ctx.num_classes))
-    return inner_loop_network(model, **kw)
+    return inner_loop_network(model, **kw, chunk=_grad_chunk(config))
 
   def sample_losses(config, ctx):
     model = network_model(config, ctx.num_classes, ctx.input_shape)

@@ -4,7 +4,8 @@ r"""Benchmarks DC and LCMat outer iterations: seconds per outer iteration and pe
 
 For each method x IPC it compiles `robust_dd.methods.build_step` on mnist5k (28x28, ConvNet-3
 width 128, DC's outer/inner loops for that IPC, `--real_per_class` real images per class per
-update, `--class_batches` classes vmapped at once), then times `--repeats` outer iterations
+update, `--class_batches` classes vmapped at once, `--grad_chunks` images per gradient chunk),
+then times `--repeats` outer iterations
 (each: a fresh network, outer_loop set updates,
 inner training between them). With `--compare_loop` (IPC 1 only, where one outer iteration is one
 update) it also times the same step with the per-class losses computed by a Python loop over
@@ -36,6 +37,7 @@ from robust_dd import distill
 from robust_dd import matching
 from robust_dd import methods
 from robust_dd import models
+from robust_dd import training
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -47,6 +49,8 @@ flags.DEFINE_bool("compare_loop", True, "At IPC 1, also time the class loop inst
 flags.DEFINE_string("conv_impl", "auto", "auto, patches, lax, shifted or winograd.")
 flags.DEFINE_list("class_batches", ["default"], "Classes vmapped at once (0: all; default: "
                   "matching.default_class_batch of the backend), one row each.")
+flags.DEFINE_list("grad_chunks", ["default"], "Images per gradient chunk (--grad_chunk; 0: one "
+                  "batch; default: training.default_chunk of the backend), one row each.")
 flags.DEFINE_bool("torch", True, "Also time the PyTorch reference DC outer iteration "
                   "(scripts/_torch_dc.py) on the same network and data, interleaved with the JAX "
                   "step, where torch is installed (DC rows only).")
@@ -96,15 +100,13 @@ def compiled_step(method, ipc, x, y, real, **overrides):
   return (config, idx, *_bench.compile_step(step, state, real, jax.random.key(0)))
 
 
-def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
+def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0, grad_chunk=None):
   # "Loop" rows (use_vmap=False) compute one class at a time (lax.map, class_batch=1).
-  batch = class_batch if use_vmap else 1
-  config, idx, compiled, compile_seconds, run = compiled_step(method, ipc, x, y, real,
-                                                              class_batch=batch)
+  kw = dict(class_batch=class_batch if use_vmap else 1, grad_chunk=grad_chunk)
+  config, idx, compiled, compile_seconds, run = compiled_step(method, ipc, x, y, real, **kw)
   fns = {"jax": run}
   if FLAGS.inner_share and config.matching.outer_loop > 1:
-    fns["no_inner"] = compiled_step(method, ipc, x, y, real, class_batch=batch,
-                                    inner_loop=0)[-1]
+    fns["no_inner"] = compiled_step(method, ipc, x, y, real, **kw, inner_loop=0)[-1]
   torch_run = (torch_outer_iteration(config, x[idx], x, y)
                if FLAGS.torch and method == "dc" and use_vmap else None)
   if torch_run is not None:
@@ -118,7 +120,8 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0):
     extra.update({"torch_times": all_times["torch"],
              "torch_seconds_per_outer_iteration": float(np.median(all_times["torch"])),
              "torch_over_jax": float(np.min(all_times["torch"]) / np.min(times))})
-  return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch, **extra,
+  return {"method": method, "ipc": ipc, "vmap": use_vmap, "class_batch": class_batch,
+          "grad_chunk": training.default_chunk(grad_chunk), **extra,
           "real_per_class": FLAGS.real_per_class,
           "outer_loop": config.matching.outer_loop, "inner_loop": config.matching.inner_loop,
           "conv_impl": _conv_impl(), "seconds_per_outer_iteration": float(np.median(times)),
@@ -140,29 +143,32 @@ def main(argv):
   del argv
   ds, x, real = _bench.mnist5k_real()
   batches = [None if b == "default" else int(b) for b in FLAGS.class_batches]
-  configs = [dict(method=m, ipc=int(i), vmap=True, class_batch=b) for m in FLAGS.methods
-             for i in FLAGS.ipcs for b in batches]
+  chunks = [None if c == "default" else int(c) for c in FLAGS.grad_chunks]
+  configs = [dict(method=m, ipc=int(i), vmap=True, class_batch=b, grad_chunk=c)
+             for m in FLAGS.methods for i in FLAGS.ipcs for b in batches for c in chunks]
   if FLAGS.compare_loop and "1" in FLAGS.ipcs:
-    configs += [dict(method=m, ipc=1, vmap=False, class_batch=0) for m in FLAGS.methods]
+    configs += [dict(method=m, ipc=1, vmap=False, class_batch=0, grad_chunk=None)
+                for m in FLAGS.methods]
   results = _bench.run_all(
-      lambda method, ipc, vmap, class_batch: bench_one(method, ipc, x, ds.y_train, real,
-                                                       use_vmap=vmap, class_batch=class_batch),
+      lambda method, ipc, vmap, **kw: bench_one(method, ipc, x, ds.y_train, real,
+                                                use_vmap=vmap, **kw),
       configs, out=FLAGS.out)
   print(f"\nMatching benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.real_per_class} real images per class per update\n")
-  print("| method | IPC | classes | outer/inner loop | s per outer iteration | s per update | "
+  print("| method | IPC | classes | gradient chunk | outer/inner loop | s per outer iteration | s per update | "
         "inner-loop share | PyTorch s per outer iteration | PyTorch / JAX (min) | XLA step MiB | "
         "device peak MiB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     batch = r["class_batch"]
     how = ("loop" if not r["vmap"] else
            f"default ({matching.default_class_batch() or 'all'} at a time)" if batch is None else
            f"vmap {batch} at a time" if batch else "vmap")
     if "error" in r:
-      print(f"| {r['method']} | {r['ipc']} | {how} | failed: {r['error'][:60]} |||||||")
+      print(f"| {r['method']} | {r['ipc']} | {how} | failed: {r['error'][:60]} ||||||||")
       continue
-    print(f"| {r['method']} | {r['ipc']} | {how} | {r['outer_loop']}/{r['inner_loop']} | "
+    print(f"| {r['method']} | {r['ipc']} | {how} | {r['grad_chunk'] or 'none'} | "
+          f"{r['outer_loop']}/{r['inner_loop']} | "
           f"{r['seconds_per_outer_iteration']:.2f} | {r['seconds_per_update']:.2f} | "
           f"{_fmt(r.get('inner_loop_share'))} | "
           f"{_fmt(r.get('torch_seconds_per_outer_iteration'))} | {_fmt(r.get('torch_over_jax'))}"

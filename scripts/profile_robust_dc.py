@@ -5,10 +5,10 @@ r"""Attributes robust DC's cost over the plain step: the matching loss and its i
 ConvNet-3 (width 128) on MNIST-shaped random inputs, IPC 1, `--real` real images split over the
 10 classes: the plain class-summed matching loss (`matching.per_class_losses`) and the robust
 per-cluster one (`matching.per_class_cluster_losses`, K = `--clusters`, K / 10 clusters a class),
-one class at a time (the CPU default), each jitted, timed as its value and as its gradient in the
-synthetic images (minimum of `--repeats`). The difference between a loss's value and its gradient
-is the backward pass into the images; between K and plain, the per-cluster work. Writes JSON and
-prints a Markdown table.
+one class at a time (the CPU default), real gradients in chunks of `--grad_chunk`, each jitted,
+timed as its value and as its gradient in the synthetic images (minimum of `--repeats`). The
+difference between a loss's value and its gradient is the backward pass into the images;
+between K and plain, the per-cluster work. Writes JSON and prints a Markdown table.
 """
 
 import os
@@ -25,11 +25,14 @@ import jax.numpy as jnp
 
 from robust_dd import matching
 from robust_dd import models
+from robust_dd import training
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("clusters", 1000, "Robust clusters K (K / 10 per class).")
 flags.DEFINE_integer("real", 1000, "Real images in all (split over the classes and clusters).")
+flags.DEFINE_integer("grad_chunk", None, "Images per real-gradient chunk (0: one batch; default: "
+                     "training.default_chunk of the backend).")
 flags.DEFINE_integer("repeats", 2, "Timed calls per row (minimum reported).")
 flags.DEFINE_string("out", "runs/profile_robust_dc.json", "JSON output path.")
 
@@ -44,7 +47,8 @@ def bench(name: str, clusters: int, gradient: bool) -> dict:
   syn = jax.random.normal(jax.random.key(2), (CLASSES, 1, *SHAPE))
   per_class = FLAGS.real // CLASSES
   real = jax.random.normal(jax.random.key(3), (CLASSES, per_class, *SHAPE))
-  class_loss = matching.gradient_match_class_loss(apply_fn)
+  class_loss = matching.gradient_match_class_loss(
+      apply_fn, chunk=training.default_chunk(FLAGS.grad_chunk))
   if clusters:
     m = clusters // CLASSES
     real = real.reshape(CLASSES, m, per_class // m, *SHAPE)
@@ -59,7 +63,8 @@ def bench(name: str, clusters: int, gradient: bool) -> dict:
   compile_seconds = time.perf_counter() - start
   times, _ = _bench.interleave({"call": lambda: jax.block_until_ready(fn(syn))},
                                repeats=FLAGS.repeats)
-  return {"row": name, "clusters": clusters, "gradient": gradient, "seconds": min(times["call"]),
+  return {"row": name, "clusters": clusters, "gradient": gradient,
+          "grad_chunk": training.default_chunk(FLAGS.grad_chunk), "seconds": min(times["call"]),
           "first_call_seconds": compile_seconds}
 
 

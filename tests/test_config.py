@@ -74,6 +74,7 @@ def test_validation_messages_name_the_flag():
                        (dict(eval_nets=("convnet", "lenet")), "--eval_nets"),
                        (dict(eval_nets=("vit", "vit")), "--eval_nets"),
                        (dict(net_padding="valid"), "--net_padding"),
+                       (dict(grad_chunk=-1), "--grad_chunk must be >= 0"),
                        (dict(method="lcmat", conv_impl="shifted"), "--hvp=finite_difference")):
     with pytest.raises(ValueError, match=message):
       config_lib.validate_config(DistillConfig.make(**bad))

@@ -157,12 +157,15 @@ def test_per_cluster_losses_vmap_equals_loop_and_masked_rows_drop_out():
   assert np.isfinite(float(vmapped[4]))
 
 
-@pytest.mark.parametrize("loss", ["gradient", "curvature"])
-def test_per_class_cluster_losses_equal_the_general_form_and_its_gradient(loss):
+@pytest.mark.parametrize("loss,chunk", [("gradient", 0), ("curvature", 0), ("gradient", 3),
+                                        ("gradient", 8), ("curvature", 3)])
+def test_per_class_cluster_losses_equal_the_general_form_and_its_gradient(loss, chunk):
   """The class-major form (synthetic work shared by a class's clusters) gives the per-cluster
   losses of `per_cluster_match_losses` and the same gradient in the synthetic images, for DC's
   and LCMat's class losses, with classes vmapped or one at a time. (DC's class loss computes its
-  clusters by its own `cluster_losses`; the general form vmaps the class loss.)"""
+  clusters by its own `cluster_losses`; the general form vmaps the class loss.) With `chunk`,
+  the grouped form's real gradients run in chunks (3: each cluster's 4 rows in two; 8: two
+  clusters at a time) and still equal the general form without chunks."""
   from robust_dd import curvature  # pylint: disable=g-import-not-at-top
   apply_fn, params = _tiny()
   rng = np.random.default_rng(5)
@@ -170,15 +173,16 @@ def test_per_class_cluster_losses_equal_the_general_form_and_its_gradient(loss):
   real = jnp.asarray(rng.normal(size=(3, 2, 4, 6, 6, 1)), jnp.float32)
   mask = jnp.asarray([[[1, 1, 1, 1], [1, 1, 0, 0]], [[1, 0, 0, 0], [1, 1, 1, 0]],
                       [[1, 1, 1, 1], [0, 0, 0, 0]]], bool)  # Class 2's second cluster is empty.
-  class_loss = (matching.gradient_match_class_loss(apply_fn) if loss == "gradient" else
-                curvature.curvature_match_class_loss(apply_fn))
+  make = (matching.gradient_match_class_loss if loss == "gradient" else
+          curvature.curvature_match_class_loss)
 
   def general(s):
-    return matching.per_cluster_match_losses(class_loss, params, s, real.reshape(6, 4, 6, 6, 1),
-                                             mask.reshape(6, 4), jnp.repeat(jnp.arange(3), 2))
+    return matching.per_cluster_match_losses(make(apply_fn), params, s,
+                                             real.reshape(6, 4, 6, 6, 1), mask.reshape(6, 4),
+                                             jnp.repeat(jnp.arange(3), 2))
 
   def grouped(s, class_batch=None):
-    return matching.per_class_cluster_losses(class_loss, params, s, real, mask,
+    return matching.per_class_cluster_losses(make(apply_fn, chunk=chunk), params, s, real, mask,
                                              class_batch=class_batch)
 
   expected = jax.jit(general)(syn)
@@ -192,7 +196,7 @@ def test_per_class_cluster_losses_equal_the_general_form_and_its_gradient(loss):
   g_got = jax.jit(jax.grad(lambda s: jnp.sum(weights * grouped(s).reshape(-1))))(syn)
   np.testing.assert_allclose(g_got, g_expected, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="leading"):
-    matching.per_class_cluster_losses(class_loss, params, syn, real, mask[:, :, :2])
+    matching.per_class_cluster_losses(make(apply_fn), params, syn, real, mask[:, :, :2])
 
 
 @pytest.mark.slow
@@ -248,6 +252,32 @@ def test_a_dead_units_zero_gradient_row_gives_finite_gradients():
   a = np.array([1.0, 2.0, 0.5])
   cos0 = a.sum() / (np.linalg.norm(a) * np.sqrt(3.0) + 1e-6)
   np.testing.assert_allclose(distance(v), (1.0 - cos0) + 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hvp_mode", [None, "exact", "finite_difference"])
+def test_real_gradients_in_chunks_give_the_same_loss_and_image_gradient(hvp_mode):
+  """DC's (hvp_mode None) and LCMat's class losses with the real batch's gradient (and LCMat's
+  Hessian-vector product) computed in chunks equal those in one batch, weighted real rows
+  included, in value and in the gradient with respect to the synthetic images."""
+  from robust_dd import curvature  # pylint: disable=g-import-not-at-top
+  apply_fn, params = _tiny()
+  rng = np.random.default_rng(6)
+  syn = jnp.asarray(rng.normal(size=(2, 6, 6, 1)), jnp.float32)
+  real = jnp.asarray(rng.normal(size=(7, 6, 6, 1)), jnp.float32)
+  weights = jnp.asarray(rng.uniform(size=7), jnp.float32)
+  make = (matching.gradient_match_class_loss if hvp_mode is None else functools.partial(
+      curvature.curvature_match_class_loss, hvp_mode=hvp_mode))
+
+  def value_and_image_grad(chunk):
+    loss = make(apply_fn, chunk=chunk)
+    return jax.jit(jax.value_and_grad(lambda s: loss(params, s, real, 1, weights)))(syn)
+
+  value, grad = value_and_image_grad(0)
+  for chunk in (2, 3):  # Four chunks of 2 (one padded row), three of 3 (two padded rows).
+    got_value, got_grad = value_and_image_grad(chunk)
+    np.testing.assert_allclose(got_value, value, rtol=1e-5)
+    np.testing.assert_allclose(got_grad, grad, rtol=1e-4, atol=1e-6)
+  assert np.any(np.asarray(grad))
 
 
 def test_default_class_batch_is_one_on_cpu_all_elsewhere_and_keeps_explicit_values():

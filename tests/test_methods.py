@@ -108,9 +108,10 @@ def test_build_step_weighs_clusters_by_cluster_masses(masses):
 
 @pytest.mark.slow
 def test_dc_step_is_the_same_whatever_the_class_batching_and_convolution():
-  """The speed defaults chosen by backend (`--class_batch` unset, `--conv_impl=auto`) give the
-  same update, to float tolerance, as all classes in one vmap with lax.conv and as one class at
-  a time: a result of a fixed seed does not depend on them."""
+  """The speed defaults chosen by backend (`--class_batch`, `--grad_chunk` unset,
+  `--conv_impl=auto`) give the same update, to float tolerance, as all classes in one vmap with
+  lax.conv, as one class at a time and as real gradients in one batch or in chunks: a result of
+  a fixed seed does not depend on them."""
   x, y, real = _real(n_per_class=4, classes=3, dim=64)
   x = x.reshape(-1, 8, 8, 1)
   real = {**real, "images": jnp.asarray(x)}
@@ -128,7 +129,8 @@ def test_dc_step_is_the_same_whatever_the_class_batching_and_convolution():
   images, loss = updated()
   assert not np.allclose(images, x[[0, 4, 8]])  # The step moved the set.
   # (Winograd's loss and image gradient: test_matching's agreement across convolutions.)
-  others = [dict(class_batch=0, conv_impl="lax"), dict(class_batch=2, conv_impl="patches")]
+  others = [dict(class_batch=0, conv_impl="lax"), dict(class_batch=2, conv_impl="patches"),
+             dict(grad_chunk=0), dict(grad_chunk=3)]  # Real gradients in one batch, in chunks.
   if matching.default_class_batch() != 1:  # On CPU the default is one class at a time already.
     others.append(dict(class_batch=1))
   for overrides in others:

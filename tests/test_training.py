@@ -14,11 +14,22 @@ def _linear(params, x):
   return x @ params["w"] + params["b"]
 
 
+def _softmax(logits):
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  return p / p.sum(1, keepdims=True)
+
+
+def test_default_chunk_is_16_on_cpu_none_elsewhere_and_keeps_explicit_values():
+  assert training.default_chunk(None, backend="cpu") == 16
+  assert training.default_chunk(None, backend="gpu") == 0
+  assert training.default_chunk(0, backend="cpu") == 0
+  assert training.default_chunk(5, backend="tpu") == 5
+
+
 def test_cross_entropy_matches_numpy():
   rng = np.random.default_rng(0)
   logits, labels = rng.normal(size=(6, 4)), rng.integers(0, 4, 6)
-  p = np.exp(logits - logits.max(1, keepdims=True))
-  p /= p.sum(1, keepdims=True)
+  p = _softmax(logits)
   expected = -np.mean(np.log(p[np.arange(6), labels]))
   np.testing.assert_allclose(training.cross_entropy(jnp.asarray(logits, jnp.float32), labels),
                              expected, rtol=1e-5)
@@ -27,19 +38,53 @@ def test_cross_entropy_matches_numpy():
                              -np.mean(np.log(p[:, 2])), rtol=1e-5)
 
 
-def test_sgd_steps_equal_manual_gradient_descent():
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_loss_and_grad_in_chunks_equals_the_closed_form(loss):
+  """`loss_and_grad` of a linear model against its NumPy gradient, in one batch and in chunks
+  (one row, uneven chunks with a padded last one, exactly n, more than n), weighted or not."""
+  rng = np.random.default_rng(2)
+  n = 11
+  x = rng.normal(size=(n, 3)).astype(np.float32)
+  params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  ids = rng.integers(0, 4, n)
+  labels = ids if loss == "ce" else np.eye(4, dtype=np.float32)[ids]
+  logits = x @ np.asarray(params["w"], np.float64) + np.asarray(params["b"], np.float64)
+  for weights in (None, rng.uniform(size=n) * (rng.uniform(size=n) > 0.3)):
+    w = np.ones(n) if weights is None else weights
+    if loss == "ce":
+      rows = -np.log(_softmax(logits)[np.arange(n), ids])
+      dlogits = _softmax(logits) - np.eye(4)[ids]
+    else:
+      rows = 0.5 * np.sum((logits - labels) ** 2, 1)
+      dlogits = logits - labels
+    dlogits = w[:, None] * dlogits / w.sum()
+    for chunk in (0, 1, 4, n, 20):
+      value, grads = training.loss_and_grad(_linear, params, x, labels, weights, loss=loss,
+                                            chunk=chunk)
+      np.testing.assert_allclose(value, np.sum(w * rows) / w.sum(), rtol=1e-5)
+      np.testing.assert_allclose(grads["w"], x.T @ dlogits, rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(grads["b"], dlogits.sum(0), rtol=1e-4, atol=1e-6)
+  # One label for every row (a class's batch), and an all-zero mask: 0, not NaN.
+  if loss == "ce":
+    one = training.loss_and_grad(_linear, params, x, 2, chunk=4)
+    every = training.loss_and_grad(_linear, params, x, np.full(n, 2), chunk=0)
+    np.testing.assert_allclose(one[0], every[0], rtol=1e-6)
+    value, grads = training.loss_and_grad(_linear, params, x, ids, np.zeros(n), chunk=4)
+    assert float(value) == 0.0 and not np.any(np.asarray(grads["w"]))
+
+
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_sgd_steps_equal_manual_gradient_descent(chunk):
   rng = np.random.default_rng(1)
   x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.integers(0, 2, 8)
   params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "b": jnp.zeros(2)}
   out = training.sgd_steps(_linear, params, x, y, key=jax.random.key(0), steps=3,
-                           learning_rate=0.5)
+                           learning_rate=0.5, chunk=chunk)
   w, b = np.asarray(params["w"], np.float64), np.zeros(2)
   onehot = np.eye(2)[y]
   for _ in range(3):
-    logits = x @ w + b
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    g = (p - onehot) / len(x)
+    g = (_softmax(x @ w + b) - onehot) / len(x)
     w, b = w - 0.5 * x.T @ g, b - 0.5 * g.sum(0)
   np.testing.assert_allclose(out["w"], w, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(out["b"], b, rtol=1e-4, atol=1e-5)
