@@ -155,9 +155,9 @@ def main(argv):
       configs, out=FLAGS.out)
   print(f"\nMatching benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.real_per_class} real images per class per update\n")
-  print("| method | IPC | classes | gradient chunk | outer/inner loop | s per outer iteration | s per update | "
-        "inner-loop share | PyTorch s per outer iteration | PyTorch / JAX (min) | XLA step MiB | "
-        "device peak MiB |")
+  print("| method | IPC | classes | gradient chunk | outer/inner loop | s per outer iteration | "
+        "s per update | inner-loop share | PyTorch s per outer iteration | PyTorch / JAX (min) | "
+        "XLA step MiB | device peak MiB |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     batch = r["class_batch"]
