@@ -303,7 +303,8 @@ class NetworkConfig:
                           "backend.", choices=CONV_IMPLS)
   grad_chunk: Optional[int] = _field(None, "Images per chunk of a network gradient over a real "
                                      "batch or the synthetic set (DC/DSA/LCMat real gradients, "
-                                     "the inner loop), summed in a scan (0: one batch; default: "
+                                     "the inner loop, the evaluator's and feature clustering's "
+                                     "training), summed in a scan (0: one batch; default: "
                                      "training.default_chunk, 16 on CPU, where it was measured "
                                      "fastest, none on GPU/TPU).")
   net_padding: str = _field("reference", "reference: pad one-channel inputs as the DC/MTT code "

@@ -82,7 +82,8 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
                         learning_rate: float = 0.01, momentum: float = 0.9,
                         weight_decay: float = 5e-4, augment: bool = True,
                         seed_batch: int = 0, mesh=None,
-                        log: Optional[Callable[[str], None]] = None) -> dict[str, np.ndarray]:
+                        log: Optional[Callable[[str], None]] = None,
+                        chunk: int = 0) -> dict[str, np.ndarray]:
   """Predicted classes (seeds, n) on each named test set of `seeds` fresh networks, each trained
   on (images, labels).
 
@@ -94,13 +95,15 @@ def network_predictions(key: jax.Array, images, labels, test_sets: dict, *, mode
   network is the same whichever way; on a `mesh` (`parallel.make_mesh`) each vmap's networks
   are split over its devices. With `log`, training reports its progress (`progress.Progress`:
   a bar on a terminal, else a line every 30 s of a long run); the networks are the same.
+  `chunk` > 0: each step's gradient in chunks of at most that many images
+  (`training.train_network`; the same networks to float rounding, faster on CPU).
   """
   keys = [jax.random.fold_in(key, i) for i in range(seeds)]
   return _network_predictions(keys, np.asarray(images, np.float32), _integer_labels(labels),
                               test_sets, stacked=False, seed_batch=seed_batch, model=model,
                               epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                               momentum=momentum, weight_decay=weight_decay, augment=augment,
-                              mesh=mesh, log=log)
+                              mesh=mesh, log=log, chunk=chunk)
 
 
 def network_subset_predictions(key: jax.Array, train_images, train_labels, test_sets: dict, *,
@@ -121,7 +124,7 @@ def network_subset_predictions(key: jax.Array, train_images, train_labels, test_
 
 def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, model, epochs=300,
                          batch_size=256, learning_rate=0.01, momentum=0.9, weight_decay=5e-4,
-                         augment=True, mesh=None, log=None) -> dict[str, np.ndarray]:
+                         augment=True, mesh=None, log=None, chunk=0) -> dict[str, np.ndarray]:
   """Trains one network per key (on `images`, or with `stacked` on images[i]), `seed_batch` at a
   time, and returns their predicted classes (len(keys), n) on each named test set; with `log`,
   reporting the epochs trained (`progress.Progress`)."""
@@ -142,7 +145,8 @@ def _network_predictions(keys, images, y, test_sets, *, stacked, seed_batch, mod
         jnp.stack(keys[part]), images[part] if stacked else images, y[part] if stacked else y,
         apply_fn=apply_fn, init_fn=init, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        augment=dsa_per_sample if augment else None, stacked=stacked, mesh=mesh, progress=bar)
+        augment=dsa_per_sample if augment else None, stacked=stacked, mesh=mesh, progress=bar,
+        chunk=chunk)
     for j in range(len(keys[part])):
       params = jax.tree_util.tree_map(lambda a, j=j: a[j], trained)
       for name, x in test_sets.items():

@@ -142,7 +142,7 @@ def evaluation_optimizer(*, learning_rate: float, momentum: float, weight_decay:
 
 
 _TRAIN_STATIC = ("apply_fn", "init_fn", "steps", "batch_size", "augment", "loss",
-                 "learning_rate", "momentum", "weight_decay")
+                 "learning_rate", "momentum", "weight_decay", "chunk")
 
 
 def _optimizer(static):
@@ -160,7 +160,7 @@ def _begin(key, **static):
 
 
 def _run(carry, images, labels, start, *, length, apply_fn, init_fn, steps, batch_size, augment,
-         loss, learning_rate, momentum, weight_decay):
+         loss, learning_rate, momentum, weight_decay, chunk):
   """Steps start .. start + length - 1 of the `steps`-step schedule from `carry`; step i draws
   its batch and augmentation from fold_in(loop key, i), so any split into chunks trains the same
   network. Returns (carry, per-step losses)."""
@@ -180,8 +180,7 @@ def _run(carry, images, labels, start, *, length, apply_fn, init_fn, steps, batc
       x, y = images, labels
     if augment is not None:
       x = augment(k_aug, x)
-    value, grads = jax.value_and_grad(
-        lambda p: network_loss(apply_fn, p, x, y, loss=loss))(params)
+    value, grads = loss_and_grad(apply_fn, params, x, y, loss=loss, chunk=chunk)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), value
 
@@ -215,7 +214,8 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
                   init_fn: Callable[[jax.Array], Any], epochs: int = 300, batch_size: int = 256,
                   learning_rate: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                   augment: Optional[AugmentFn] = None, loss: str = "ce",
-                  stacked: bool = False, mesh: Optional[Mesh] = None, progress=None):
+                  stacked: bool = False, mesh: Optional[Mesh] = None, progress=None,
+                  chunk: int = 0):
   """Trains a fresh network (`init_fn(key)`) on (images, labels) for a fixed schedule.
 
   Runs `epochs * ceil(n / batch_size)` steps, each on a random batch of min(n, batch_size)
@@ -231,7 +231,8 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
 
   `progress` (e.g. a `robust_dd.progress.Progress` counting epochs): training runs in up to 20
   equal chunks of whole epochs, one jitted call each, calling `progress.update(epochs_done)`
-  after each; the networks are the same as in one call.
+  after each; the networks are the same as in one call. `chunk` > 0: each step's gradient in
+  chunks of at most that many images (`loss_and_grad`; the same networks to float rounding).
   """
   n = images.shape[1] if stacked else len(images)
   if n == 0:
@@ -240,7 +241,7 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   static = dict(apply_fn=apply_fn, init_fn=init_fn, steps=epochs * per_epoch,
                 batch_size=min(batch_size, n), augment=augment, loss=loss,
                 learning_rate=float(learning_rate), momentum=float(momentum),
-                weight_decay=float(weight_decay))
+                weight_decay=float(weight_decay), chunk=int(chunk))
   images, labels = jnp.asarray(images), jnp.asarray(labels)
   many = stacked or jnp.ndim(key) > 0
   chunks = _chunks(epochs) if progress is not None else 1
