@@ -16,8 +16,12 @@ import os
 import sys
 import time
 
+# Eight simulated devices share CI's two cores: a device thread can wait its turn longer than
+# XLA:CPU's 40 s limit for a collective's rendezvous (a CI run aborted on it once), so allow 600 s;
+# a real deadlock still fails, at the parent's subprocess timeout.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8")
+                           + " --xla_force_host_platform_device_count=8"
+                           + " --xla_cpu_collective_call_terminate_timeout_seconds=600")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top

@@ -136,7 +136,8 @@ def test_a_dc_run_checkpointed_on_8_devices_resumes_on_1_as_if_uninterrupted(tmp
            "--eval_epochs=1", "--eval_seeds=1", "--baseline_draws=1", "--norobust_eval"]
 
   def distill(workdir, steps, devices):
-    xla = "--xla_force_host_platform_device_count=8" if devices == 8 else ""
+    xla = ("--xla_force_host_platform_device_count=8 "  # As in multidevice_worker.py.
+           "--xla_cpu_collective_call_terminate_timeout_seconds=600" if devices == 8 else "")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla)
     proc = subprocess.run([sys.executable, "-m", "experiments.distill", *flags,
                            f"--steps={steps}", f"--workdir={workdir}"], cwd=os.path.dirname(HERE),
