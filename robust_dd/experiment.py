@@ -315,7 +315,7 @@ def trained_embedding(config, x_train, y_train, *, num_classes: int, epochs: int
   params, _ = training.train_network(
       stream(0, FEATURE_STREAM), x_train, np.asarray(y_train), apply_fn=models.logits_fn(model),
       init_fn=models.init_fn(model, shape), epochs=epochs, batch_size=e.eval_batch,
-      chunk=training.default_chunk(config.network.grad_chunk),
+      chunk=methods_lib.grad_chunk(config),
       progress=None if log is None else progress.Progress(
           epochs, desc="feature-cluster network", unit="epoch", log=log))
   embed = models.embed_fn(model)
@@ -331,7 +331,7 @@ def _feature_cluster_path(config, x_train, y_train, x_test, num_clusters: int) -
   n, e = config.network, config.evaluation
   digest.update(json.dumps([n.net, n.net_depth, n.net_width, n.conv_impl, n.net_padding,
                             e.feature_cluster_epochs, e.eval_batch, num_clusters,
-                            FEATURE_STREAM, training.default_chunk(n.grad_chunk)]).encode())
+                            FEATURE_STREAM, methods_lib.grad_chunk(config)]).encode())
   return os.path.join(e.feature_cluster_cache, f"feature_clusters_{digest.hexdigest()[:16]}.npz")
 
 
@@ -439,7 +439,7 @@ def make_evaluator(config, x_train, y_train, x_test, y_test, *, num_classes: int
   model = methods_lib.network_model(config, num_classes, x_train.shape[1:], net=net)
   settings = dict(model=model, epochs=e.eval_epochs, batch_size=e.eval_batch,
                   augment=e.eval_augment and x_train.ndim == 4, seed_batch=e.eval_seed_batch,
-                  mesh=mesh, log=log, chunk=training.default_chunk(config.network.grad_chunk))
+                  mesh=mesh, log=log, chunk=methods_lib.grad_chunk(config))
 
   def net_predict(images, labels, test_sets, seeds=None, key=None):
     key = stream(config.seed, EVAL_STREAM) if key is None else key

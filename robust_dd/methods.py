@@ -324,20 +324,22 @@ def _kip_check_inputs(config, x_train) -> None:
   kernels.check_inputs(config.kernel.arch, x_train)
 
 
-def _grad_chunk(config) -> int:
+def grad_chunk(config) -> int:
+  """The images per gradient chunk a config's network training uses (`--grad_chunk`, unset:
+  `training.default_chunk` of the backend)."""
   return training.default_chunk(config.network.grad_chunk)
 
 
 def _gradient_class_loss(config, apply_fn):
   return matching.gradient_match_class_loss(apply_fn, metric=config.matching.metric,
-                                            chunk=_grad_chunk(config))
+                                            chunk=grad_chunk(config))
 
 
 def _curvature_class_loss(config, apply_fn):
   m = config.matching
   return curvature.curvature_match_class_loss(apply_fn, rho=m.rho, gamma=m.gamma,
                                               metric=m.metric, hvp_mode=m.hvp,
-                                              chunk=_grad_chunk(config))
+                                              chunk=grad_chunk(config))
 
 
 def _matching_parts(class_loss_fn):
@@ -368,7 +370,7 @@ def _matching_parts(class_loss_fn):
     if robust_on_network(config):
       return robust_network(model, **kw, **_risk_kw(config),
                             per_class=max(1, config.robust.robust_net_batch // ctx.num_classes))
-    return inner_loop_network(model, **kw, chunk=_grad_chunk(config))
+    return inner_loop_network(model, **kw, chunk=grad_chunk(config))
 
   def sample_losses(config, ctx):
     model = network_model(config, ctx.num_classes, ctx.input_shape)
