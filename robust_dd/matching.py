@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from robust_dd import ghost as ghost_lib
 from robust_dd import parallel
 from robust_dd import training
 
@@ -78,8 +79,8 @@ def class_loss_gradient(apply_fn: ApplyFn, net_params, images, label,
   return training.loss_and_grad(apply_fn, net_params, images, label, weights, chunk=chunk)[1]
 
 
-def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours",
-                              chunk: int = 0) -> ClassLoss:
+def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours", chunk: int = 0,
+                              ghost: bool = True) -> ClassLoss:
   """The DC matching loss of one class: D(G_S^c, G_T^c).
 
   The returned `class_loss(net_params, x_syn, x_real, label, real_weights=None)` weights the real
@@ -88,7 +89,9 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours",
   equal to `class_loss` vmapped over them (tested), computed faster on CPU. `chunk` > 0
   computes the real gradients over at most that many images at a time (one class's batch in
   chunks, a class's clusters in groups of about `chunk` images; `training.loss_and_grad`): the
-  same loss to float rounding, faster on CPU (`training.default_chunk`).
+  same loss to float rounding, faster on CPU (`training.default_chunk`). `ghost`: clusters of
+  one real image under the 'ours' metric are matched without forming their gradients
+  (`ghost.cluster_distances`, equal to float rounding, tested), where the network allows.
   """
 
   def class_loss(net_params, x_syn, x_real, label, real_weights=None):
@@ -105,6 +108,12 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours",
     # backward is a reduction over the clusters' axis, which XLA:CPU runs about 10x slower:
     # robust DC K = 1000, README.)
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
+    manual = bool(jax.sharding.get_abstract_mesh().manual_axes)
+    if ghost and metric == "ours" and x_real.shape[1] == 1 and not manual:
+      distances = ghost_lib.cluster_distances(apply_fn, net_params, g_syn, x_real[:, 0], label,
+                                              real_weights[:, 0], chunk=chunk)
+      if distances is not None:
+        return distances
     real_grad = lambda x, w: class_loss_gradient(apply_fn, net_params, x, label, w, chunk=chunk)
     if chunk:
       g_real = jax.lax.map(lambda xw: real_grad(*xw), (x_real, real_weights),
@@ -113,7 +122,7 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours",
       g_real = jax.vmap(real_grad)(x_real, real_weights)
     g_real = jax.lax.stop_gradient(g_real)
     distance = lambda g: gradient_match_distance(g_syn, g, metric=metric)
-    if jax.sharding.get_abstract_mesh().manual_axes:
+    if manual:
       # Inside shard_map (`mesh=` of several devices) jax 0.10.2 fails to transpose the loop
       # (its zero cotangent of g_syn gets the outer mesh's sharding): vmap there.
       return jax.vmap(distance)(g_real)

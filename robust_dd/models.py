@@ -18,7 +18,7 @@ digits ConvNet-3 would end on 1x1 maps that instance norm sets to zero.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -59,7 +59,7 @@ def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
   form turns weight gradients into grouped convolutions, about 3x slower on XLA:CPU.
   """
   kh, kw, cin, cout = kernel.shape
-  xp = jnp.pad(x, ((0, 0), *_pads(kh, kw, padding), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), *conv_pads(kh, kw, padding), (0, 0)))
   h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
   patches = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)],
                             axis=-1)
@@ -71,7 +71,9 @@ def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
   return y.reshape(n, h, w, cout)
 
 
-def _pads(kh: int, kw: int, padding: Optional[int]):
+def conv_pads(kh: int, kw: int, padding: Optional[int]):
+  """((top, bottom), (left, right)) zero padding of a kh x kw convolution: 'SAME' for
+  `padding=None`, else `padding` on every side."""
   if padding is None:
     return ((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)
   return (padding, padding), (padding, padding)
@@ -117,7 +119,7 @@ def conv_shifted(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None)
   exact Hessian-vector products need 'patches' or 'lax'.
   """
   kh, kw = kernel.shape[:2]
-  return _conv_shifted(x, kernel, _pads(kh, kw, padding))
+  return _conv_shifted(x, kernel, conv_pads(kh, kw, padding))
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray, 2016): a 4x4 input tile d gives the 2x2 outputs
@@ -151,7 +153,7 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
   kh, kw, cin, cout = kernel.shape
   if (kh, kw) != (3, 3):
     raise ValueError(f"conv_winograd computes 3x3 convolutions, not {kh}x{kw}.")
-  (top, bottom), (left, right) = _pads(kh, kw, padding)
+  (top, bottom), (left, right) = conv_pads(kh, kw, padding)
   n, h, w = x.shape[0], x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
   th, tw = -(-h // 2), -(-w // 2)  # Tiles; odd outputs get one extra, cropped, row/column.
   xp = jnp.pad(x, ((0, 0), (top, bottom + 2 * th - h), (left, right + 2 * tw - w), (0, 0)))
@@ -186,10 +188,14 @@ class PatchConv(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.kernel_size, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    narrow = self.impl == "winograd" and x.shape[-1] < self.winograd_min_channels
+    return self.conv_fn(x.shape[-1])(x, kernel, self.padding) + bias
+
+  def conv_fn(self, in_channels: int) -> Callable[..., jax.Array]:
+    """The convolution `conv(x, kernel, padding)` this layer computes on inputs of
+    `in_channels` channels."""
+    narrow = self.impl == "winograd" and in_channels < self.winograd_min_channels
     impl = "patches" if narrow else self.impl
-    conv = {"shifted": conv_shifted, "winograd": conv_winograd}.get(impl, conv_patches)
-    return conv(x, kernel, self.padding) + bias
+    return {"shifted": conv_shifted, "winograd": conv_winograd}.get(impl, conv_patches)
 
 
 class ConvNet(nn.Module):
