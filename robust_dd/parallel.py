@@ -134,15 +134,20 @@ def map_groups(fn: Callable[..., jax.Array], args: tuple, mesh: Optional[Mesh], 
   the devices of `mesh`.
 
   Each device maps `fn` over its own groups: one `vmap`, or `lax.map` over `batch` groups at a
-  time (bounding memory) when `batch` is smaller than its share. Values `fn` closes over are
+  time (bounding memory) when `batch` is smaller than its share (one group, or batch 1: a loop
+  calling `fn` on one group, not vmapped). Values `fn` closes over are
   replicated. On a mesh of d > 1 devices the group axis is padded to a multiple of d (copies of
   group 0, dropped from the output; `jax.shard_map`); the result is the same as on one device,
   to float tolerance.
   """
 
   def local(a):
-    if batch and batch < a[0].shape[0]:
-      return jax.lax.map(lambda b: fn(*b), a, batch_size=batch)
+    n = a[0].shape[0]
+    if n == 1 or (batch and batch < n):
+      # One group at a time: a plain loop, with no vmap of size 1 around `fn` (`lax.map`'s
+      # batch_size=1 would add one, and XLA:CPU runs some batched forms of `fn` slower:
+      # robust DC's ghost norms at K = 1000, README).
+      return jax.lax.map(lambda b: fn(*b), a, batch_size=batch if batch and batch > 1 else None)
     return jax.vmap(fn)(*a)
 
   args = tuple(args)

@@ -15,6 +15,8 @@ methods compute each class's synthetic gradient once and share it across the cla
 writes JSON and prints a Markdown table.
 """
 
+import contextlib
+import functools
 import os
 import sys
 import time
@@ -41,13 +43,32 @@ flags.DEFINE_list("clusters", ["10", "100", "1000"], "Total clusters K (K / 10 p
 flags.DEFINE_integer("target_batch", 1000, "Real samples per update (split over the clusters).")
 flags.DEFINE_integer("repeats", 3, "Timed steps per configuration (median reported).")
 flags.DEFINE_integer("loop_max_clusters", 100, "Largest K also timed with a loop over clusters.")
+flags.DEFINE_bool("autodiff_rows", True, "DC with one real image per cluster: also time the "
+                  "step with per-image autodiff gradients (no ghost norms).")
 flags.DEFINE_string("out", "runs/benchmark_robust.json", "JSON output path.")
 
 IPC = {"kip": 10, "dc": 1}
 
 
-def bench_one(method, x, y, real, *, clusters=0, use_vmap=True):
+@contextlib.contextmanager
+def _ghost(enabled: bool):
+  """Matching losses built inside use ghost norms (the default) or per-image autodiff."""
+  make = matching.gradient_match_class_loss
+  if not enabled:
+    matching.gradient_match_class_loss = functools.partial(make, ghost=False)
+  try:
+    yield
+  finally:
+    matching.gradient_match_class_loss = make
+
+
+def bench_one(method, x, y, real, *, clusters=0, use_vmap=True, ghost=True):
   """One configuration; clusters=0 is the plain step."""
+  with _ghost(ghost):
+    return _bench_one(method, x, y, real, clusters=clusters, use_vmap=use_vmap, ghost=ghost)
+
+
+def _bench_one(method, x, y, real, *, clusters, use_vmap, ghost):
   # use_vmap=False rows compute one class (with its clusters) at a time (class_batch=1).
   config = config_lib.resolve_config(config_lib.DistillConfig.make(
       method=method, ipc=IPC[method], real_per_class=FLAGS.target_batch // 10,
@@ -69,6 +90,7 @@ def bench_one(method, x, y, real, *, clusters=0, use_vmap=True):
   compiled, compile_seconds, times, metrics = _bench.time_step(
       step, state, real, jax.random.key(0), repeats=FLAGS.repeats)
   return {"method": method, "ipc": config.ipc, "clusters": clusters, "vmap": use_vmap,
+          "ghost": ghost,
           "per_cluster": FLAGS.target_batch // clusters if clusters else None,
           "target_batch": FLAGS.target_batch, "seconds_per_step": float(np.median(times)),
           "times": times, "compile_seconds": compile_seconds, "cluster_seconds": cluster_seconds,
@@ -80,13 +102,16 @@ def main(argv):
   ds, x, real = _bench.mnist5k_real()
   configs = []
   for m in FLAGS.methods:
-    configs.append(dict(method=m, clusters=0, vmap=True))
+    configs.append(dict(method=m, clusters=0, vmap=True, ghost=True))
     for k in map(int, FLAGS.clusters):
-      configs += [dict(method=m, clusters=k, vmap=v) for v in (True, False)
+      configs += [dict(method=m, clusters=k, vmap=v, ghost=True) for v in (True, False)
                   if v or (k <= FLAGS.loop_max_clusters and m != "kip")]
+      if m != "kip" and FLAGS.autodiff_rows and FLAGS.target_batch // k == 1:
+        configs.append(dict(method=m, clusters=k, vmap=True, ghost=False))
   results = _bench.run_all(
-      lambda method, clusters, vmap: bench_one(method, x, ds.y_train, real, clusters=clusters,
-                                               use_vmap=vmap),
+      lambda method, clusters, vmap, ghost: bench_one(method, x, ds.y_train, real,
+                                                      clusters=clusters, use_vmap=vmap,
+                                                      ghost=ghost),
       configs, out=FLAGS.out)
   plain = {r["method"]: r.get("seconds_per_step") for r in results if r["clusters"] == 0}
   print(f"\nRobust-objective benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
@@ -97,6 +122,8 @@ def main(argv):
   for r in results:
     default = f"default ({matching.default_class_batch() or 'all'} at a time)"
     how = default if r["vmap"] else "one class at a time"
+    if not r.get("ghost", True):
+      how += ", per-image autodiff"
     k = r["clusters"] or "plain"
     if "error" in r:
       print(f"| {r['method']} | | {k} | | {how} | failed: {r['error'][:60]} ||||")
