@@ -27,10 +27,10 @@ Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `m
 other weight tensor (ndim >= 2), or with batch statistics (which couple a batch's examples), is
 not supported: `cluster_distances` returns None and callers use per-example gradients.
 
-Cost (ConvNet-3 width 128 on 28x28 digits, 100 one-image clusters of a class, 2-core CPU): the
-forward and backward pass to the output gradients, the Gram norms of conv1 and conv2 and the
-inner products' convolutions and weight gradient, about 1.6x the class's plain matching step,
-against about 2.1x with per-image autodiff gradients (README, Benchmarks).
+Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU): 1.68x the plain
+step against 1.97x with per-image autodiff gradients, and a third of their XLA memory (README,
+Benchmarks): the forward and backward pass to the output gradients, the Gram norms of the wide
+convolutions and the inner products' convolutions and weight gradient.
 """
 
 from __future__ import annotations
