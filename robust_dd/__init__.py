@@ -77,8 +77,8 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
 _WHERE = {name: module for group in _GROUPS.values() for module, names in group.items()
           for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
-               "empirical_ntk", "evaluate", "experiment", "experts", "groups", "io", "kernels",
-               "krr", "matching", "methods",
+               "empirical_ntk", "evaluate", "experiment", "experts", "ghost", "groups", "io",
+               "kernels", "krr", "matching", "methods",
                "models", "parallel", "precision", "progress", "random_features", "reporting",
                "risk", "select", "sensitivity", "training", "trajectory")
 
