@@ -27,15 +27,16 @@ Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `m
 other weight tensor (ndim >= 2), or with batch statistics (which couple a batch's examples), is
 not supported: `cluster_distances` returns None and callers use per-example gradients.
 
-Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU): 1.68x the plain
-step against 1.97x with per-image autodiff gradients, and a third of their XLA memory (README,
-Benchmarks): the forward and backward pass to the output gradients, the Gram norms of the wide
-convolutions and the inner products' convolutions and weight gradient.
+Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU): 1.5-1.74x the
+plain step against 1.85-2.0x with per-image autodiff gradients, and a third of their XLA memory
+(README, Benchmarks): the forward and backward pass to the output gradients, the Gram norms of
+the wide convolutions and the inner products' convolutions and weight gradient.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -205,6 +206,26 @@ def _inner_products(layer: Layer, s: jax.Array, a, d, r) -> jax.Array:
   return jnp.sum(d * layer.conv(a, s, layer.padding), (1, 2))
 
 
+def _chunk_distances(apply_fn: ApplyFn, params, grads_syn, images, weights, *,
+                     layers: list[Layer], label, loss: str, eps: float) -> jax.Array:
+  """The (n,) distances of one chunk of examples: their norms (from one forward and backward
+  pass) and inner products in one pass, so that nothing of the chunk is stored but what the
+  backward pass needs."""
+  stats = jax.lax.stop_gradient(
+      example_stats(apply_fn, params, images, weights, layers=layers, label=label, loss=loss))
+  distances = jnp.zeros((images.shape[0],),
+                        jnp.result_type(*jax.tree_util.tree_leaves(grads_syn)))
+  for layer, (norms2, a, d, r) in zip(layers, stats):
+    s = _kernel(grads_syn, layer.path)
+    s_norm = jnp.sqrt(jnp.maximum(jnp.sum(s * s, tuple(range(s.ndim - 1))), 1e-30))
+    r_norm = jnp.sqrt(jnp.maximum(norms2, 1e-30))
+    # Checkpointed: the backward pass keeps a and d, not the convolution's transformed input
+    # (Winograd's tiles: 4x the input; XLA step memory at K = 1000: 1,073 -> 531 MiB).
+    dots = jax.checkpoint(functools.partial(_inner_products, layer))(s, a, d, r)
+    distances = distances + jnp.sum(1.0 - dots / (s_norm * r_norm + eps), axis=-1)
+  return distances
+
+
 def cluster_distances(apply_fn: ApplyFn, params, grads_syn, images, label, weights, *,
                       chunk: int = 0, eps: float = 1e-6, loss: str = "ce"
                       ) -> Optional[jax.Array]:
@@ -212,8 +233,8 @@ def cluster_distances(apply_fn: ApplyFn, params, grads_syn, images, label, weigh
   synthetic gradient and the gradient r_j of each example j of `images` (n, ...) with its
   weight (`weights` (n,); a one-image cluster's gradient), equal to float rounding (tested);
   differentiable in `grads_syn`. None where the network has a weight tensor that ghost norms do
-  not cover (`find_layers`). `chunk` > 0: the examples' forward and backward passes in chunks
-  of at most that many (cache-sized on CPU, as `training.loss_and_grad`).
+  not cover (`find_layers`). `chunk` > 0: the examples in chunks of at most that many (a
+  `lax.map`; cache-sized on CPU, as `training.loss_and_grad`).
   """
   layers = find_layers(apply_fn, params, images.shape[1:])
   if layers is None:
@@ -223,22 +244,10 @@ def cluster_distances(apply_fn: ApplyFn, params, grads_syn, images, label, weigh
   size = -(-n // k)
   split = lambda t: jnp.pad(t, [(0, k * size - n)] + [(0, 0)] * (t.ndim - 1)).reshape(
       k, size, *t.shape[1:])
-  # Per chunk: each example's norms and what its inner products need (nothing differentiable).
-  stats = jax.lax.stop_gradient(jax.lax.map(
-      lambda xw: example_stats(apply_fn, params, *xw, layers=layers, label=label, loss=loss),
-      (split(images), split(weights))))
-  total = jnp.zeros((k, size), jnp.result_type(*jax.tree_util.tree_leaves(grads_syn)))
-  for layer, (norms2, a, d, r) in zip(layers, stats):
-    s = _kernel(grads_syn, layer.path)
-    rows = tuple(range(s.ndim - 1))
-    s_norm = jnp.sqrt(jnp.maximum(jnp.sum(s * s, rows), 1e-30))
-    r_norm = jnp.sqrt(jnp.maximum(norms2, 1e-30))
-    # The inner products chunk by chunk too: their backward pass (a weight gradient of each
-    # chunk's inputs and rescaled output gradients) then accumulates in cache-sized pieces.
-    dots = jax.lax.map(jax.checkpoint(lambda t, layer=layer, s=s: _inner_products(layer, s, *t)),
-                       (a, d, r))
-    total = total + jnp.sum(1.0 - dots / (s_norm * r_norm + eps), axis=-1)
-  return total.reshape(k * size)[:n]
+  distances = jax.lax.map(
+      lambda xw: _chunk_distances(apply_fn, params, grads_syn, *xw, layers=layers, label=label,
+                                  loss=loss, eps=eps), (split(images), split(weights)))
+  return distances.reshape(k * size)[:n]
 
 
 def _kernel(tree, path: tuple[str, ...]) -> jax.Array:
