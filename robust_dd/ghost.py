@@ -14,13 +14,14 @@ delta_j[p, u] (ap: the padded input), so
     <s_u, r_ju> = sum_p delta_j[p, u] conv(a_j, s)[p, u]                 (one forward convolution)
     n_ju^2      = delta_ju^T G_j delta_ju,  G_j[p, q] = sum_k <ap_j[p + k], ap_j[q + k]>
 
-with G_j built from the Gram matrix of a_j's padded pixels (Goodfellow 2015; Li et al. 2022 for
-convolutions); for a dense layer on flat inputs n_ju = |a_j| |delta_ju| and <s_u, r_ju> =
-delta_ju <a_j, s_u>. Where the Gram matrix costs more than the per-example weight gradient (the
-first layer of a one-channel image: 1,024 positions, 9 weights per unit) that gradient is formed
-directly (it is small). The synthetic gradient s enters only through the convolution and inner
-products, so JAX's autodiff of the distances in s is a batched weight gradient with rescaled
-output gradients: no per-example gradient of a Gram layer is formed, forward or backward.
+with G_j built from the Gram matrix of a_j's padded pixels (Goodfellow 2015; ghost clipping,
+Li et al. 2022; for convolutions Bu et al. 2022); for a dense layer on flat inputs
+n_ju = |a_j| |delta_ju| and <s_u, r_ju> = delta_ju <a_j, s_u>. Where the Gram matrix costs more
+than the per-example weight gradient (the first layer of a one-channel image: 1,024 positions,
+9 weights per unit) that gradient is formed directly (it is small). The synthetic gradient s
+enters only through the convolution and inner products, so JAX's autodiff of the distances in s
+is a batched weight gradient with rescaled output gradients: no per-example gradient of a Gram
+layer is formed, forward or backward.
 
 Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `models.PatchConv`
 (with the convolution it computes) and `flax.linen.Dense` on flat inputs. A network with any
