@@ -26,10 +26,10 @@ layer is formed, forward or backward.
 Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `models.PatchConv`
 (with the convolution it computes) and `flax.linen.Dense` on flat inputs. A network with any
 other weight tensor (ndim >= 2), or with batch statistics (which couple a batch's examples), is
-not supported: `cluster_distances` returns None and callers use per-example gradients.
+not supported: `unit_stats` returns None and callers use per-example gradients.
 
-Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU): 1.5-1.74x the
-plain step against 1.85-2.0x with per-image autodiff gradients, and a third of their XLA memory
+Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU): 1.49-1.74x the
+plain step against 1.79-2.0x with per-image autodiff gradients, and a third of their XLA memory
 (README, Benchmarks): the forward and backward pass to the output gradients, the Gram norms of
 the wide convolutions and the inner products' convolutions and weight gradient.
 """
@@ -207,35 +207,31 @@ def _inner_products(layer: Layer, s: jax.Array, a, d, r) -> jax.Array:
   return jnp.sum(d * layer.conv(a, s, layer.padding), (1, 2))
 
 
-def _chunk_distances(apply_fn: ApplyFn, params, grads_syn, images, weights, *,
-                     layers: list[Layer], label, loss: str, eps: float) -> jax.Array:
-  """The (n,) distances of one chunk of examples: their norms (from one forward and backward
-  pass) and inner products in one pass, so that nothing of the chunk is stored but what the
-  backward pass needs."""
+def _chunk_units(apply_fn: ApplyFn, params, grads_syn, images, weights, *,
+                 layers: list[Layer], label, loss: str):
+  """Per layer, (<s_u, r_ju>, |r_ju|^2), each (n, U), for one chunk of examples: the norms from
+  one forward and backward pass and the inner products in the same pass, so that nothing of
+  the chunk is stored but what the backward pass needs."""
   stats = jax.lax.stop_gradient(
       example_stats(apply_fn, params, images, weights, layers=layers, label=label, loss=loss))
-  distances = jnp.zeros((images.shape[0],),
-                        jnp.result_type(*jax.tree_util.tree_leaves(grads_syn)))
-  for layer, (norms2, a, d, r) in zip(layers, stats):
-    s = _kernel(grads_syn, layer.path)
-    s_norm = jnp.sqrt(jnp.maximum(jnp.sum(s * s, tuple(range(s.ndim - 1))), 1e-30))
-    r_norm = jnp.sqrt(jnp.maximum(norms2, 1e-30))
-    # Checkpointed: the backward pass keeps a and d, not the convolution's transformed input
-    # (Winograd's tiles: 4x the input; XLA step memory at K = 1000: 1,073 -> 531 MiB).
-    dots = jax.checkpoint(functools.partial(_inner_products, layer))(s, a, d, r)
-    distances = distances + jnp.sum(1.0 - dots / (s_norm * r_norm + eps), axis=-1)
-  return distances
+  # The inner products checkpointed: the backward pass keeps a and d, not the convolution's
+  # transformed input (Winograd's tiles: 4x the input; XLA step memory at K = 1000: 1,073 ->
+  # 531 MiB).
+  kernels = [_kernel(grads_syn, layer.path) for layer in layers]
+  return [(jax.checkpoint(functools.partial(_inner_products, layer))(s, a, d, r), norms2)
+          for layer, s, (norms2, a, d, r) in zip(layers, kernels, stats)]
 
 
-def cluster_distances(apply_fn: ApplyFn, params, grads_syn, images, label, weights, *,
-                      chunk: int = 0, eps: float = 1e-6, loss: str = "ce"
-                      ) -> Optional[jax.Array]:
-  """The (n,) 'ours' distances `matching.gradient_match_distance(grads_syn, r_j)` between a
-  synthetic gradient and the gradient r_j of each example j of `images` (n, ...) with its
-  weight (`weights` (n,); a one-image cluster's gradient), equal to float rounding (tested);
-  differentiable in `grads_syn`. None where the network has a weight tensor that ghost norms do
-  not cover (`find_layers`). `chunk` > 0: the examples in chunks of at most that many (a
-  `lax.map`; cache-sized on CPU, as `training.loss_and_grad`).
+def unit_stats(apply_fn: ApplyFn, params, grads_syn, images, label, weights, *,
+               chunk: int = 0, loss: str = "ce") -> Optional[list]:
+  """Per weight layer (sorted by path), (s, <s_u, r_ju>, |r_ju|^2): the synthetic gradient's
+  kernel s, and its inner products with and the squared norms of the gradient r_j of each
+  example j of `images` (n, ...) with its weight (`weights` (n,); a one-image cluster's
+  gradient), each (n, U) over the output units u: equal to per-example autodiff to float
+  rounding (tested), differentiable in `grads_syn`. None where the network has a weight tensor
+  that ghost norms do not cover (`find_layers`). `chunk` > 0: the examples in chunks of at most
+  that many (a `lax.map`; cache-sized on CPU, as `training.loss_and_grad`).
+  `matching.ghost_distances` turns them into its 'ours' distances.
   """
   layers = find_layers(apply_fn, params, images.shape[1:])
   if layers is None:
@@ -245,10 +241,11 @@ def cluster_distances(apply_fn: ApplyFn, params, grads_syn, images, label, weigh
   size = -(-n // k)
   split = lambda t: jnp.pad(t, [(0, k * size - n)] + [(0, 0)] * (t.ndim - 1)).reshape(
       k, size, *t.shape[1:])
-  distances = jax.lax.map(
-      lambda xw: _chunk_distances(apply_fn, params, grads_syn, *xw, layers=layers, label=label,
-                                  loss=loss, eps=eps), (split(images), split(weights)))
-  return distances.reshape(k * size)[:n]
+  units = jax.lax.map(
+      lambda xw: _chunk_units(apply_fn, params, grads_syn, *xw, layers=layers, label=label,
+                              loss=loss), (split(images), split(weights)))
+  units = jax.tree_util.tree_map(lambda t: t.reshape(k * size, *t.shape[2:])[:n], units)
+  return [(_kernel(grads_syn, layer.path), *u) for layer, u in zip(layers, units)]
 
 
 def _kernel(tree, path: tuple[str, ...]) -> jax.Array:

@@ -23,6 +23,7 @@ from robust_dd import parallel
 from robust_dd import training
 
 METRICS = ("ours", "mse", "cos")
+EPS = 1e-6  # The cosines' denominator offset, |a| |b| + EPS.
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]
 # class_loss(net_params, x_syn, x_real, label, real_weights=None) -> scalar: one class's loss.
@@ -37,8 +38,15 @@ def _safe_norm(x: jax.Array, axis=-1) -> jax.Array:
   return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis), 1e-30))
 
 
+def _ours_units(dots, syn_sq, real_sq, *, eps: float) -> jax.Array:
+  """The 'ours' distance of one weight tensor from its units' inner products and squared norms
+  (last axis: units): sum_u 1 - cos_u, with norms 0-safe as `_safe_norm`'s."""
+  norms = jnp.sqrt(jnp.maximum(syn_sq, 1e-30)) * jnp.sqrt(jnp.maximum(real_sq, 1e-30))
+  return jnp.sum(1.0 - dots / (norms + eps), axis=-1)
+
+
 def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
-                            eps: float = 1e-6) -> jax.Array:
+                            eps: float = EPS) -> jax.Array:
   """Distance between two gradient pytrees of the same structure.
 
   - 'ours': sum over weight tensors (leaves with ndim >= 2; biases and normalisation parameters
@@ -60,8 +68,8 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
       # dense): reduce over those axes in place, with no transposed copy of each gradient (robust
       # DC at K = 1000 computes 1,000 real gradients a step: its image gradient 15.8 s -> 13.8 s).
       rows = tuple(range(s.ndim - 1))
-      cos = jnp.sum(s * r, rows) / (_safe_norm(s, rows) * _safe_norm(r, rows) + eps)
-      total = total + jnp.sum(1.0 - cos)
+      total = total + _ours_units(jnp.sum(s * r, rows), jnp.sum(s * s, rows),
+                                  jnp.sum(r * r, rows), eps=eps)
     return total
   if metric == "mse":
     return sum(jnp.sum((s - r) ** 2) for s, r in zip(syn, real))
@@ -70,6 +78,20 @@ def gradient_match_distance(grads_syn, grads_real, *, metric: str = "ours",
     r = jnp.concatenate([a.reshape(-1) for a in real])
     return 1.0 - jnp.sum(s * r) / (_safe_norm(s) * _safe_norm(r) + eps)
   raise ValueError(f"Unknown matching metric {metric!r}; choose one of {METRICS}.")
+
+
+def ghost_distances(apply_fn: ApplyFn, net_params, grads_syn, images, label, weights, *,
+                    chunk: int = 0, eps: float = EPS) -> Optional[jax.Array]:
+  """The (n,) 'ours' distances `gradient_match_distance(grads_syn, r_j)` to the gradient r_j of
+  each example of `images` (n, ...) with its weight (`weights` (n,): a one-image cluster's
+  gradient), from `ghost.unit_stats` (no per-example gradient formed); equal to float rounding
+  (tested), differentiable in `grads_syn`. None where the network is not covered."""
+  units = ghost_lib.unit_stats(apply_fn, net_params, grads_syn, images, label, weights,
+                               chunk=chunk)
+  if units is None:
+    return None
+  return sum(_ours_units(dots, jnp.sum(s * s, tuple(range(s.ndim - 1))), real_sq, eps=eps)
+             for s, dots, real_sq in units)
 
 
 def class_loss_gradient(apply_fn: ApplyFn, net_params, images, label,
@@ -91,7 +113,7 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours", chunk:
   chunks, a class's clusters in groups of about `chunk` images; `training.loss_and_grad`): the
   same loss to float rounding, faster on CPU (`training.default_chunk`). `ghost`: clusters of
   one real image under the 'ours' metric are matched without forming their gradients
-  (`ghost.cluster_distances`, equal to float rounding, tested), where the network allows.
+  (`ghost_distances`, equal to float rounding, tested), where the network allows.
   """
 
   def class_loss(net_params, x_syn, x_real, label, real_weights=None):
@@ -110,8 +132,8 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours", chunk:
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
     manual = bool(jax.sharding.get_abstract_mesh().manual_axes)
     if ghost and metric == "ours" and x_real.shape[1] == 1 and not manual:
-      distances = ghost_lib.cluster_distances(apply_fn, net_params, g_syn, x_real[:, 0], label,
-                                              real_weights[:, 0], chunk=chunk)
+      distances = ghost_distances(apply_fn, net_params, g_syn, x_real[:, 0], label,
+                                  real_weights[:, 0], chunk=chunk)
       if distances is not None:
         return distances
     real_grad = lambda x, w: class_loss_gradient(apply_fn, net_params, x, label, w, chunk=chunk)

@@ -63,7 +63,7 @@ def test_distances_and_their_gradient_equal_per_example_autodiff(name, kwargs, c
   weights = jnp.asarray([1.0, 0.0, 2.5, 1.0, 0.3, 1.0, 0.0])
   label = jnp.int32(2)
   g_syn = training.loss_and_grad(apply_fn, params, syn, label)[1]
-  got = ghost.cluster_distances(apply_fn, params, g_syn, images, label, weights, chunk=chunk)
+  got = matching.ghost_distances(apply_fn, params, g_syn, images, label, weights, chunk=chunk)
   expected = _autodiff_distances(apply_fn, params, g_syn, images, label, weights)
   assert got.shape == (7,)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -79,7 +79,7 @@ def test_distances_and_their_gradient_equal_per_example_autodiff(name, kwargs, c
   # Matched against example 0's own gradient: cos = 1 there (but for units dead for it), so a
   # small error in a norm or an inner product shows.
   g_0 = jax.tree_util.tree_map(lambda t: t[0], per_example)
-  got = ghost.cluster_distances(apply_fn, params, g_0, images, label, weights, chunk=chunk)
+  got = matching.ghost_distances(apply_fn, params, g_0, images, label, weights, chunk=chunk)
   np.testing.assert_allclose(got, _autodiff_distances(apply_fn, params, g_0, images, label,
                                                       weights), rtol=1e-5, atol=1e-4)
   dead = sum(int(jnp.sum(jnp.all(t == 0, tuple(range(t.ndim - 1)))))
@@ -87,7 +87,7 @@ def test_distances_and_their_gradient_equal_per_example_autodiff(name, kwargs, c
   np.testing.assert_allclose(got[0], dead, atol=1e-2)  # eps: 1e-3 from units of tiny norm.
   # The gradient in the synthetic gradient (what flows back to the synthetic images).
   cotangent = jnp.asarray(rng.uniform(size=7), jnp.float32)
-  ghost_grad = jax.grad(lambda g: cotangent @ ghost.cluster_distances(
+  ghost_grad = jax.grad(lambda g: cotangent @ matching.ghost_distances(
       apply_fn, params, g, images, label, weights, chunk=chunk))(g_syn)
   autodiff_grad = jax.grad(lambda g: cotangent @ _autodiff_distances(
       apply_fn, params, g, images, label, weights))(g_syn)
