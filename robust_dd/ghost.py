@@ -14,7 +14,7 @@ delta_j[p, u] (ap: the padded input), so
     <s_u, r_ju> = sum_p delta_j[p, u] conv(a_j, s)[p, u]                 (one forward convolution)
     n_ju^2      = delta_ju^T G_j delta_ju,  G_j[p, q] = sum_k <ap_j[p + k], ap_j[q + k]>
 
-with G_j built from the Gram matrix of a_j's padded pixels (Goodfellow 2015; ghost clipping,
+with G_j built from the Gram matrix of a_j's pixels, zero-padded (Goodfellow 2015; ghost clipping,
 Li et al. 2022; for convolutions Bu et al. 2022); for a dense layer on flat inputs
 n_ju = |a_j| |delta_ju| and <s_u, r_ju> = delta_ju <a_j, s_u>. Where the Gram matrix costs more
 than the per-example weight gradient (the first layer of a one-channel image: 1,024 positions,
@@ -75,10 +75,9 @@ class Layer:
     if self.kind == "dense":
       return False
     kh, kw, cin, cout = self.kernel_shape
-    (top, bottom), (left, right) = self.pads
     h, w = self.out_shape[:2]
-    padded = (self.in_shape[0] + top + bottom) * (self.in_shape[1] + left + right)
-    return kh * kw * cin * cout * h * w <= padded ** 2 * cin + (h * w) ** 2 * cout
+    pixels = self.in_shape[0] * self.in_shape[1]
+    return kh * kw * cin * cout * h * w <= pixels ** 2 * cin + (h * w) ** 2 * cout
 
 
 def _layer_of(module: nn.Module, x: jax.Array, y: jax.Array) -> Optional[Layer]:
@@ -161,10 +160,13 @@ def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array):
     return jnp.sum(r * r, (1, 2, 3)), r
   kh, kw = layer.kernel_shape[:2]
   h, w = layer.out_shape[:2]
-  ap = jnp.pad(a, ((0, 0), *layer.pads, (0, 0)))
-  hp, wp = ap.shape[1:3]
-  flat = ap.reshape(n, hp * wp, -1)
-  g0 = jnp.einsum("npc,nqc->npq", flat, flat).reshape(n, hp, wp, hp, wp)
+  hi, wi = a.shape[1:3]
+  flat = a.reshape(n, hi * wi, -1)
+  # The Gram matrix of the unpadded pixels, then zero-padded (padding pixels are zeros): a
+  # matmul over 16^2 positions, not 18^2 (ConvNet-3's second layer; its image gradient at
+  # K = 1000, 100 real images a class: 331 -> 311 ms, interleaved).
+  g0 = jnp.einsum("npc,nqc->npq", flat, flat).reshape(n, hi, wi, hi, wi)
+  g0 = jnp.pad(g0, ((0, 0), *layer.pads, *layer.pads))
   # G[p, q] = sum_k G0[p + k, q + k], the kh * kw shifts summed as kw, then kh (fewer passes).
   g1 = sum(g0[:, :, j:j + w, :, j:j + w] for j in range(kw))
   g = sum(g1[:, i:i + h, :, i:i + h] for i in range(kh))

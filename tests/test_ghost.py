@@ -17,12 +17,15 @@ from robust_dd import training
 
 
 class _OddConvs(nn.Module):
-  """Kernels that are not 3x3, 'SAME' padding with an even kernel (uneven pads), a dense layer
-  on flat inputs: the cases ConvNet does not reach."""
+  """Kernels that are not 3x3, 'SAME' padding with an even kernel (uneven pads) in a layer
+  that forms each example's weight gradient (a) and in one that forms its Gram matrix (g), a
+  dense layer on flat inputs: the cases ConvNet does not reach."""
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(models.PatchConv(5, (2, 3), padding=None, name="a")(x))
+    x = nn.relu(models.PatchConv(16, (2, 3), padding=None, name="a")(x))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.relu(models.PatchConv(16, (2, 3), padding=None, name="g")(x))
     x = nn.relu(models.PatchConv(6, (3, 1), padding=2, impl="shifted", name="b")(x))
     x = nn.relu(nn.Dense(7, name="c")(x.reshape(x.shape[0], -1)))
     return nn.Dense(3, name="head")(x)
@@ -82,9 +85,11 @@ def test_distances_and_their_gradient_equal_per_example_autodiff(name, kwargs, c
   got = matching.ghost_distances(apply_fn, params, g_0, images, label, weights, chunk=chunk)
   np.testing.assert_allclose(got, _autodiff_distances(apply_fn, params, g_0, images, label,
                                                       weights), rtol=1e-5, atol=1e-4)
-  dead = sum(int(jnp.sum(jnp.all(t == 0, tuple(range(t.ndim - 1)))))
-             for t in jax.tree_util.tree_leaves(g_0) if t.ndim >= 2)
-  np.testing.assert_allclose(got[0], dead, atol=1e-2)  # eps: 1e-3 from units of tiny norm.
+  # Its distance to itself in closed form: sum_u 1 - n_u^2 / (n_u^2 + eps), 1 for a dead unit.
+  units = [np.sum(np.asarray(t, np.float64) ** 2, tuple(range(t.ndim - 1)))
+           for t in jax.tree_util.tree_leaves(g_0) if t.ndim >= 2]
+  own = sum(np.sum(1 - n2 / (np.maximum(n2, 1e-30) + matching.EPS)) for n2 in units)
+  np.testing.assert_allclose(got[0], own, rtol=1e-4, atol=1e-3)
   # The gradient in the synthetic gradient (what flows back to the synthetic images).
   cotangent = jnp.asarray(rng.uniform(size=7), jnp.float32)
   ghost_grad = jax.grad(lambda g: cotangent @ matching.ghost_distances(
@@ -106,8 +111,10 @@ def test_layers_found_and_each_norm_method_is_exercised():
       (("conv0",), "conv"), (("conv1",), "conv"), (("head",), "dense")]
   assert [layer.direct for layer in layers] == [True, False, False]
   assert layers[0].pads == ((1, 1), (1, 1)) and layers[1].out_shape == (4, 4, 16)
-  odd = ghost.find_layers(*_network("odd"), (8, 8, 1))
-  assert odd[0].pads == ((0, 1), (1, 1))  # 'SAME' for a 2x3 kernel.
+  odd = {layer.path[0]: layer for layer in ghost.find_layers(*_network("odd"), (8, 8, 1))}
+  # 'SAME' for a 2x3 kernel, in a direct layer and in a Gram layer.
+  assert odd["a"].pads == odd["g"].pads == ((0, 1), (1, 1))
+  assert [odd[k].direct for k in "agb"] == [True, False, True]
 
 
 class _WithBatchNorm(nn.Module):
