@@ -6,6 +6,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robust_dd import data as data_lib
 from robust_dd import io
@@ -101,3 +102,40 @@ def run_all(bench_fn, configs, *, out: str) -> list[dict]:
     io.save_json(out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
                        "jax_version": jax.__version__, "results": results})
   return results
+
+
+def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict]:
+  """Like `run_all`, with the timed calls of all configurations interleaved: `prepare_fn(**config)`
+  returns (row dict, run) with `run()` as `compile_step`'s; every row is compiled and called once
+  (its `first_call_seconds`, untimed), then all are called in turn for `repeats` rounds, so that a
+  drift in the machine's speed reaches every row alike. Each row gets its `times`, their median
+  `seconds_per_step` and minimum `min_seconds`, and `loss` (last call); `out` is rewritten after
+  compiling and after every round (a crash keeps what finished). A configuration that fails is
+  recorded as the config plus its `error`."""
+  rows, runs = [], {}
+  save = lambda: io.save_json(out, {"device": str(jax.devices()[0]),
+                                    "backend": jax.default_backend(),
+                                    "jax_version": jax.__version__, "results": rows})
+  for config in configs:
+    try:
+      row, run = prepare_fn(**config)
+      start = time.time()
+      run()
+      row["first_call_seconds"] = time.time() - start
+      runs[len(rows)] = run
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: record it.
+      row = {**config, "error": repr(e)[:300]}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    save()
+  for i in runs:
+    rows[i]["times"] = []
+  for _ in range(repeats):
+    times, last = interleave(runs, repeats=1)
+    for i, t in times.items():
+      rows[i]["times"] += t
+      rows[i]["seconds_per_step"] = float(np.median(rows[i]["times"]))
+      rows[i]["min_seconds"] = float(np.min(rows[i]["times"]))
+      rows[i]["loss"] = float(last[i]["loss"])
+    save()
+  return rows

@@ -11,8 +11,11 @@ samples). Plain and robust steps use the default `--class_batch` of the backend
 K <= `--loop_max_clusters` it also times the robust step with one class (and its clusters) at a
 time (`--class_batch=1`, a `lax.map` over classes; on CPU the same as the default). Matching
 methods compute each class's synthetic gradient once and share it across the class's clusters
-(`matching.per_class_cluster_losses`). Records compile time, XLA's memory estimate and peak RSS;
-writes JSON and prints a Markdown table.
+(`matching.per_class_cluster_losses`). Every configuration is compiled and called once, then
+all are called in turn for `--repeats` rounds (`_bench.run_interleaved`: the 2-core VM's speed
+drifts within minutes, so rows timed one after another compared badly); the table gives the median
+step and its ratio to the plain step's median, and the ratio of the minima. Records compile time,
+XLA's memory estimate and peak RSS; writes JSON (after every round) and prints a Markdown table.
 """
 
 import functools
@@ -41,7 +44,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("methods", ["kip", "dc"], "kip and/or dc (dsa and lcmat share dc's path).")
 flags.DEFINE_list("clusters", ["10", "100", "1000"], "Total clusters K (K / 10 per class).")
 flags.DEFINE_integer("target_batch", 1000, "Real samples per update (split over the clusters).")
-flags.DEFINE_integer("repeats", 3, "Timed steps per configuration (median reported).")
+flags.DEFINE_integer("repeats", 5, "Rounds of timed steps, every configuration in turn "
+                     "(median and minimum reported).")
 flags.DEFINE_integer("loop_max_clusters", 100, "Largest K also timed with a loop over clusters.")
 flags.DEFINE_bool("autodiff_rows", True, "DC with one real image per cluster: also time the "
                   "step with per-image autodiff gradients (no ghost norms).")
@@ -50,15 +54,15 @@ flags.DEFINE_string("out", "runs/benchmark_robust.json", "JSON output path.")
 IPC = {"kip": 10, "dc": 1}
 
 
-def bench_one(method, x, y, real, *, clusters=0, use_vmap=True, ghost=True):
-  """One configuration; clusters=0 is the plain step."""
+def prepare_one(method, x, y, real, *, clusters=0, use_vmap=True, ghost=True):
+  """One configuration (clusters=0: the plain step), compiled: (row, run)."""
   # ghost=False: matching losses built inside use per-image autodiff instead of ghost norms.
   make = functools.partial(matching.gradient_match_class_loss, ghost=ghost)
   with mock.patch.object(matching, "gradient_match_class_loss", make):
-    return _bench_one(method, x, y, real, clusters=clusters, use_vmap=use_vmap, ghost=ghost)
+    return _prepare_one(method, x, y, real, clusters=clusters, use_vmap=use_vmap, ghost=ghost)
 
 
-def _bench_one(method, x, y, real, *, clusters, use_vmap, ghost):
+def _prepare_one(method, x, y, real, *, clusters, use_vmap, ghost):
   # use_vmap=False rows compute one class (with its clusters) at a time (class_batch=1).
   config = config_lib.resolve_config(config_lib.DistillConfig.make(
       method=method, ipc=IPC[method], real_per_class=FLAGS.target_batch // 10,
@@ -77,14 +81,17 @@ def _bench_one(method, x, y, real, *, clusters, use_vmap, ghost):
     cluster_seconds = time.time() - t0
   step = methods.build_step(config, optimizer, num_classes=10, input_shape=x.shape[1:],
                             num_clusters=clusters or None)
-  compiled, compile_seconds, times, metrics = _bench.time_step(
-      step, state, real, jax.random.key(0), repeats=FLAGS.repeats)
-  return {"method": method, "ipc": config.ipc, "clusters": clusters, "vmap": use_vmap,
-          "ghost": ghost,
-          "per_cluster": FLAGS.target_batch // clusters if clusters else None,
-          "target_batch": FLAGS.target_batch, "seconds_per_step": float(np.median(times)),
-          "times": times, "compile_seconds": compile_seconds, "cluster_seconds": cluster_seconds,
-          "loss": float(metrics["loss"]), **_bench.memory_fields(compiled)}
+  compiled, compile_seconds, run = _bench.compile_step(step, state, real, jax.random.key(0))
+  row = {"method": method, "ipc": config.ipc, "clusters": clusters, "vmap": use_vmap,
+         "ghost": ghost, "per_cluster": FLAGS.target_batch // clusters if clusters else None,
+         "target_batch": FLAGS.target_batch, "compile_seconds": compile_seconds,
+         "cluster_seconds": cluster_seconds, **_bench.memory_fields(compiled)}
+  return row, run
+
+
+def _ratio(row, plain, key):
+  """row[key] over the plain step's, as a table cell."""
+  return f"{row[key] / plain[row['method']]:.2f}" if plain.get(row["method"]) else "n/a"
 
 
 def main(argv):
@@ -98,17 +105,18 @@ def main(argv):
                   if v or (k <= FLAGS.loop_max_clusters and m != "kip")]
       if m != "kip" and FLAGS.autodiff_rows and FLAGS.target_batch // k == 1:
         configs.append(dict(method=m, clusters=k, vmap=True, ghost=False))
-  results = _bench.run_all(
-      lambda method, clusters, vmap, ghost: bench_one(method, x, ds.y_train, real,
-                                                      clusters=clusters, use_vmap=vmap,
-                                                      ghost=ghost),
-      configs, out=FLAGS.out)
+  results = _bench.run_interleaved(
+      lambda method, clusters, vmap, ghost: prepare_one(method, x, ds.y_train, real,
+                                                        clusters=clusters, use_vmap=vmap,
+                                                        ghost=ghost),
+      configs, repeats=FLAGS.repeats, out=FLAGS.out)
   plain = {r["method"]: r.get("seconds_per_step") for r in results if r["clusters"] == 0}
   print(f"\nRobust-objective benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.target_batch} real samples per update\n")
-  print("| method | IPC | clusters K | per cluster | classes | s per step | "
-        "× plain | compile s | XLA step MiB |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  low = {r["method"]: r.get("min_seconds") for r in results if r["clusters"] == 0}
+  print("| method | IPC | clusters K | per cluster | classes | s per step (median) | "
+        "× plain (medians) | × plain (minima) | compile s | XLA step MiB |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in results:
     default = f"default ({matching.default_class_batch() or 'all'} at a time)"
     how = default if r["vmap"] else "one class at a time"
@@ -116,12 +124,11 @@ def main(argv):
       how += ", per-image autodiff"
     k = r["clusters"] or "plain"
     if "error" in r:
-      print(f"| {r['method']} | | {k} | | {how} | failed: {r['error'][:60]} ||||")
+      print(f"| {r['method']} | | {k} | | {how} | failed: {r['error'][:60]} |||||")
       continue
-    ratio = (f"{r['seconds_per_step'] / plain[r['method']]:.2f}" if plain.get(r["method"])
-             else "n/a")
     print(f"| {r['method']} | {r['ipc']} | {k} | {r['per_cluster'] or '-'} | {how} | "
-          f"{r['seconds_per_step']:.3f} | {ratio} | {r['compile_seconds']:.1f} | "
+          f"{r['seconds_per_step']:.3f} | {_ratio(r, plain, 'seconds_per_step')} | "
+          f"{_ratio(r, low, 'min_seconds')} | {r['compile_seconds']:.1f} | "
           f"{_bench.mib(r['xla_step_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")
