@@ -12,13 +12,17 @@ gradient is the backward pass into the images; between K and plain, the per-clus
 JSON and prints a Markdown table.
 
 With one real image per cluster (K = `--real`) the robust rows use ghost norms
-(`robust_dd.ghost`); a last row times the image gradient with per-image autodiff gradients
-instead (`gradient_match_class_loss(ghost=False)`).
+(`robust_dd.ghost`); a row times the image gradient with per-image autodiff gradients
+instead (`gradient_match_class_loss(ghost=False)`). `--ablate` adds two rows that attribute the
+ghost path's cost, timing only (their gradients are wrong): the inner products' backward pass
+dropped (their value kept, no gradient: no weight gradient, nothing stored for it), and with it
+the wide layers' Gram norms (replaced by |delta|^2).
 """
 
 import os
 import sys
 import time
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,6 +32,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
+from robust_dd import ghost as ghost_lib
 from robust_dd import io
 from robust_dd import matching
 from robust_dd import models
@@ -40,6 +45,8 @@ flags.DEFINE_integer("real", 1000, "Real images in all (split over the classes a
 flags.DEFINE_integer("grad_chunk", None, "Images per real-gradient chunk (0: one batch; default: "
                      "training.default_chunk of the backend).")
 flags.DEFINE_integer("repeats", 3, "Rounds of calls, every row in turn (minimum reported).")
+flags.DEFINE_bool("ablate", False, "Also time the ghost image gradient without the inner "
+                  "products' backward pass, and without it and the Gram norms (timing only).")
 flags.DEFINE_string("out", "runs/profile_robust_dc.json", "JSON output path.")
 
 CLASSES, SHAPE = 10, (28, 28, 1)
@@ -74,6 +81,26 @@ def compile_row(name: str, clusters: int, gradient: bool, ghost: bool = True) ->
           "grad_chunk": chunk, "first_call_seconds": time.perf_counter() - start, "call": call}
 
 
+def _ablated(name: str, clusters: int, gram: bool) -> dict:
+  """The K = `clusters` image gradient with ghost's inner products cut from the gradient (their
+  values kept) and, unless `gram`, the Gram norms replaced by |delta|^2: what those parts cost.
+  The patches are active while the row is traced (its first call, in `compile_row`)."""
+  # pylint: disable=protected-access
+  inner, stats = ghost_lib._inner_products, ghost_lib._batch_stats
+
+  def no_backward(layer, s, a, d, r):
+    return jax.lax.stop_gradient(inner(layer, s, a, d, r))
+
+  def no_gram(layer, a, d):
+    if layer.kind == "conv" and not layer.direct:
+      return jnp.sum(d * d, (1, 2)), None
+    return stats(layer, a, d)
+
+  with mock.patch.object(ghost_lib, "_inner_products", no_backward), \
+       mock.patch.object(ghost_lib, "_batch_stats", stats if gram else no_gram):
+    return compile_row(name, clusters, gradient=True)
+
+
 def main(argv):
   del argv
   label = lambda k: "plain" if k == 0 else f"K = {k}"
@@ -82,6 +109,12 @@ def main(argv):
   configs.append(dict(name=f"{label(FLAGS.clusters)} image gradient, per-image autodiff",
                       clusters=FLAGS.clusters, gradient=True, ghost=False))
   rows = [compile_row(**c) for c in configs]
+  if FLAGS.ablate:
+    k = label(FLAGS.clusters)
+    rows += [_ablated(f"{k} image gradient, inner products' backward dropped", FLAGS.clusters,
+                      gram=True),
+             _ablated(f"{k} image gradient, that and Gram norms dropped", FLAGS.clusters,
+                      gram=False)]
   # All rows called in turn, `--repeats` rounds: the VM's speed drifts between minutes.
   times, _ = _bench.interleave({r["row"]: r.pop("call") for r in rows}, repeats=FLAGS.repeats)
   results = [{**r, "seconds": min(times[r["row"]]), "times": times[r["row"]]} for r in rows]
@@ -93,8 +126,9 @@ def main(argv):
   seconds = {r["row"]: r["seconds"] for r in results}
   k = label(FLAGS.clusters)
   plain = seconds["plain image gradient"]
-  for row in (f"{k} image gradient", f"{k} image gradient, per-image autodiff"):
-    print(f"\n{row}: {seconds[row] / plain:.2f}x plain")
+  for row in seconds:
+    if row.startswith(f"{k} image gradient"):
+      print(f"\n{row}: {seconds[row] / plain:.2f}x plain")
   print(f"\nJSON: {FLAGS.out}")
 
 
