@@ -29,10 +29,11 @@ other weight tensor (ndim >= 2), or with batch statistics (which couple a batch'
 not supported: `unit_stats` returns None and callers use per-example gradients.
 
 Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU, steps timed in
-turn): 1.40-1.58x the plain step against 1.95-1.98x with per-image autodiff gradients, and a
-third of their XLA memory (README, Benchmarks): the forward and backward pass to the output
-gradients, the Gram norms of the wide convolutions (the largest extra: about 70 ms of a class's
-311 ms) and the inner products' convolutions and, in the backward pass, weight gradient.
+turn): about 1.6x the plain step (1.49-1.76x by medians over five runs) against 1.95x with
+per-image autodiff gradients, and a third of their XLA memory (README, Benchmarks): the forward
+and backward pass to the output gradients, the Gram norms of the wide convolutions (the largest
+extra: about 70 ms of a class's 311 ms) and the inner products' convolutions and, in the
+backward pass, weight gradient.
 """
 
 from __future__ import annotations
