@@ -120,6 +120,8 @@ def main(argv):
   for r in results:
     default = f"default ({matching.default_class_batch() or 'all'} at a time)"
     how = default if r["vmap"] else "one class at a time"
+    if r["method"] == "kip":
+      how = "-"  # KIP's clusters are one vmap, with no class batching.
     if not r.get("ghost", True):
       how += ", per-image autodiff"
     k = r["clusters"] or "plain"
