@@ -143,10 +143,8 @@ def _shifted(layer: Layer, a: jax.Array) -> jax.Array:
   """The padded inputs' kh * kw shifted windows, (n, kh * kw, h * w, cin): window k at output
   position p is the input pixel p + k that the kernel tap k multiplies."""
   kh, kw = layer.kernel_shape[:2]
-  h, w = layer.out_shape[:2]
-  ap = jnp.pad(a, ((0, 0), *layer.pads, (0, 0)))
-  return jnp.stack([ap[:, i:i + h, j:j + w].reshape(a.shape[0], h * w, -1)
-                    for i in range(kh) for j in range(kw)], axis=1)
+  return jnp.stack([window.reshape(a.shape[0], -1, a.shape[-1])
+                    for window in models.conv_windows(a, kh, kw, layer.pads)], axis=1)
 
 
 def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array):

@@ -99,9 +99,13 @@ def run_all(bench_fn, configs, *, out: str) -> list[dict]:
       r = {**config, "error": repr(e)[:300]}
     results.append(r)
     print(json.dumps(r), flush=True)
-    io.save_json(out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-                       "jax_version": jax.__version__, "results": results})
+    _save(out, results)
   return results
+
+
+def _save(out: str, results: list[dict]):
+  io.save_json(out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
+                     "jax_version": jax.__version__, "results": results})
 
 
 def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict]:
@@ -113,9 +117,6 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
   compiling and after every round (a crash keeps what finished). A configuration that fails is
   recorded as the config plus its `error`."""
   rows, runs = [], {}
-  save = lambda: io.save_json(out, {"device": str(jax.devices()[0]),
-                                    "backend": jax.default_backend(),
-                                    "jax_version": jax.__version__, "results": rows})
   for config in configs:
     try:
       row, run = prepare_fn(**config)
@@ -127,7 +128,7 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
       row = {**config, "error": repr(e)[:300]}
     rows.append(row)
     print(json.dumps(row), flush=True)
-    save()
+    _save(out, rows)
   for i in runs:
     rows[i]["times"] = []
   for _ in range(repeats):
@@ -137,5 +138,5 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
       rows[i]["seconds_per_step"] = float(np.median(rows[i]["times"]))
       rows[i]["min_seconds"] = float(np.min(rows[i]["times"]))
       rows[i]["loss"] = float(last[i]["loss"])
-    save()
+    _save(out, rows)
   return rows
