@@ -198,7 +198,12 @@ class Checkpoints:
     self.close()
 
   def close(self) -> None:
-    """Waits for a save in progress to finish and releases the manager."""
+    """Waits for a save in progress and for the deletion of a killed run's temporary directories
+    to finish, and releases the manager."""
+    # Orbax deletes those directories in a background thread that only its `save` waits for; a
+    # manager closed without saving (a restore) would shut that thread's executor down under it
+    # and leave the directory behind. (Private in orbax-checkpoint 0.12; absent, nothing waits.)
+    getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
     self._manager.wait_until_finished()
     self._manager.close()
 

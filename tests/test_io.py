@@ -1,6 +1,7 @@
 """robust_dd.io: atomic writes, Orbax checkpoints (retention, a killed save, old npz ones),
 image grids."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -77,10 +78,27 @@ with io.Checkpoints({directory!r}) as checkpoints:
 """
 
 
-def test_a_run_killed_during_a_save_resumes_from_the_previous_checkpoint(tmp_path):
+def _slow_orbax_rmtree(monkeypatch):
+  """Delays Orbax's background deletion of temporary directories by 0.5 s, so a manager that
+  does not wait for it loses the race every time (it lost it once in CI)."""
+  try:
+    from orbax.checkpoint._src.path import async_path
+  except ImportError:  # Another Orbax layout: the test still runs, without the delay.
+    return
+  rmtree = async_path.rmtree
+
+  async def slow(*args, **kwargs):
+    await asyncio.sleep(0.5)
+    return await rmtree(*args, **kwargs)
+
+  monkeypatch.setattr(async_path, "rmtree", slow)
+
+
+def test_a_run_killed_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, monkeypatch):
   """A process dies (os._exit, no clean-up) while Orbax finalises checkpoint 3: what it leaves
   is a temporary directory, never step 3; the next run restores step 2 exactly and deletes the
-  temporary directory."""
+  temporary directory before its manager closes."""
+  _slow_orbax_rmtree(monkeypatch)
   directory = str(tmp_path / "ckpt")
   code = _KILLED_DURING_SAVE.format(repo=REPO, directory=directory)
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
