@@ -64,17 +64,32 @@ def compile_step(step, state, real, key):
   return compiled, compile_seconds, run
 
 
-def interleave(fns: dict, *, repeats: int) -> tuple[dict, dict]:
+def cpu_seconds() -> float:
+  """User + system CPU time of this process so far, all threads: unlike wall time, not
+  stretched when the VM's cores are taken away (steal), which on the 2-core machine has moved
+  one row's wall time by 1.3-2x within a run."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def interleave_cpu(fns: dict, *, repeats: int) -> tuple[dict, dict, dict]:
   """Calls each of `fns` (name -> no-argument callable) in turn, `repeats` rounds, so that
-  systems compared in one process see the same machine state. Returns ({name: [seconds]},
-  {name: last return value})."""
-  times, last = {name: [] for name in fns}, {}
+  systems compared in one process see the same machine state. Returns ({name: [wall seconds]},
+  {name: [CPU seconds]} (`cpu_seconds` around each call), {name: last return value})."""
+  wall, cpu, last = {name: [] for name in fns}, {name: [] for name in fns}, {}
   for _ in range(repeats):
     for name, fn in fns.items():
-      t0 = time.time()
+      t0, c0 = time.time(), cpu_seconds()
       last[name] = fn()
-      times[name].append(time.time() - t0)
-  return times, last
+      wall[name].append(time.time() - t0)
+      cpu[name].append(cpu_seconds() - c0)
+  return wall, cpu, last
+
+
+def interleave(fns: dict, *, repeats: int) -> tuple[dict, dict]:
+  """`interleave_cpu` without the CPU times: ({name: [wall seconds]}, {name: last value})."""
+  wall, _, last = interleave_cpu(fns, repeats=repeats)
+  return wall, last
 
 
 def time_step(step, state, real, key, *, repeats: int):
@@ -113,7 +128,8 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
   returns (row dict, run) with `run()` as `compile_step`'s; every row is compiled and called once
   (its `first_call_seconds`, untimed), then all are called in turn for `repeats` rounds, so that a
   drift in the machine's speed reaches every row alike. Each row gets its `times`, their median
-  `seconds_per_step` and minimum `min_seconds`, and `loss` (last call); `out` is rewritten after
+  `seconds_per_step` and minimum `min_seconds`, its `cpu_times` (`cpu_seconds`) and their median
+  `cpu_seconds_per_step`, and `loss` (last call); `out` is rewritten after
   compiling and after every round (a crash keeps what finished). A configuration that fails is
   recorded as the config plus its `error`."""
   rows, runs = [], {}
@@ -130,13 +146,15 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
     print(json.dumps(row), flush=True)
     _save(out, rows)
   for i in runs:
-    rows[i]["times"] = []
+    rows[i]["times"], rows[i]["cpu_times"] = [], []
   for _ in range(repeats):
-    times, last = interleave(runs, repeats=1)
-    for i, t in times.items():
+    wall, cpu, last = interleave_cpu(runs, repeats=1)
+    for i, t in wall.items():
       rows[i]["times"] += t
+      rows[i]["cpu_times"] += cpu[i]
       rows[i]["seconds_per_step"] = float(np.median(rows[i]["times"]))
       rows[i]["min_seconds"] = float(np.min(rows[i]["times"]))
+      rows[i]["cpu_seconds_per_step"] = float(np.median(rows[i]["cpu_times"]))
       rows[i]["loss"] = float(last[i]["loss"])
     _save(out, rows)
   return rows
