@@ -91,9 +91,11 @@ def _prepare_one(method, x, y, real, *, clusters, use_vmap, ghost):
   return row, run
 
 
-def _ratio(row, plain, key):
-  """row[key] over the plain step's, as a table cell."""
-  return f"{row[key] / plain[row['method']]:.2f}" if plain.get(row["method"]) else "n/a"
+def _ratio(row, results, key):
+  """row[key] over the same method's plain step's, as a table cell."""
+  plain = next((r.get(key) for r in results if r["method"] == row["method"] and
+                r["clusters"] == 0), None)
+  return f"{row[key] / plain:.2f}" if plain else "n/a"
 
 
 def main(argv):
@@ -112,11 +114,8 @@ def main(argv):
                                                         clusters=clusters, use_vmap=vmap,
                                                         ghost=ghost),
       configs, repeats=FLAGS.repeats, out=FLAGS.out)
-  plain = {r["method"]: r.get("seconds_per_step") for r in results if r["clusters"] == 0}
   print(f"\nRobust-objective benchmark on {jax.devices()[0]} (jax {jax.__version__}), "
         f"{FLAGS.target_batch} real samples per update\n")
-  low = {r["method"]: r.get("min_seconds") for r in results if r["clusters"] == 0}
-  cpu = {r["method"]: r.get("cpu_seconds_per_step") for r in results if r["clusters"] == 0}
   print("| method | IPC | clusters K | per cluster | classes | s per step (median) | "
         "× plain (medians) | × plain (minima) | CPU s per step (median) | × plain (CPU) | "
         "compile s | XLA step MiB |")
@@ -133,9 +132,9 @@ def main(argv):
       print(f"| {r['method']} | | {k} | | {how} | failed: {r['error'][:60]} |||||||")
       continue
     print(f"| {r['method']} | {r['ipc']} | {k} | {r['per_cluster'] or '-'} | {how} | "
-          f"{r['seconds_per_step']:.3f} | {_ratio(r, plain, 'seconds_per_step')} | "
-          f"{_ratio(r, low, 'min_seconds')} | {r['cpu_seconds_per_step']:.2f} | "
-          f"{_ratio(r, cpu, 'cpu_seconds_per_step')} | {r['compile_seconds']:.1f} | "
+          f"{r['seconds_per_step']:.3f} | {_ratio(r, results, 'seconds_per_step')} | "
+          f"{_ratio(r, results, 'min_seconds')} | {r['cpu_seconds_per_step']:.2f} | "
+          f"{_ratio(r, results, 'cpu_seconds_per_step')} | {r['compile_seconds']:.1f} | "
           f"{_bench.mib(r['xla_step_bytes'])} |")
   print(f"\nProcess peak RSS: {_bench.mib(results[-1].get('process_peak_rss_bytes'))} MiB. "
         f"JSON: {FLAGS.out}")

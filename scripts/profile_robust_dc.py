@@ -46,7 +46,8 @@ flags.DEFINE_integer("clusters", 1000, "Robust clusters K (K / 10 per class).")
 flags.DEFINE_integer("real", 1000, "Real images in all (split over the classes and clusters).")
 flags.DEFINE_integer("grad_chunk", None, "Images per real-gradient chunk (0: one batch; default: "
                      "training.default_chunk of the backend).")
-flags.DEFINE_integer("repeats", 3, "Rounds of calls, every row in turn (minimum reported).")
+flags.DEFINE_integer("repeats", 3, "Rounds of calls, every row in turn (minimum wall time and "
+                     "median CPU time reported).")
 flags.DEFINE_bool("ablate", False, "Also time the ghost image gradient without the inner "
                   "products' backward pass, and without it and the Gram norms (timing only).")
 flags.DEFINE_string("out", "runs/profile_robust_dc.json", "JSON output path.")
