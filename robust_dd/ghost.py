@@ -29,11 +29,11 @@ other weight tensor (ndim >= 2), or with batch statistics (which couple a batch'
 not supported: `unit_stats` returns None and callers use per-example gradients.
 
 Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU, steps timed in
-turn): about 1.6x the plain step (1.49-1.76x by medians over five runs) against 1.95x with
-per-image autodiff gradients, and a third of their XLA memory (README, Benchmarks): the forward
-and backward pass to the output gradients, the Gram norms of the wide convolutions (the largest
-extra: about 70 ms of a class's 311 ms) and the inner products' convolutions and, in the
-backward pass, weight gradient.
+turn): about 1.6x the plain step (1.5-1.65x by wall or CPU time over several runs) against
+about 2.1x with per-image autodiff gradients, and a third of their XLA memory (README,
+Benchmarks): the forward and backward pass to the output gradients, the Gram norms of the wide
+convolutions, the inner products' convolutions and, in the backward pass, their weight
+gradient (`models.conv_kernel_grad`) from the stored inputs and output gradients.
 """
 
 from __future__ import annotations
@@ -206,7 +206,29 @@ def _inner_products(layer: Layer, s: jax.Array, a, d, r) -> jax.Array:
     return jnp.einsum("nhwcu,hwcu->nu", r, s)
   if layer.kind == "dense":
     return d * (a @ s)
+  return _conv_inner_products(layer, s, a, d)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_inner_products(layer: Layer, s: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:
+  """sum_p d_j[p, u] conv(a_j, s)[p, u] (n, U); differentiable in s only (a and d are the
+  real examples' stopped inputs and output gradients). Its backward pass is one weight gradient
+  of the batch, `models.conv_kernel_grad`, from a and d (nothing else stored)."""
   return jnp.sum(d * layer.conv(a, s, layer.padding), (1, 2))
+
+
+def _conv_inner_products_fwd(layer, s, a, d):
+  return _conv_inner_products(layer, s, a, d), (a, d)
+
+
+def _conv_inner_products_bwd(layer, res, ct):
+  a, d = res
+  ds = models.conv_kernel_grad(layer.conv, a, d * ct[:, None, None, :], layer.kernel_shape,
+                               layer.padding)
+  return ds, None, None
+
+
+_conv_inner_products.defvjp(_conv_inner_products_fwd, _conv_inner_products_bwd)
 
 
 def _chunk_units(apply_fn: ApplyFn, params, grads_syn, images, weights, *,
@@ -216,11 +238,8 @@ def _chunk_units(apply_fn: ApplyFn, params, grads_syn, images, weights, *,
   the chunk is stored but what the backward pass needs."""
   stats = jax.lax.stop_gradient(
       example_stats(apply_fn, params, images, weights, layers=layers, label=label, loss=loss))
-  # The inner products checkpointed: the backward pass keeps a and d, not the convolution's
-  # transformed input (Winograd's tiles: 4x the input; XLA step memory at K = 1000: 1,073 ->
-  # 531 MiB).
   kernels = [_kernel(grads_syn, layer.path) for layer in layers]
-  return [(jax.checkpoint(functools.partial(_inner_products, layer))(s, a, d, r), norms2)
+  return [(_inner_products(layer, s, a, d, r), norms2)
           for layer, s, (norms2, a, d, r) in zip(layers, kernels, stats)]
 
 
@@ -230,8 +249,9 @@ def unit_stats(apply_fn: ApplyFn, params, grads_syn, images, label, weights, *,
   kernel s, and its inner products with and the squared norms of the gradient r_j of each
   example j of `images` (n, ...) with its weight (`weights` (n,); a one-image cluster's
   gradient), each (n, U) over the output units u: equal to per-example autodiff to float
-  rounding (tested), differentiable in `grads_syn`. None where the network has a weight tensor
-  that ghost norms do not cover (`find_layers`). `chunk` > 0: the examples in chunks of at most
+  rounding (tested), differentiable in `grads_syn` in reverse mode (the convolutions' inner
+  products have a custom VJP). None where the network has a weight tensor that ghost norms do
+  not cover (`find_layers`). `chunk` > 0: the examples in chunks of at most
   that many (a `lax.map`; cache-sized on CPU, as `training.loss_and_grad`).
   `matching.ghost_distances` turns them into its 'ours' distances.
   """

@@ -90,6 +90,30 @@ def test_winograd_convolution_matches_an_independent_numpy_convolution():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["patches", "shifted", "winograd"])
+def test_conv_kernel_grad_equals_an_independent_numpy_weight_gradient(impl):
+  """sum_p window_k(x)[p, c] g[p, u] by NumPy over the 9 taps, at odd and even output sizes
+  and 'SAME' padding; winograd's explicit form also equals JAX's transpose of conv_winograd."""
+  conv = {"patches": models.conv_patches, "shifted": models.conv_shifted,
+          "winograd": models.conv_winograd}[impl]
+  rng = np.random.default_rng(1)
+  for shape, padding in (((2, 28, 28, 1), 3), ((3, 16, 16, 5), 1), ((1, 9, 7, 3), 0),
+                         ((2, 6, 5, 2), None)):
+    x = rng.normal(size=shape).astype(np.float32)
+    pad = 1 if padding is None else padding
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h, w = xp.shape[1] - 2, xp.shape[2] - 2
+    g = rng.normal(size=(shape[0], h, w, 4)).astype(np.float32)
+    expected = np.stack([np.stack([np.einsum("nhwc,nhwu->cu", xp[:, i:i + h, j:j + w], g)
+                                   for j in range(3)]) for i in range(3)])
+    got = models.conv_kernel_grad(conv, x, g, (3, 3, shape[-1], 4), padding)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    if impl == "winograd":
+      _, vjp = jax.vjp(lambda k: models.conv_winograd(x, k, padding),
+                       jnp.zeros((3, 3, shape[-1], 4)))
+      np.testing.assert_allclose(got, vjp(g)[0], rtol=1e-6, atol=1e-5)
+
+
 def test_winograd_convolution_refuses_other_kernel_sizes():
   with pytest.raises(ValueError, match="3x3"):
     models.conv_winograd(jnp.zeros((1, 5, 5, 1)), jnp.zeros((5, 5, 1, 2)))
