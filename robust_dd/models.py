@@ -135,13 +135,29 @@ _WINOGRAD_GG = np.kron(np.asarray(_WINOGRAD_G), np.asarray(_WINOGRAD_G))  # (16,
 
 
 def _winograd_in(d0, d1, d2, d3):
-  """B^T along one axis, given its 4 tile rows (strided slices): (d0-d2, d1+d2, d2-d1, d1-d3)."""
+  """B^T along one axis, given its 4 tile rows (`_tile_rows`): (d0-d2, d1+d2, d2-d1, d1-d3)."""
   return d0 - d2, d1 + d2, d2 - d1, d1 - d3
 
 
 def _winograd_out(m0, m1, m2, m3):
   """A^T along one axis: the tile's two outputs (m0+m1+m2, m1-m2-m3)."""
   return m0 + m1 + m2, m1 - m2 - m3
+
+
+def _unstack(x: jax.Array, axis: int) -> list[jax.Array]:
+  """x's slices along `axis` by `lax.split`, whose transpose is one concatenation (indexing
+  transposes to a zero-padded copy per slice, summed: conv_winograd's backward pass built 16 of
+  them per transform; plain DC's step is 7-10% faster without, README)."""
+  return [jnp.squeeze(t, axis) for t in jnp.split(x, x.shape[axis], axis=axis)]
+
+
+def _tile_rows(x: jax.Array, axis: int, tiles: int) -> list[jax.Array]:
+  """The 4 rows of every 4-row tile at stride 2 along `axis` (x has 2 * tiles + 2 rows there):
+  rows 2t + i for i = 0..3, from two reshaped copies, not strided slices (see `_unstack`)."""
+  def halves(start):
+    rows = jax.lax.slice_in_dim(x, start, start + 2 * tiles, axis=axis)
+    return _unstack(rows.reshape(*x.shape[:axis], tiles, 2, *x.shape[axis + 1:]), axis + 1)
+  return [*halves(0), *halves(2)]
 
 
 def _winograd_tiles(x: jax.Array, padding: Optional[int]):
@@ -152,26 +168,9 @@ def _winograd_tiles(x: jax.Array, padding: Optional[int]):
   n, h, w = x.shape[0], x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
   th, tw = -(-h // 2), -(-w // 2)
   xp = jnp.pad(x, ((0, 0), (top, bottom + 2 * th - h), (left, right + 2 * tw - w), (0, 0)))
-  rows = _winograd_in(*[xp[:, i:i + 2 * th:2] for i in range(4)])
-  tiles = jnp.stack([t for r in rows for t in _winograd_in(*[r[:, :, j:j + 2 * tw:2]
-                                                               for j in range(4)])])
+  rows = _winograd_in(*_tile_rows(xp, 1, th))
+  tiles = jnp.stack([t for r in rows for t in _winograd_in(*_tile_rows(r, 2, tw))])
   return tiles.reshape(16, n * th * tw, x.shape[-1]), (h, w, th, tw)
-
-
-def _winograd_out_adjoint(g: jax.Array, th: int, tw: int) -> jax.Array:
-  """The adjoint of the output transform A^T . A: each 2x2 block of output gradients g (n, h,
-  w, cout) spread over its tile's 16 components, (16, n * th * tw, cout), by strided slices and
-  additions (autodiff of `conv_winograd` builds the same sums from 16 zero-padded copies)."""
-  n, h, w, cout = g.shape
-  g = jnp.pad(g, ((0, 0), (0, 2 * th - h), (0, 2 * tw - w), (0, 0)))
-  g = g.reshape(n, th, 2, tw, 2, cout)
-  rows = [jnp.stack(_winograd_out_t(g[:, :, i, :, 0], g[:, :, i, :, 1])) for i in range(2)]
-  return jnp.stack(_winograd_out_t(*rows)).reshape(16, n * th * tw, cout)
-
-
-def _winograd_out_t(y0, y1):
-  """The transpose of `_winograd_out`: (y0, y0+y1, y0-y1, -y1)."""
-  return y0, y0 + y1, y0 - y1, -y1
 
 
 def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
@@ -183,7 +182,9 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
   cout); A^T . A adds each tile's products into its 2x2 outputs. 16 multiplications per 4
   outputs and channel pair instead of 36: 2.25x fewer FLOPs than `conv_patches` in the forward
   pass and, through JAX's autodiff of these linear maps, in both gradients (weight gradients
-  stay plain matmuls under `vmap` over classes). Equal to `lax.conv_general_dilated` to float
+  stay plain matmuls under `vmap` over classes). Tiles and components are taken apart by
+  reshapes and `lax.split` (`_unstack`), so that the backward pass gathers them with
+  concatenations, not a zero-padded copy per slice. Equal to `lax.conv_general_dilated` to float
   rounding (about 2e-7 relative, tested); forward and reverse mode to any order.
   """
   kh, kw, cin, cout = kernel.shape
@@ -197,7 +198,7 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
   u = (jnp.asarray(_WINOGRAD_GG, kernel.dtype) @ kernel.reshape(9, cin * cout))
   u = u.reshape(16, cin, cout)
   m = jnp.matmul(tiles, u).reshape(4, 4, n, th, tw, cout)
-  y = [_winograd_out(*[r[j] for j in range(4)]) for r in _winograd_out(*[m[i] for i in range(4)])]
+  y = [_winograd_out(*_unstack(r, 0)) for r in _winograd_out(*_unstack(m, 0))]
   # y[i][j]: the outputs (2 ty + i, 2 tx + j), each (n, th, tw, cout).
   y = jnp.stack([jnp.stack(yi, axis=3) for yi in y], axis=2).reshape(n, 2 * th, 2 * tw, cout)
   return y[:, :h, :w]
@@ -205,22 +206,10 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
 
 def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
                      kernel_shape: Sequence[int], padding: Optional[int] = None) -> jax.Array:
-  """The gradient in the kernel of sum(g * conv(x, kernel, padding)), for any of this module's
-  convolutions `conv` (linear in the kernel, so the kernel's value does not enter).
-
-  For `conv_winograd` the same products as JAX's transpose of it, with the output gradients
-  spread over the tiles by strided slices (`_winograd_out_adjoint`) rather than autodiff's
-  zero-padded copies (16 pads of the output gradient, then their sum): 16 batched matmuls
-  (cin, n * tiles) x (n * tiles, cout), then G^T . G. Robust DC's ghost inner products use it
-  for their backward pass (K = 1000 image gradient 3-7% faster than through autodiff's
-  transpose, paired runs, README). Other convolutions: their VJP in the kernel.
-  """
-  if conv is conv_winograd:
-    tiles, (_, _, th, tw) = _winograd_tiles(x, padding)
-    du = jnp.einsum("kpc,kpu->kcu", tiles, _winograd_out_adjoint(g, th, tw))
-    return (jnp.asarray(_WINOGRAD_GG.T, x.dtype) @ du.reshape(16, -1)).reshape(kernel_shape)
-  # jax.vjp, not jax.linear_transpose, which cannot transpose `conv_shifted`'s custom VJP (the
-  # unused forward convolution at a zero kernel is dropped under jit).
+  """The gradient in the kernel of sum(g * conv(x, kernel, padding)) for any of this module's
+  convolutions `conv`: their VJP at a zero kernel (they are linear in it; the unused forward
+  convolution is dropped under jit). `jax.linear_transpose` cannot transpose `conv_shifted`'s
+  custom VJP."""
   _, vjp = jax.vjp(lambda k: conv(x, k, padding), jnp.zeros(kernel_shape, x.dtype))
   return vjp(g)[0]
 
