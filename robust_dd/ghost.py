@@ -29,7 +29,7 @@ other weight tensor (ndim >= 2), or with batch statistics (which couple a batch'
 not supported: `unit_stats` returns None and callers use per-example gradients.
 
 Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU, steps timed in
-turn): about 1.6x the plain step (1.5-1.65x by wall or CPU time over several runs) against
+turn): about 1.6x the plain step (1.5-1.7x by wall or CPU time over several runs) against
 about 2.1x with per-image autodiff gradients, and a third of their XLA memory (README,
 Benchmarks): the forward and backward pass to the output gradients, the Gram norms of the wide
 convolutions, the inner products' convolutions and, in the backward pass, their weight
