@@ -117,6 +117,45 @@ def test_layers_found_and_each_norm_method_is_exercised():
   assert [odd[k].direct for k in "agb"] == [True, False, True]
 
 
+@pytest.mark.parametrize("positions", [1, 7, 16])
+def test_symmetric_gram_and_quadratic_form_equal_numpy(positions):
+  """The Gram norms' two products from three blocks each (halves of the positions; an odd count
+  splits unevenly, one position leaves a top half of none) against NumPy."""
+  # pylint: disable=protected-access
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(3, positions, 5))
+  d = rng.normal(size=(3, positions, 2))
+  gram = np.einsum("npc,nqc->npq", x, x)
+  np.testing.assert_allclose(ghost._symmetric_gram(jnp.asarray(x, jnp.float32)), gram,
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      ghost._symmetric_quadratic_form(jnp.asarray(gram, jnp.float32), jnp.asarray(d, jnp.float32)),
+      np.einsum("npu,npq,nqu->nu", d, gram, d), rtol=1e-4, atol=1e-4)
+
+
+def _multiplications(fn, *args) -> int:
+  """Multiplications of the batched matmuls (dot_general) in `fn`'s jaxpr."""
+  count = 0
+  for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      count += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i] for i in contracting]))
+  return count
+
+
+def test_gram_norms_take_three_quarters_of_the_multiplications():
+  """A Gram layer's norms: n P_in^2 c_in for the Gram matrix and n P_out^2 c_out for the
+  quadratic form as one batched matmul each; the symmetric halves take 3/4 of that."""
+  layer = ghost.Layer(("conv",), "conv", (3, 3, 64, 32), (8, 8, 64), (8, 8, 32),
+                      conv=models.conv_winograd, padding=1)
+  assert not layer.direct
+  a, d = jnp.ones((2, 8, 8, 64)), jnp.ones((2, 8, 8, 32))
+  # pylint: disable=protected-access
+  got = _multiplications(lambda a, d: ghost._batch_stats(layer, a, d), a, d)
+  assert got == 2 * 64 ** 2 * (64 + 32) * 3 // 4
+
+
 class _WithBatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
