@@ -204,12 +204,64 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
   return y[:, :h, :w]
 
 
+# Winograd F(4x4, 3x3) (Lavin & Gray, 2016; points 0, +-1, +-2): a 6x6 input tile d gives the
+# 4x4 outputs A^T [(G g G^T) * (B^T d B)] A; 36 products per 16 outputs.
+_WINOGRAD4_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0),
+                 (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_WINOGRAD4_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6),
+                (1 / 24, 1 / 12, 1 / 6), (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_WINOGRAD4_A = ((1, 0, 0, 0), (1, 1, 1, 1), (1, -1, 1, -1), (1, 2, 4, 8), (1, -2, 4, -8),
+                (0, 0, 0, 1))  # A (6, 4)
+_WINOGRAD4_GG = np.kron(np.asarray(_WINOGRAD4_G), np.asarray(_WINOGRAD4_G))  # (36, 9)
+
+
+def _combine(matrix, xs: Sequence[jax.Array]) -> list[jax.Array]:
+  """sum_j matrix[i][j] xs[j] for every row i of a constant matrix, zero terms skipped (XLA
+  fuses the additions)."""
+  scaled = lambda c, x: x if c == 1 else -x if c == -1 else c * x
+  return [functools.reduce(jnp.add, [scaled(c, x) for c, x in zip(row, xs) if c])
+          for row in matrix]
+
+
+def winograd_kernel_grad(x: jax.Array, g: jax.Array, padding: Optional[int] = None
+                         ) -> jax.Array:
+  """The 3x3 kernel's gradient of sum(g * conv(x, kernel, padding)), (3, 3, cin, cout), by
+  Winograd's F(4x4, 3x3): the padded input's 6x6 tiles at stride 4 transformed by B^T . B, the
+  output gradient's 4x4 tiles by A . A^T (the output transform's adjoint), 36 batched matmuls
+  over the tiles (n * ceil(h/4) * ceil(w/4), cin)^T x (., cout), and G^T . G back to 3x3.
+  2.25x fewer multiplications than F(2x2)'s weight gradient (`conv_winograd`'s VJP), whose
+  input tiles are also 4x, not 2.25x, the input's size. Errors about 3e-6 of the largest
+  entry against float64 (F(2x2): 2e-7 to 7e-7). Its tiles are strided slices, which are slow
+  to differentiate (see `_unstack`); nothing differentiates this."""
+  (top, bottom), (left, right) = conv_pads(3, 3, padding)
+  n, h, w, cout = g.shape
+  th, tw = -(-h // 4), -(-w // 4)
+  xp = jnp.pad(x, ((0, 0), (top, bottom + 4 * th - h), (left, right + 4 * tw - w), (0, 0)))
+  rows = _combine(_WINOGRAD4_BT, [xp[:, i:i + 4 * th:4] for i in range(6)])
+  tiles = jnp.stack([t for r in rows for t in _combine(
+      _WINOGRAD4_BT, [r[:, :, j:j + 4 * tw:4] for j in range(6)])])
+  gp = jnp.pad(g, ((0, 0), (0, 4 * th - h), (0, 4 * tw - w), (0, 0)))
+  gp = gp.reshape(n, th, 4, tw, 4, cout)
+  cols = [jnp.stack(_combine(_WINOGRAD4_A, [gp[:, :, a, :, b] for b in range(4)]))
+          for a in range(4)]
+  m = jnp.stack(_combine(_WINOGRAD4_A, cols))  # (6, 6, n, th, tw, cout)
+  du = jnp.einsum("kpc,kpu->kcu", tiles.reshape(36, n * th * tw, -1),
+                  m.reshape(36, n * th * tw, cout))
+  gg = jnp.asarray(_WINOGRAD4_GG.T, du.dtype)
+  return (gg @ du.reshape(36, -1)).reshape(3, 3, x.shape[-1], cout)
+
+
 def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
                      kernel_shape: Sequence[int], padding: Optional[int] = None) -> jax.Array:
   """The gradient in the kernel of sum(g * conv(x, kernel, padding)) for any of this module's
-  convolutions `conv`: their VJP at a zero kernel (they are linear in it; the unused forward
-  convolution is dropped under jit). `jax.linear_transpose` cannot transpose `conv_shifted`'s
-  custom VJP."""
+  convolutions `conv`: `winograd_kernel_grad` for `conv_winograd` (ghost's inner products'
+  backward pass: robust DC's K = 1000 image gradient 7% faster than through F(2x2), README;
+  inside the plain step's backward pass, where F(2x2) shares its transforms with the input
+  gradient, F(4x4) gained nothing), otherwise their VJP at a zero kernel (they are linear in
+  it; the unused forward convolution is dropped under jit). `jax.linear_transpose` cannot
+  transpose `conv_shifted`'s custom VJP."""
+  if conv is conv_winograd:
+    return winograd_kernel_grad(x, g, padding)
   _, vjp = jax.vjp(lambda k: conv(x, k, padding), jnp.zeros(kernel_shape, x.dtype))
   return vjp(g)[0]
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxpr_counts  # tests/jaxpr_counts.py
 from robust_dd import ghost
 from robust_dd import matching
 from robust_dd import models
@@ -133,17 +134,6 @@ def test_symmetric_gram_and_quadratic_form_equal_numpy(positions):
       np.einsum("npu,npq,nqu->nu", d, gram, d), rtol=1e-4, atol=1e-4)
 
 
-def _multiplications(fn, *args) -> int:
-  """Multiplications of the batched matmuls (dot_general) in `fn`'s jaxpr."""
-  count = 0
-  for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (contracting, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      count += int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i] for i in contracting]))
-  return count
-
-
 def test_gram_norms_take_three_quarters_of_the_multiplications():
   """A Gram layer's norms: n P_in^2 c_in for the Gram matrix and n P_out^2 c_out for the
   quadratic form as one batched matmul each; the symmetric halves take 3/4 of that."""
@@ -152,7 +142,7 @@ def test_gram_norms_take_three_quarters_of_the_multiplications():
   assert not layer.direct
   a, d = jnp.ones((2, 8, 8, 64)), jnp.ones((2, 8, 8, 32))
   # pylint: disable=protected-access
-  got = _multiplications(lambda a, d: ghost._batch_stats(layer, a, d), a, d)
+  got = jaxpr_counts.multiplications(lambda a, d: ghost._batch_stats(layer, a, d), a, d)
   assert got == 2 * 64 ** 2 * (64 + 32) * 3 // 4
 
 

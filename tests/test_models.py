@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxpr_counts  # tests/jaxpr_counts.py
 from robust_dd import models
 
 
@@ -123,6 +124,15 @@ def test_winograd_backward_pass_has_no_padded_copy_per_component():
 
   eqns = jax.make_jaxpr(value_and_vjp)(x, kernel).jaxpr.eqns
   assert sum(e.primitive.name == "pad" for e in eqns) <= 12
+
+
+def test_winograd_kernel_gradient_takes_f4x4_multiplications():
+  """`conv_kernel_grad` of `conv_winograd` is F(4x4, 3x3)'s: 36 products per 4x4 output tile
+  and channel pair (F(2x2)'s VJP: 16 per 2x2 tile, 1.78x as many), and G^T . G back to 3x3."""
+  x, g = jnp.ones((2, 16, 16, 8)), jnp.ones((2, 16, 16, 4))
+  got = jaxpr_counts.multiplications(
+      lambda x, g: models.conv_kernel_grad(models.conv_winograd, x, g, (3, 3, 8, 4), 1), x, g)
+  assert got == 36 * (2 * 4 * 4) * 8 * 4 + 9 * 36 * 8 * 4
 
 
 def test_winograd_convolution_refuses_other_kernel_sizes():
