@@ -29,11 +29,12 @@ other weight tensor (ndim >= 2), or with batch statistics (which couple a batch'
 not supported: `unit_stats` returns None and callers use per-example gradients.
 
 Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU, steps timed in
-turn): about 1.6x the plain step (1.5-1.7x by wall or CPU time over several runs) against
-about 2.1x with per-image autodiff gradients, and a third of their XLA memory (README,
-Benchmarks): the forward and backward pass to the output gradients, the Gram norms of the wide
-convolutions, the inner products' convolutions and, in the backward pass, their weight
-gradient (`models.conv_kernel_grad`) from the stored inputs and output gradients.
+turn): about 1.4x the plain step (1.38-1.46x by medians and 1.40-1.45x by CPU time in three
+runs) against about 2.05x with per-image autodiff gradients, and a third of their XLA memory
+(README, Benchmarks, session 24): the forward and backward pass to the output gradients, the
+Gram norms of the wide convolutions (each symmetric product from three of its four blocks), the
+inner products' convolutions and, in the backward pass, their weight gradient by Winograd
+F(4x4, 3x3) (`models.conv_kernel_grad`) from the stored inputs and output gradients.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array):
 
 # Both Gram products are symmetric in the positions: three of their four blocks (halves of the
 # positions) give them with 3/4 of the multiplications (robust DC's K = 1000 image gradient
-# 5-8% faster in paired runs, README session 24; thirds and quarters were slower).
+# 5-9% faster in paired runs, README session 24; thirds and quarters were slower).
 
 
 def _symmetric_gram(x: jax.Array) -> jax.Array:
