@@ -160,14 +160,24 @@ def _tile_rows(x: jax.Array, axis: int, tiles: int) -> list[jax.Array]:
   return [*halves(0), *halves(2)]
 
 
+def _padded_for_tiles(x: jax.Array, padding: Optional[int], size: int):
+  """x zero-padded for a 3x3 convolution's output in size x size tiles: (xp, (h, w, th, tw)),
+  the output size (h, w) and tiles (th, tw); an output not divisible by `size` gets one extra
+  tile row/column (more zero padding), cropped from the output."""
+  (top, bottom), (left, right) = conv_pads(3, 3, padding)
+  h, w = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
+  th, tw = -(-h // size), -(-w // size)
+  xp = jnp.pad(x, ((0, 0), (top, bottom + size * th - h), (left, right + size * tw - w),
+                  (0, 0)))
+  return xp, (h, w, th, tw)
+
+
 def _winograd_tiles(x: jax.Array, padding: Optional[int]):
   """The padded input's 4x4 tiles at stride 2, each transformed by B^T . B (additions only):
-  (16, n * th * tw, cin), and the 3x3 convolution's output size (h, w) and tiles (th, tw). Odd
-  outputs get one extra tile row/column, cropped from the output."""
-  (top, bottom), (left, right) = conv_pads(3, 3, padding)
-  n, h, w = x.shape[0], x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
-  th, tw = -(-h // 2), -(-w // 2)
-  xp = jnp.pad(x, ((0, 0), (top, bottom + 2 * th - h), (left, right + 2 * tw - w), (0, 0)))
+  (16, n * th * tw, cin), and the 3x3 convolution's output size (h, w) and tiles (th, tw)
+  (`_padded_for_tiles`)."""
+  n = x.shape[0]
+  xp, (h, w, th, tw) = _padded_for_tiles(x, padding, 2)
   rows = _winograd_in(*_tile_rows(xp, 1, th))
   tiles = jnp.stack([t for r in rows for t in _winograd_in(*_tile_rows(r, 2, tw))])
   return tiles.reshape(16, n * th * tw, x.shape[-1]), (h, w, th, tw)
@@ -233,10 +243,8 @@ def winograd_kernel_grad(x: jax.Array, g: jax.Array, padding: Optional[int] = No
   outputs against 16 per 4), and input tiles 2.25x, not 4x, the input's size. Errors about
   3e-6 of the largest entry against float64 (F(2x2): 2e-7 to 7e-7). Its tiles are strided
   slices, which are slow to differentiate (see `_unstack`); nothing differentiates this."""
-  (top, bottom), (left, right) = conv_pads(3, 3, padding)
-  n, h, w, cout = g.shape
-  th, tw = -(-h // 4), -(-w // 4)
-  xp = jnp.pad(x, ((0, 0), (top, bottom + 4 * th - h), (left, right + 4 * tw - w), (0, 0)))
+  n, cout = x.shape[0], g.shape[-1]
+  xp, (h, w, th, tw) = _padded_for_tiles(x, padding, 4)
   rows = _combine(_WINOGRAD4_BT, [xp[:, i:i + 4 * th:4] for i in range(6)])
   tiles = jnp.stack([t for r in rows for t in _combine(
       _WINOGRAD4_BT, [r[:, :, j:j + 4 * tw:4] for j in range(6)])])
