@@ -298,9 +298,10 @@ class NetworkConfig:
   net_width: int = _field(128, "ConvNet channels / MLP units.")
   conv_impl: str = _field("auto", "ConvNet's convolution: one matmul of patches, lax.conv, "
                           "shifted (lax.conv forward, weight gradients as matmuls of shifted "
-                          "slices; no forward-mode autodiff) or winograd (Winograd F(2x2,3x3): "
-                          "2.25x fewer FLOPs, as matmuls); auto: models.auto_conv_impl of the "
-                          "backend.", choices=CONV_IMPLS)
+                          "slices; no forward-mode autodiff), winograd (Winograd F(2x2,3x3): "
+                          "2.25x fewer FLOPs, as matmuls) or winograd4 (F(4x4,3x3): 4x fewer); "
+                          "auto: models.auto_conv_impl of the backend (winograd4 on CPU, lax "
+                          "on GPU/TPU).", choices=CONV_IMPLS)
   grad_chunk: Optional[int] = _field(None, "Images per chunk of a network gradient over a real "
                                      "batch or the synthetic set (DC/DSA/LCMat real gradients, "
                                      "the inner loop, the evaluator's and feature clustering's "

@@ -28,26 +28,28 @@ import numpy as np
 NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
 # Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
 EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
-CONV_IMPLS = ("auto", "patches", "lax", "shifted", "winograd")
+CONV_IMPLS = ("auto", "patches", "lax", "shifted", "winograd", "winograd4")
 PADDINGS = ("reference", "same")
 # conv_impl='auto' on CPU uses Winograd in layers with at least this many input channels and
 # patches below: the tile transforms cost about what the matmul saving brings at 16-64 channels
-# (forward + both gradients, 2 CPU cores: patches/winograd time 0.45-0.95 at 8-16 channels,
-# 1.05-1.17 at 32, 0.93-1.15 at 64, 1.5 at 128; 0.6 for the one-channel first layer on MNIST).
+# (F(2x2), forward + both gradients, 2 CPU cores: patches/winograd time 0.45-0.95 at 8-16
+# channels, 1.05-1.17 at 32, 0.93-1.15 at 64, 1.5 at 128; 0.6 for the one-channel first layer
+# on MNIST; not re-measured for F(4x4), which 'auto' now uses).
 WINOGRAD_MIN_CHANNELS = 32
 
 
 def auto_conv_impl(backend: Optional[str] = None) -> str:
   """The ConvNet convolution `conv_impl='auto'` picks on `backend` (default: JAX's default one).
 
-  'winograd' on CPU (ConvNet: in layers of at least `WINOGRAD_MIN_CHANNELS` input channels,
-  'patches' in the others), where it was measured fastest (DC, one outer iteration, each timed
-  in turn with the PyTorch reference: 1.2-1.4x PyTorch's speed at IPC 1 and 1.4x at IPC 10,
-  depending on the day, against 1.28x and 1.10x for 'patches'; XLA:CPU runs the weight gradient of a
-  `vmap`ped `lax.conv` as a grouped convolution, 3.7x slower; README, Benchmarks); 'lax' on GPU
-  and TPU, where the convolution libraries are fast (not measured here).
+  'winograd4' (F(4x4, 3x3)) on CPU (ConvNet: in layers of at least `WINOGRAD_MIN_CHANNELS`
+  input channels, 'patches' in the others), where it was measured fastest: DC's outer iteration
+  on 2 cores, paired against F(2x2) 'winograd' in one process, 0.87x the wall time and 0.75x the
+  CPU time at IPC 1, 0.93-0.97x and 0.82x at IPC 10 (README, Benchmarks; F(2x2) had replaced
+  'patches', 1.1-1.3x slower, and `lax.conv`, whose weight gradient XLA:CPU runs as a grouped
+  convolution under `vmap`, 3.7x slower); 'lax' on GPU and TPU, where the convolution libraries
+  are fast (not measured here).
   """
-  return "winograd" if (backend or jax.default_backend()) == "cpu" else "lax"
+  return "winograd4" if (backend or jax.default_backend()) == "cpu" else "lax"
 
 
 def conv_patches(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
@@ -151,24 +153,29 @@ def _unstack(x: jax.Array, axis: int) -> list[jax.Array]:
   return [jnp.squeeze(t, axis) for t in jnp.split(x, x.shape[axis], axis=axis)]
 
 
-def _tile_rows(x: jax.Array, axis: int, tiles: int) -> list[jax.Array]:
-  """The 4 rows of every 4-row tile at stride 2 along `axis` (x has 2 * tiles + 2 rows there):
-  rows 2t + i for i = 0..3, from two reshaped copies, not strided slices (see `_unstack`)."""
-  def halves(start):
-    rows = jax.lax.slice_in_dim(x, start, start + 2 * tiles, axis=axis)
-    return _unstack(rows.reshape(*x.shape[:axis], tiles, 2, *x.shape[axis + 1:]), axis + 1)
-  return [*halves(0), *halves(2)]
+def _tile_rows(x: jax.Array, axis: int, tiles: int, stride: int = 2, size: int = 4
+               ) -> list[jax.Array]:
+  """The `size` rows of every tile at `stride` along `axis`: rows stride * t + i for i < size,
+  from reshaped copies of `stride` rows per tile, not strided slices (see `_unstack`); x needs
+  stride * (tiles + ceil(size / stride) - 1) rows there (F(4x4): 4 * tiles + 4, two more than
+  the tiles read)."""
+
+  def block(start):
+    rows = jax.lax.slice_in_dim(x, start, start + stride * tiles, axis=axis)
+    return _unstack(rows.reshape(*x.shape[:axis], tiles, stride, *x.shape[axis + 1:]), axis + 1)
+  return [r for start in range(0, size, stride) for r in block(start)][:size]
 
 
-def _padded_for_tiles(x: jax.Array, padding: Optional[int], size: int):
+def _padded_for_tiles(x: jax.Array, padding: Optional[int], size: int, extra: int = 0):
   """x zero-padded for a 3x3 convolution's output in size x size tiles: (xp, (h, w, th, tw)),
   the output size (h, w) and tiles (th, tw); an output not divisible by `size` gets one extra
-  tile row/column (more zero padding), cropped from the output."""
+  tile row/column (more zero padding), cropped from the output; `extra` more zero rows and
+  columns at the end (for `_tile_rows`)."""
   (top, bottom), (left, right) = conv_pads(3, 3, padding)
   h, w = x.shape[1] + top + bottom - 2, x.shape[2] + left + right - 2
   th, tw = -(-h // size), -(-w // size)
-  xp = jnp.pad(x, ((0, 0), (top, bottom + size * th - h), (left, right + size * tw - w),
-                  (0, 0)))
+  xp = jnp.pad(x, ((0, 0), (top, bottom + size * th - h + extra),
+                   (left, right + size * tw - w + extra), (0, 0)))
   return xp, (h, w, th, tw)
 
 
@@ -259,16 +266,45 @@ def winograd_kernel_grad(x: jax.Array, g: jax.Array, padding: Optional[int] = No
   return (gg @ du.reshape(36, -1)).reshape(3, 3, x.shape[-1], cout)
 
 
+def conv_winograd4(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
+                   ) -> jax.Array:
+  """`conv_winograd` by Winograd's F(4x4, 3x3): 6x6 input tiles at stride 4 (reshaped rows,
+  as `_tile_rows`; B^T . B by additions and small constants), 36 batched matmuls (n *
+  ceil(h/4) * ceil(w/4), cin) x (cin, cout), A^T . A into 4x4 outputs. 36 multiplications per
+  16 outputs and channel pair, against F(2x2)'s 64 and a direct convolution's 144: 1.78x fewer
+  than `conv_winograd` where 4 divides the output's sides (the ConvNet's 32/16/8 maps on MNIST,
+  16/8 on CIFAR), in the forward pass and, through JAX's autodiff of these linear maps, in both
+  gradients; input tiles 2.25x the input, not 4x. Errors about 3e-6 of the largest output
+  against float64 (F(2x2): 2e-7; the transforms' entries reach 5 and 1/24), tested against
+  `lax.conv` and NumPy; forward and reverse mode to any order."""
+  kh, kw, cin, cout = kernel.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"conv_winograd4 computes 3x3 convolutions, not {kh}x{kw}.")
+  n = x.shape[0]
+  xp, (h, w, th, tw) = _padded_for_tiles(x, padding, 4, extra=2)
+  rows = _combine(_WINOGRAD4_BT, _tile_rows(xp, 1, th, stride=4, size=6))
+  tiles = jnp.stack([t for r in rows
+                     for t in _combine(_WINOGRAD4_BT, _tile_rows(r, 2, tw, stride=4, size=6))])
+  u = jnp.asarray(_WINOGRAD4_GG, kernel.dtype) @ kernel.reshape(9, cin * cout)
+  m = jnp.matmul(tiles.reshape(36, n * th * tw, cin), u.reshape(36, cin, cout))
+  at = np.asarray(_WINOGRAD4_A).T  # A^T (4, 6)
+  y = [_combine(at, _unstack(r, 0))
+       for r in _combine(at, _unstack(m.reshape(6, 6, n, th, tw, cout), 0))]
+  # y[i][j]: the outputs (4 ty + i, 4 tx + j), each (n, th, tw, cout).
+  y = jnp.stack([jnp.stack(yi, axis=3) for yi in y], axis=2).reshape(n, 4 * th, 4 * tw, cout)
+  return y[:, :h, :w]
+
+
 def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
                      kernel_shape: Sequence[int], padding: Optional[int] = None) -> jax.Array:
   """The gradient in the kernel of sum(g * conv(x, kernel, padding)) for any of this module's
-  convolutions `conv`: `winograd_kernel_grad` for `conv_winograd` (ghost's inner products'
+  convolutions `conv`: `winograd_kernel_grad` for `conv_winograd` and `conv_winograd4` (ghost's inner products'
   backward pass: robust DC's K = 1000 image gradient 7% faster than through F(2x2), README;
   inside the plain step's backward pass, where F(2x2) shares its transforms with the input
   gradient, F(4x4) gained nothing), otherwise their VJP at a zero kernel (they are linear in
   it; the unused forward convolution is dropped under jit). `jax.linear_transpose` cannot
   transpose `conv_shifted`'s custom VJP."""
-  if conv is conv_winograd:
+  if conv in (conv_winograd, conv_winograd4):
     return winograd_kernel_grad(x, g, padding)
   _, vjp = jax.vjp(lambda k: conv(x, k, padding), jnp.zeros(kernel_shape, x.dtype))
   return vjp(g)[0]
@@ -277,8 +313,9 @@ def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
 class PatchConv(nn.Module):
   """A stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias'), padded
   'SAME' or by `padding` pixels on every side, computed by `conv_patches` (impl 'patches'),
-  `conv_shifted` ('shifted') or `conv_winograd` ('winograd', 3x3 only; inputs with fewer than
-  `winograd_min_channels` channels use `conv_patches`)."""
+  `conv_shifted` ('shifted'), `conv_winograd` ('winograd') or `conv_winograd4` ('winograd4';
+  the Winograd ones 3x3 only; inputs with fewer than `winograd_min_channels` channels use
+  `conv_patches`)."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   padding: Optional[int] = None
@@ -295,9 +332,10 @@ class PatchConv(nn.Module):
   def conv_fn(self, in_channels: int) -> Callable[..., jax.Array]:
     """The convolution `conv(x, kernel, padding)` this layer computes on inputs of
     `in_channels` channels."""
-    narrow = self.impl == "winograd" and in_channels < self.winograd_min_channels
+    narrow = self.impl.startswith("winograd") and in_channels < self.winograd_min_channels
     impl = "patches" if narrow else self.impl
-    return {"shifted": conv_shifted, "winograd": conv_winograd}.get(impl, conv_patches)
+    return {"shifted": conv_shifted, "winograd": conv_winograd,
+            "winograd4": conv_winograd4}.get(impl, conv_patches)
 
 
 class ConvNet(nn.Module):
@@ -309,10 +347,11 @@ class ConvNet(nn.Module):
   the others by 1. `norm='none'` drops the InstanceNorm (with its affine parameters).
   `conv_impl='patches'` computes each convolution as one matmul (see `conv_patches`); 'lax' uses
   `nn.Conv`; 'shifted' uses `conv_shifted` (lax forward, a weight gradient of shifted matmuls);
-  'winograd' uses `conv_winograd` (2.25x fewer FLOPs) in every layer; 'auto' (default) is
-  `auto_conv_impl()` of the default backend, on CPU winograd in the layers of at least
-  `WINOGRAD_MIN_CHANNELS` input channels and patches in the others. All have
-  the same parameters and outputs (to float rounding).
+  'winograd' uses `conv_winograd` (F(2x2, 3x3), 2.25x fewer FLOPs) in every layer, 'winograd4'
+  `conv_winograd4` (F(4x4, 3x3), 4x fewer); 'auto' (default) is `auto_conv_impl()` of the
+  default backend, on CPU winograd4 in the layers of at least `WINOGRAD_MIN_CHANNELS` input
+  channels and patches in the others. All have the same parameters and outputs (to float
+  rounding).
   """
   num_classes: int
   depth: int = 3
@@ -327,7 +366,7 @@ class ConvNet(nn.Module):
 
     def conv(i):
       pad = self.first_padding if i == 0 else 1
-      if impl in ("patches", "shifted", "winograd"):
+      if impl in ("patches", "shifted", "winograd", "winograd4"):
         return PatchConv(self.width, (3, 3), padding=pad, impl=impl,
                          winograd_min_channels=min_channels, name=f"conv{i}")
       return nn.Conv(self.width, (3, 3), padding=((pad, pad), (pad, pad)), name=f"conv{i}")

@@ -46,7 +46,7 @@ flags.DEFINE_list("ipcs", ["1", "10"], "Images per class.")
 flags.DEFINE_integer("real_per_class", 256, "Real images per class per update.")
 flags.DEFINE_integer("repeats", 2, "Timed outer iterations per configuration.")
 flags.DEFINE_bool("compare_loop", True, "At IPC 1, also time the class loop instead of vmap.")
-flags.DEFINE_string("conv_impl", "auto", "auto, patches, lax, shifted or winograd.")
+flags.DEFINE_string("conv_impl", "auto", "auto, patches, lax, shifted, winograd or winograd4.")
 flags.DEFINE_list("class_batches", ["default"], "Classes vmapped at once (0: all; default: "
                   "matching.default_class_batch of the backend), one row each.")
 flags.DEFINE_list("grad_chunks", ["default"], "Images per gradient chunk (--grad_chunk; 0: one "

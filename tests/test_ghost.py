@@ -51,6 +51,7 @@ PATCHES = dict(depth=2, width=16, conv_impl="patches")
 # (network, its arguments, chunk): every convolution of `models`, chunked and not.
 CASES = [("convnet", PATCHES, 0), ("convnet", PATCHES, 3),
          ("convnet", dict(depth=2, width=16, conv_impl="winograd"), 0),
+         ("convnet", dict(depth=2, width=16, conv_impl="winograd4"), 3),
          ("convnet", dict(depth=2, width=16, conv_impl="shifted"), 3),
          ("mlp", dict(depth=2, width=5), 3), ("odd", {}, 0)]
 

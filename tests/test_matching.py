@@ -223,8 +223,9 @@ def test_per_class_cluster_losses_augment_a_class_and_its_clusters_alike():
 
 @pytest.mark.slow
 def test_matching_loss_and_image_gradient_agree_across_conv_impls():
-  """ConvNet's convolutions (patches, lax, shifted, winograd, auto) give the same matching loss
-  and the same gradient in the synthetic images (a gradient of per-class gradients)."""
+  """ConvNet's convolutions (patches, lax, shifted, winograd, winograd4, auto) give the same
+  matching loss and the same gradient in the synthetic images (a gradient of per-class
+  gradients)."""
   rng = np.random.default_rng(7)
   syn = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 1)), jnp.float32)
   real = jnp.asarray(rng.normal(size=(3, 5, 8, 8, 1)), jnp.float32)

@@ -33,22 +33,27 @@ def test_padded_patch_convolution_equals_lax_conv(padding):
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["shifted", "winograd"])
+@pytest.mark.parametrize("impl", ["shifted", "winograd", "winograd4"])
 @pytest.mark.parametrize("padding", [None, 1, 3])
 def test_shifted_and_winograd_convolutions_and_their_gradients_equal_lax_conv(impl, padding):
-  """conv_shifted's and conv_winograd's values (odd and even output sizes), input and weight
-  gradients (also per class under vmap, with shared weights) and a second-order gradient equal
-  those of lax.conv."""
+  """conv_shifted's, conv_winograd's and conv_winograd4's values (odd and even output sizes),
+  input and weight gradients (also per class under vmap, with shared weights) and a
+  second-order gradient equal those of lax.conv."""
   kx, kk, kg = jax.random.split(jax.random.key(4), 3)
   x = jax.random.normal(kx, (3, 2, 6, 5, 2))  # (classes, n, H, W, C)
   kernel = jax.random.normal(kk, (3, 3, 2, 4))
   pads = "SAME" if padding is None else [(padding, padding)] * 2
   lax = lambda v, k: jax.lax.conv_general_dilated(v, k, (1, 1), pads,
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  conv = {"shifted": models.conv_shifted, "winograd": models.conv_winograd}[impl]
+  conv = {"shifted": models.conv_shifted, "winograd": models.conv_winograd,
+          "winograd4": models.conv_winograd4}[impl]
   shifted = lambda v, k: conv(v, k, padding)
+  # Errors as fractions of the largest entry: float32 rounding of different orders of summation
+  # (~2e-6), and F(4x4)'s transforms, whose entries reach 5 and 1/24 (~3e-6 of the largest).
+  close = lambda got, expected: np.testing.assert_allclose(
+      got, expected, rtol=1e-4, atol=1e-5 * max(1.0, np.max(np.abs(expected))))
   assert shifted(x[0], kernel).shape == lax(x[0], kernel).shape
-  np.testing.assert_allclose(shifted(x[0], kernel), lax(x[0], kernel), rtol=1e-5, atol=1e-5)
+  close(shifted(x[0], kernel), lax(x[0], kernel))
   r = jax.random.normal(kg, lax(x[0], kernel).shape)
 
   def loss(conv):
@@ -56,47 +61,48 @@ def test_shifted_and_winograd_convolutions_and_their_gradients_equal_lax_conv(im
 
   # Every derivative jitted: one compilation each instead of one per operation.
   for argnum in (0, 1):
-    np.testing.assert_allclose(jax.jit(jax.grad(loss(shifted), argnum))(x[0], kernel),
-                               jax.jit(jax.grad(loss(lax), argnum))(x[0], kernel), rtol=1e-4,
-                               atol=1e-5)
+    close(jax.jit(jax.grad(loss(shifted), argnum))(x[0], kernel),
+          jax.jit(jax.grad(loss(lax), argnum))(x[0], kernel))
   per_class = lambda conv: jax.jit(jax.vmap(jax.grad(loss(conv), 1), in_axes=(0, None)))(
       x, kernel)
-  np.testing.assert_allclose(per_class(shifted), per_class(lax), rtol=1e-4, atol=1e-5)
-  # Reverse over reverse: d/dx <dL/dkernel, kernel>, as the matching loss needs.
+  close(per_class(shifted), per_class(lax))
+  # Reverse over reverse: d/dx <dL/dkernel, kernel>, as the matching loss needs (entries reach
+  # ~300 here; both orders of summation agree to 2e-13 in float64).
   second = lambda conv: jax.jit(jax.grad(
       lambda v: jnp.sum(jax.grad(loss(conv), 1)(v, kernel) ** 2)))(x[0])
-  # Entries reach ~300 here; float32 rounding of the two orders of summation differs by ~2e-6 of
-  # the largest (both agree to 2e-13 in float64).
-  expected = second(lax)
-  np.testing.assert_allclose(second(shifted), expected, rtol=1e-4,
-                             atol=1e-5 * np.max(np.abs(expected)))
-  if impl == "winograd":  # Forward mode too (LCMat's exact Hessian-vector products).
+  close(second(shifted), second(lax))
+  if impl != "shifted":  # Forward mode too (LCMat's exact Hessian-vector products).
     tangent = jax.random.normal(kg, kernel.shape)
     jvp = lambda conv: jax.jit(lambda t: jax.jvp(lambda k: conv(x[0], k), (kernel,), (t,))[1])(
         tangent)
-    np.testing.assert_allclose(jvp(shifted), jvp(lax), rtol=1e-4, atol=1e-4)
+    close(jvp(shifted), jvp(lax))
 
 
-def test_winograd_convolution_matches_an_independent_numpy_convolution():
-  """F(2x2, 3x3) against a direct NumPy sum over the 9 taps, at the ConvNet's layer sizes."""
+@pytest.mark.parametrize("impl", ["winograd", "winograd4"])
+def test_winograd_convolution_matches_an_independent_numpy_convolution(impl):
+  """F(2x2, 3x3) and F(4x4, 3x3) against a direct NumPy sum over the 9 taps, at the ConvNet's
+  layer sizes (and sides that 4 does not divide)."""
+  conv = {"winograd": models.conv_winograd, "winograd4": models.conv_winograd4}[impl]
   rng = np.random.default_rng(0)
-  for shape, padding in (((2, 28, 28, 1), 3), ((2, 16, 16, 5), 1), ((1, 9, 7, 3), 0)):
+  for shape, padding in (((2, 28, 28, 1), 3), ((2, 16, 16, 5), 1), ((1, 9, 7, 3), 0),
+                         ((2, 8, 8, 128), 1), ((1, 6, 5, 2), 1)):
     x = rng.normal(size=shape).astype(np.float32)
     kernel = rng.normal(size=(3, 3, shape[-1], 4)).astype(np.float32)
     xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     h, w = xp.shape[1] - 2, xp.shape[2] - 2
     expected = sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + h, j:j + w], kernel[i, j])
                    for i in range(3) for j in range(3))
-    np.testing.assert_allclose(models.conv_winograd(x, kernel, padding), expected,
-                               rtol=1e-5, atol=1e-5)
+    # F(4x4)'s transforms (entries up to 5 and 1/24) round to ~3e-6 of the largest output.
+    np.testing.assert_allclose(conv(x, kernel, padding), expected, rtol=1e-5,
+                               atol=1e-5 * max(1.0, np.max(np.abs(expected))))
 
 
-@pytest.mark.parametrize("impl", ["patches", "shifted", "winograd"])
+@pytest.mark.parametrize("impl", ["patches", "shifted", "winograd", "winograd4"])
 def test_conv_kernel_grad_equals_an_independent_numpy_weight_gradient(impl):
   """sum_p window_k(x)[p, c] g[p, u] by NumPy over the 9 taps, at odd and even output sizes
   and 'SAME' padding."""
   conv = {"patches": models.conv_patches, "shifted": models.conv_shifted,
-          "winograd": models.conv_winograd}[impl]
+          "winograd": models.conv_winograd, "winograd4": models.conv_winograd4}[impl]
   rng = np.random.default_rng(1)
   for shape, padding in (((2, 28, 28, 1), 3), ((3, 16, 16, 5), 1), ((1, 9, 7, 3), 0),
                          ((2, 6, 5, 2), None)):
@@ -126,18 +132,40 @@ def test_winograd_backward_pass_has_no_padded_copy_per_component():
   assert sum(e.primitive.name == "pad" for e in eqns) <= 12
 
 
-def test_winograd_kernel_gradient_takes_f4x4_multiplications():
-  """`conv_kernel_grad` of `conv_winograd` is F(4x4, 3x3)'s: 36 products per 4x4 output tile
-  and channel pair (F(2x2)'s VJP: 16 per 2x2 tile, 1.78x as many), and G^T . G back to 3x3."""
+@pytest.mark.parametrize("conv", [models.conv_winograd, models.conv_winograd4])
+def test_winograd_kernel_gradient_takes_f4x4_multiplications(conv):
+  """`conv_kernel_grad` of both Winograd convolutions is F(4x4, 3x3)'s: 36 products per 4x4
+  output tile and channel pair (F(2x2)'s VJP: 16 per 2x2 tile, 1.78x as many), and G^T . G back
+  to 3x3."""
   x, g = jnp.ones((2, 16, 16, 8)), jnp.ones((2, 16, 16, 4))
   got = jaxpr_counts.multiplications(
-      lambda x, g: models.conv_kernel_grad(models.conv_winograd, x, g, (3, 3, 8, 4), 1), x, g)
+      lambda x, g: models.conv_kernel_grad(conv, x, g, (3, 3, 8, 4), 1), x, g)
   assert got == 36 * (2 * 4 * 4) * 8 * 4 + 9 * 36 * 8 * 4
 
 
+def test_f4x4_convolution_and_its_gradients_take_f4x4_multiplications():
+  """conv_winograd4's forward pass multiplies 36 products per 4x4 output tile and channel pair
+  (F(2x2): 64), its VJP (input and weight gradients) 36 more each, besides the kernel's
+  transform G g G^T and its transpose (9 x 36 per channel pair); F(2x2)'s are 1.78x as many."""
+  x, kernel = jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 8, 4))
+  tiles, pairs = 2 * 4 * 4, 8 * 4
+
+  def value_and_vjp(conv):
+    def f(x, kernel):
+      y, vjp = jax.vjp(lambda x, k: conv(x, k, 1), x, kernel)
+      return vjp(y)
+    return jaxpr_counts.multiplications(f, x, kernel)
+
+  transform = 2 * 9 * 36 * pairs
+  assert value_and_vjp(models.conv_winograd4) == 3 * 36 * tiles * pairs + transform
+  f2 = value_and_vjp(models.conv_winograd) - 2 * 9 * 16 * pairs
+  assert f2 == 3 * 16 * (4 * tiles) * pairs
+
+
 def test_winograd_convolution_refuses_other_kernel_sizes():
-  with pytest.raises(ValueError, match="3x3"):
-    models.conv_winograd(jnp.zeros((1, 5, 5, 1)), jnp.zeros((5, 5, 1, 2)))
+  for conv in (models.conv_winograd, models.conv_winograd4):
+    with pytest.raises(ValueError, match="3x3"):
+      conv(jnp.zeros((1, 5, 5, 1)), jnp.zeros((5, 5, 1, 2)))
 
 
 @pytest.mark.slow
@@ -331,9 +359,9 @@ def test_reference_padding_only_changes_one_channel_28x28_inputs():
 
 
 def test_auto_convolution_is_winograd_on_cpu_and_lax_on_accelerators():
-  """On CPU 'auto' is Winograd in layers of at least WINOGRAD_MIN_CHANNELS input channels and
-  patches in the others: bit for bit the network built with that convolution."""
-  assert models.auto_conv_impl("cpu") == "winograd"
+  """On CPU 'auto' is Winograd F(4x4) in layers of at least WINOGRAD_MIN_CHANNELS input
+  channels and patches in the others: bit for bit the network built with that convolution."""
+  assert models.auto_conv_impl("cpu") == "winograd4"
   assert models.auto_conv_impl("gpu") == models.auto_conv_impl("tpu") == "lax"
   wide = models.WINOGRAD_MIN_CHANNELS
   expected = {1: "patches" if jax.default_backend() == "cpu" else models.auto_conv_impl(),
