@@ -298,12 +298,12 @@ def conv_winograd4(x: jax.Array, kernel: jax.Array, padding: Optional[int] = Non
 def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
                      kernel_shape: Sequence[int], padding: Optional[int] = None) -> jax.Array:
   """The gradient in the kernel of sum(g * conv(x, kernel, padding)) for any of this module's
-  convolutions `conv`: `winograd_kernel_grad` for `conv_winograd` and `conv_winograd4` (ghost's inner products'
-  backward pass: robust DC's K = 1000 image gradient 7% faster than through F(2x2), README;
-  inside the plain step's backward pass, where F(2x2) shares its transforms with the input
-  gradient, F(4x4) gained nothing), otherwise their VJP at a zero kernel (they are linear in
-  it; the unused forward convolution is dropped under jit). `jax.linear_transpose` cannot
-  transpose `conv_shifted`'s custom VJP."""
+  convolutions `conv`: `winograd_kernel_grad` for `conv_winograd` and `conv_winograd4`
+  (ghost's inner products' backward pass: robust DC's K = 1000 image gradient 7% faster than
+  through F(2x2), README; inside the plain step's backward pass, where F(2x2) shares its
+  transforms with the input gradient, F(4x4) gained nothing), otherwise their VJP at a zero
+  kernel (they are linear in it; the unused forward convolution is dropped under jit).
+  `jax.linear_transpose` cannot transpose `conv_shifted`'s custom VJP."""
   if conv in (conv_winograd, conv_winograd4):
     return winograd_kernel_grad(x, g, padding)
   _, vjp = jax.vjp(lambda k: conv(x, k, padding), jnp.zeros(kernel_shape, x.dtype))
