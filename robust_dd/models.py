@@ -190,10 +190,18 @@ def _winograd_tiles(x: jax.Array, padding: Optional[int]):
   return tiles.reshape(16, n * th * tw, x.shape[-1]), (h, w, th, tw)
 
 
+def _untiled(y: Sequence[Sequence[jax.Array]], h: int, w: int) -> jax.Array:
+  """The (n, h, w, cout) output from its s x s tiles' entries y[i][j] (the outputs (s ty + i,
+  s tx + j), each (n, th, tw, cout)), cropped to (h, w)."""
+  size, (n, th, tw, cout) = len(y), y[0][0].shape
+  y = jnp.stack([jnp.stack(yi, axis=3) for yi in y], axis=2)
+  return y.reshape(n, size * th, size * tw, cout)[:, :h, :w]
+
+
 def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None) -> jax.Array:
   """`conv_patches`' 3x3 convolution by Winograd's minimal filtering F(2x2, 3x3).
 
-  The padded input is cut into 4x4 tiles at stride 2 (strided slices, transformed by B^T . B
+  The padded input is cut into 4x4 tiles at stride 2 (reshaped rows, transformed by B^T . B
   with additions only), each filter into its 4x4 transform G g G^T, and the 16 transformed
   components are multiplied as 16 batched matmuls (n * ceil(h/2) * ceil(w/2), cin) x (cin,
   cout); A^T . A adds each tile's products into its 2x2 outputs. 16 multiplications per 4
@@ -215,10 +223,8 @@ def conv_winograd(x: jax.Array, kernel: jax.Array, padding: Optional[int] = None
   u = (jnp.asarray(_WINOGRAD_GG, kernel.dtype) @ kernel.reshape(9, cin * cout))
   u = u.reshape(16, cin, cout)
   m = jnp.matmul(tiles, u).reshape(4, 4, n, th, tw, cout)
-  y = [_winograd_out(*_unstack(r, 0)) for r in _winograd_out(*_unstack(m, 0))]
-  # y[i][j]: the outputs (2 ty + i, 2 tx + j), each (n, th, tw, cout).
-  y = jnp.stack([jnp.stack(yi, axis=3) for yi in y], axis=2).reshape(n, 2 * th, 2 * tw, cout)
-  return y[:, :h, :w]
+  return _untiled([_winograd_out(*_unstack(r, 0)) for r in _winograd_out(*_unstack(m, 0))],
+                  h, w)
 
 
 # Winograd F(4x4, 3x3) (Lavin & Gray, 2016; points 0, +-1, +-2): a 6x6 input tile d gives the
@@ -240,6 +246,17 @@ def _combine(matrix, xs: Sequence[jax.Array]) -> list[jax.Array]:
           for row in matrix]
 
 
+def _winograd4_tiles(x: jax.Array, padding: Optional[int]):
+  """The padded input's 6x6 tiles at stride 4, each transformed by B^T . B: (36, n * th * tw,
+  cin), and the output size (h, w) and tiles (th, tw) (`_padded_for_tiles`, with the two more
+  rows and columns `_tile_rows` reads)."""
+  xp, (h, w, th, tw) = _padded_for_tiles(x, padding, 4, extra=2)
+  rows = _combine(_WINOGRAD4_BT, _tile_rows(xp, 1, th, stride=4, size=6))
+  tiles = jnp.stack([t for r in rows
+                     for t in _combine(_WINOGRAD4_BT, _tile_rows(r, 2, tw, stride=4, size=6))])
+  return tiles.reshape(36, x.shape[0] * th * tw, x.shape[-1]), (h, w, th, tw)
+
+
 def winograd_kernel_grad(x: jax.Array, g: jax.Array, padding: Optional[int] = None
                          ) -> jax.Array:
   """The 3x3 kernel's gradient of sum(g * conv(x, kernel, padding)), (3, 3, cin, cout), by
@@ -248,20 +265,16 @@ def winograd_kernel_grad(x: jax.Array, g: jax.Array, padding: Optional[int] = No
   over the tiles (n * ceil(h/4) * ceil(w/4), cin)^T x (., cout), and G^T . G back to 3x3.
   1.78x fewer multiplications than F(2x2)'s weight gradient (`conv_winograd`'s VJP: 36 per 16
   outputs against 16 per 4), and input tiles 2.25x, not 4x, the input's size. Errors about
-  3e-6 of the largest entry against float64 (F(2x2): 2e-7 to 7e-7). Its tiles are strided
-  slices, which are slow to differentiate (see `_unstack`); nothing differentiates this."""
+  3e-6 of the largest entry against float64 (F(2x2): 2e-7 to 7e-7). Input tiles as
+  `conv_winograd4`'s (`_winograd4_tiles`)."""
   n, cout = x.shape[0], g.shape[-1]
-  xp, (h, w, th, tw) = _padded_for_tiles(x, padding, 4)
-  rows = _combine(_WINOGRAD4_BT, [xp[:, i:i + 4 * th:4] for i in range(6)])
-  tiles = jnp.stack([t for r in rows for t in _combine(
-      _WINOGRAD4_BT, [r[:, :, j:j + 4 * tw:4] for j in range(6)])])
+  tiles, (h, w, th, tw) = _winograd4_tiles(x, padding)
   gp = jnp.pad(g, ((0, 0), (0, 4 * th - h), (0, 4 * tw - w), (0, 0)))
   gp = gp.reshape(n, th, 4, tw, 4, cout)
   cols = [jnp.stack(_combine(_WINOGRAD4_A, [gp[:, :, a, :, b] for b in range(4)]))
           for a in range(4)]
   m = jnp.stack(_combine(_WINOGRAD4_A, cols))  # (6, 6, n, th, tw, cout)
-  du = jnp.einsum("kpc,kpu->kcu", tiles.reshape(36, n * th * tw, -1),
-                  m.reshape(36, n * th * tw, cout))
+  du = jnp.einsum("kpc,kpu->kcu", tiles, m.reshape(36, n * th * tw, cout))
   gg = jnp.asarray(_WINOGRAD4_GG.T, du.dtype)
   return (gg @ du.reshape(36, -1)).reshape(3, 3, x.shape[-1], cout)
 
@@ -280,19 +293,12 @@ def conv_winograd4(x: jax.Array, kernel: jax.Array, padding: Optional[int] = Non
   kh, kw, cin, cout = kernel.shape
   if (kh, kw) != (3, 3):
     raise ValueError(f"conv_winograd4 computes 3x3 convolutions, not {kh}x{kw}.")
-  n = x.shape[0]
-  xp, (h, w, th, tw) = _padded_for_tiles(x, padding, 4, extra=2)
-  rows = _combine(_WINOGRAD4_BT, _tile_rows(xp, 1, th, stride=4, size=6))
-  tiles = jnp.stack([t for r in rows
-                     for t in _combine(_WINOGRAD4_BT, _tile_rows(r, 2, tw, stride=4, size=6))])
+  tiles, (h, w, th, tw) = _winograd4_tiles(x, padding)
   u = jnp.asarray(_WINOGRAD4_GG, kernel.dtype) @ kernel.reshape(9, cin * cout)
-  m = jnp.matmul(tiles.reshape(36, n * th * tw, cin), u.reshape(36, cin, cout))
+  m = jnp.matmul(tiles, u.reshape(36, cin, cout))
   at = np.asarray(_WINOGRAD4_A).T  # A^T (4, 6)
-  y = [_combine(at, _unstack(r, 0))
-       for r in _combine(at, _unstack(m.reshape(6, 6, n, th, tw, cout), 0))]
-  # y[i][j]: the outputs (4 ty + i, 4 tx + j), each (n, th, tw, cout).
-  y = jnp.stack([jnp.stack(yi, axis=3) for yi in y], axis=2).reshape(n, 4 * th, 4 * tw, cout)
-  return y[:, :h, :w]
+  return _untiled([_combine(at, _unstack(r, 0)) for r in _combine(
+      at, _unstack(m.reshape(6, 6, x.shape[0], th, tw, cout), 0))], h, w)
 
 
 def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
