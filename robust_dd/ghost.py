@@ -24,7 +24,9 @@ is a batched weight gradient with rescaled output gradients: no per-example grad
 layer is formed, forward or backward.
 
 Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `models.PatchConv`
-(with the convolution it computes) and `flax.linen.Dense` on flat inputs. A network with any
+(with the convolution it computes; a convolution and InstanceNorm that `models.ConvNet` folds
+into one matmul is computed unfolded, so that its output gradient exists) and
+`flax.linen.Dense` on flat inputs. A network with any
 other weight tensor (ndim >= 2), or with batch statistics (which couple a batch's examples), is
 not supported: `unit_stats` returns None and callers use per-example gradients.
 
@@ -105,6 +107,9 @@ def _tapped(apply_fn: ApplyFn, params, x, perturbations: Optional[dict]):
   taps = {}
 
   def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == "normalized" and isinstance(context.module, models.PatchConv):
+      # Unfolded (`models.conv_instance_norm` has no convolution output to tap).
+      return next_fun(*args, **{**kwargs, "fold": False})
     if context.method_name != "__call__" or not isinstance(context.module, _WATCHED):
       return next_fun(*args, **kwargs)
     y = next_fun(*args, **kwargs)

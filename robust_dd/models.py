@@ -316,12 +316,70 @@ def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
   return vjp(g)[0]
 
 
+# `PatchConv.normalized` folds an InstanceNorm into the convolution before it
+# (`conv_instance_norm`) where the patches have at most this many features (kh * kw * cin):
+# the first layer on grey or colour images, where the (F, F) covariance per example costs little
+# against the norm's passes over the wide output it replaces.
+FOLD_MAX_FEATURES = 32
+
+
+def instance_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *,
+                  epsilon: float = 1e-5) -> jax.Array:
+  """Instance norm of NHWC `x` with affine (scale, bias) (C,), as `flax.linen.InstanceNorm`
+  computes it (the same operations: per example and channel, variance E[x^2] - E[x]^2 clipped
+  at 0, (x - mean) * (scale / sqrt(var + epsilon)) + bias)."""
+  mean = jnp.mean(x, (1, 2))
+  var = jnp.maximum(0.0, jnp.mean(jax.lax.square(x), (1, 2)) - jax.lax.square(mean))
+  mul = jax.lax.rsqrt(var[:, None, None] + epsilon) * scale
+  return (x - mean[:, None, None]) * mul + bias
+
+
+def conv_instance_norm(x: jax.Array, kernel: jax.Array, scale: jax.Array, bias: jax.Array,
+                       padding: Optional[int] = None, *, epsilon: float = 1e-5) -> jax.Array:
+  """instance_norm(conv_patches(x, kernel, padding) + b, scale, bias) for any conv bias b (the
+  norm removes it), as one matmul per example.
+
+  Example i's convolution is linear in its (h * w, F) patches P_i, y_i = P_i W + b (W: the
+  kernel as (F, C)), so its channel means are mean(P_i) W + b and its variances diag(W^T S_i W),
+  with S_i the patches' (F, F) covariance; the normalised output is then
+  (P_i - mean(P_i)) (W * s_i) + bias with s_i = scale / sqrt(var_i + epsilon), a matmul by a
+  per-example weight. The norm's passes over the wide output (mean, variance, normalisation,
+  and their backward passes) become (F, F) and (F, C) arithmetic per example: DC's inner loop on
+  MNIST (F = 9, C = 128, 32x32 maps) about 10% faster (README, Benchmarks). Equal to the
+  unfolded form to float rounding, its variance from centred patches rather than E[y^2] -
+  E[y]^2 (tested against both and float64); forward and reverse mode to any order."""
+  kh, kw, cin, cout = kernel.shape
+  windows = conv_windows(x, kh, kw, conv_pads(kh, kw, padding))
+  n, h, w = windows[0].shape[:3]
+  p = jnp.concatenate(windows, axis=-1).reshape(n, h * w, kh * kw * cin)
+  p = p - jnp.mean(p, axis=1, keepdims=True)
+  k = kernel.reshape(kh * kw * cin, cout)
+  var = jnp.sum(k * ((jnp.einsum("npf,npg->nfg", p, p) / (h * w)) @ k), axis=1)  # (n, C)
+  s = scale * jax.lax.rsqrt(jnp.maximum(var, 0.0) + epsilon)
+  return (jnp.einsum("npf,nfc->npc", p, k * s[:, None, :]) + bias).reshape(n, h, w, cout)
+
+
+class InstanceNorm(nn.Module):
+  """`flax.linen.InstanceNorm` on NHWC inputs (the same parameters, 'scale' and 'bias', and
+  values: `instance_norm`), whose parameters `affine` also gives to `PatchConv.normalized`."""
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def affine(self, features: int) -> tuple[jax.Array, jax.Array]:
+    """The (scale, bias) parameters, (features,) each."""
+    return (self.param("scale", nn.initializers.ones, (features,)),
+            self.param("bias", nn.initializers.zeros, (features,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return instance_norm(x, *self.affine(x.shape[-1]), epsilon=self.epsilon)
+
+
 class PatchConv(nn.Module):
   """A stride-1 convolution with the parameters of `nn.Conv` ('kernel' HWIO, 'bias'), padded
   'SAME' or by `padding` pixels on every side, computed by `conv_patches` (impl 'patches'),
   `conv_shifted` ('shifted'), `conv_winograd` ('winograd') or `conv_winograd4` ('winograd4';
   the Winograd ones 3x3 only; inputs with fewer than `winograd_min_channels` channels use
-  `conv_patches`)."""
+  `conv_patches`). `normalized` is the convolution followed by an `InstanceNorm`."""
   features: int
   kernel_size: tuple[int, int] = (3, 3)
   padding: Optional[int] = None
@@ -329,10 +387,14 @@ class PatchConv(nn.Module):
   winograd_min_channels: int = 0
 
   @nn.compact
-  def __call__(self, x):
+  def weights(self, in_channels: int) -> tuple[jax.Array, jax.Array]:
+    """The (kernel, bias) parameters for inputs of `in_channels` channels."""
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (*self.kernel_size, x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+                        (*self.kernel_size, in_channels, self.features))
+    return kernel, self.param("bias", nn.initializers.zeros, (self.features,))
+
+  def __call__(self, x):
+    kernel, bias = self.weights(x.shape[-1])
     return self.conv_fn(x.shape[-1])(x, kernel, self.padding) + bias
 
   def conv_fn(self, in_channels: int) -> Callable[..., jax.Array]:
@@ -342,6 +404,21 @@ class PatchConv(nn.Module):
     impl = "patches" if narrow else self.impl
     return {"shifted": conv_shifted, "winograd": conv_winograd,
             "winograd4": conv_winograd4}.get(impl, conv_patches)
+
+  def folds(self, in_channels: int) -> bool:
+    """Whether `normalized` folds the norm into the convolution (`conv_instance_norm`): for
+    patch convolutions of at most `FOLD_MAX_FEATURES` patch features."""
+    features = self.kernel_size[0] * self.kernel_size[1] * in_channels
+    return self.conv_fn(in_channels) is conv_patches and features <= FOLD_MAX_FEATURES
+
+  def normalized(self, x: jax.Array, norm: InstanceNorm, *, fold: bool = True) -> jax.Array:
+    """norm(self(x)); by `conv_instance_norm` where `fold` and `folds` (the same to float
+    rounding; the convolution's bias, which the norm removes, then gets a zero gradient)."""
+    if not (fold and self.folds(x.shape[-1])):
+      return norm(self(x))
+    kernel, _ = self.weights(x.shape[-1])
+    scale, bias = norm.affine(self.features)
+    return conv_instance_norm(x, kernel, scale, bias, self.padding, epsilon=norm.epsilon)
 
 
 class ConvNet(nn.Module):
@@ -357,7 +434,9 @@ class ConvNet(nn.Module):
   `conv_winograd4` (F(4x4, 3x3), 4x fewer); 'auto' (default) is `auto_conv_impl()` of the
   default backend, on CPU winograd4 in the layers of at least `WINOGRAD_MIN_CHANNELS` input
   channels and patches in the others. All have the same parameters and outputs (to float
-  rounding).
+  rounding). `fold_norm` (default) computes a patch convolution of at most `FOLD_MAX_FEATURES`
+  patch features and its InstanceNorm as one per-example matmul (`conv_instance_norm`; on CPU
+  the first layer on grey or colour images); False computes them in turn.
   """
   num_classes: int
   depth: int = 3
@@ -365,6 +444,7 @@ class ConvNet(nn.Module):
   norm: str = "instance"
   conv_impl: str = "auto"
   first_padding: int = 1
+  fold_norm: bool = True
 
   def setup(self):
     impl = auto_conv_impl() if self.conv_impl == "auto" else self.conv_impl
@@ -379,20 +459,35 @@ class ConvNet(nn.Module):
 
     self.convs = [conv(i) for i in range(self.depth)]
     if self.norm == "instance":
-      self.norms = [nn.InstanceNorm(epsilon=1e-5, name=f"norm{i}") for i in range(self.depth)]
+      self.norms = [InstanceNorm(epsilon=1e-5, name=f"norm{i}") for i in range(self.depth)]
     self.head = nn.Dense(self.num_classes, name="head")
 
   def embed(self, x: jax.Array) -> jax.Array:
     """Flattened features after the last block, (n, H' * W' * width)."""
     for i in range(self.depth):
-      x = self.convs[i](x)
-      if self.norm == "instance":
-        x = self.norms[i](x)
-      x = nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      conv = self.convs[i]
+      if self.norm != "instance":
+        x = conv(x)
+      elif isinstance(conv, PatchConv):
+        x = conv.normalized(x, self.norms[i], fold=self.fold_norm)
+      else:
+        x = self.norms[i](conv(x))
+      x = relu_avg_pool(x)
     return x.reshape(x.shape[0], -1)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.embed(x))
+
+
+def relu_avg_pool(x: jax.Array) -> jax.Array:
+  """avg_pool(relu(x)) over 2x2 windows at stride 2 (NHWC), the ConvNet's block end: the values
+  and gradients of `flax.linen.avg_pool(flax.linen.relu(x), (2, 2), strides=(2, 2))` bit for
+  bit (tested), through a select and a window sum times 1/4, where XLA:CPU fuses them with fewer
+  materialised broadcasts than `relu`'s custom derivative gets: DC's inner loop on MNIST about
+  8% faster (README, Benchmarks)."""
+  window = (1, 2, 2, 1)
+  return jax.lax.reduce_window(jnp.where(x > 0, x, 0.0), 0.0, jax.lax.add, window, window,
+                               "VALID") * 0.25
 
 
 class MLP(nn.Module):

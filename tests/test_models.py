@@ -2,6 +2,7 @@
 cross-architecture networks' parameter counts against the reference definitions (counted here from
 the layer lists of the DC code's networks.py) and that each learns a separable problem; errors."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,6 +167,101 @@ def test_winograd_convolution_refuses_other_kernel_sizes():
   for conv in (models.conv_winograd, models.conv_winograd4):
     with pytest.raises(ValueError, match="3x3"):
       conv(jnp.zeros((1, 5, 5, 1)), jnp.zeros((5, 5, 1, 2)))
+
+
+def test_instance_norm_is_flaxs_bit_for_bit():
+  x = 3.0 * jax.random.normal(jax.random.key(0), (3, 6, 5, 4)) + 1.0
+  scale, bias = jax.random.normal(jax.random.key(1), (2, 4))
+  flax_norm = nn.InstanceNorm(epsilon=1e-5)
+  ours = models.InstanceNorm(epsilon=1e-5)
+  init = lambda m: jax.tree_util.tree_map(np.asarray, m.init(jax.random.key(2), x)["params"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, init(ours), init(flax_norm))
+  params = {"params": {"scale": scale, "bias": bias}}
+  np.testing.assert_array_equal(jax.jit(lambda x: ours.apply(params, x))(x),
+                                jax.jit(lambda x: flax_norm.apply(params, x))(x))
+
+
+def _numpy_conv_instance_norm(x, kernel, conv_bias, scale, bias, padding, eps=1e-5):
+  """float64 NumPy: the convolution tap by tap, then instance norm with centred variance."""
+  x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+  kh, kw, _, cout = kernel.shape
+  (top, bottom), (left, right) = models.conv_pads(kh, kw, padding)
+  xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  h, w = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  y = np.zeros((x.shape[0], h, w, cout)) + np.asarray(conv_bias, np.float64)
+  for i in range(kh):
+    for j in range(kw):
+      y += np.einsum("nhwc,cu->nhwu", xp[:, i:i + h, j:j + w], kernel[i, j])
+  centred = y - y.mean((1, 2), keepdims=True)
+  return centred / np.sqrt((centred ** 2).mean((1, 2), keepdims=True) + eps) * scale + bias
+
+
+@pytest.mark.parametrize("channels,padding", [(1, 3), (3, None), (2, 1)])
+def test_folded_conv_instance_norm_equals_numpy_and_the_unfolded_form(channels, padding):
+  """conv_instance_norm against float64 NumPy (float32), and against instance_norm(conv_patches
+  + b) in float64, where they agree to rounding: values, gradients in all five arguments (the
+  conv bias's is zero: the norm removes it), reverse over reverse (the matching loss
+  differentiates a parameter gradient in the images) and forward mode."""
+  ks = jax.random.split(jax.random.key(channels), 6)
+  x = jax.random.normal(ks[0], (3, 7, 6, channels)) + 0.5
+  args = (x, jax.random.normal(ks[1], (3, 3, channels, 5)), jax.random.normal(ks[2], (5,)),
+          1.0 + 0.3 * jax.random.normal(ks[3], (5,)), jax.random.normal(ks[4], (5,)))
+  got = models.conv_instance_norm(args[0], args[1], args[3], args[4], padding)
+  np.testing.assert_allclose(got, _numpy_conv_instance_norm(*args, padding), rtol=1e-5,
+                             atol=1e-5)
+  folded = lambda x, k, cb, s, b: models.conv_instance_norm(x, k, s, b, padding)
+  unfolded = lambda x, k, cb, s, b: models.instance_norm(models.conv_patches(x, k, padding) + cb,
+                                                         s, b)
+  with jax.enable_x64(True):
+    args = tuple(jnp.asarray(a, jnp.float64) for a in args)
+    out = jax.random.normal(ks[5], got.shape, jnp.float64)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9 * np.abs(b).max())
+    close(folded(*args), unfolded(*args))
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(out * f(*a)), argnums=range(5))(*args)
+             for f in (folded, unfolded)]
+    for i, (g_folded, g_unfolded) in enumerate(zip(*grads)):
+      if i == 2:  # The conv bias: zero, and rounding noise unfolded.
+        np.testing.assert_array_equal(g_folded, 0.0)
+        assert np.abs(g_unfolded).max() < 1e-12
+      else:
+        close(g_folded, g_unfolded)
+    twice = [jax.grad(lambda x, f=f: jnp.sum(jax.grad(
+        lambda k: jnp.sum(out * f(x, k, *args[2:])))(args[1]) ** 2))(args[0])
+             for f in (folded, unfolded)]
+    close(*twice)
+    tangents = tuple(jax.random.normal(k, a.shape, jnp.float64) for k, a in zip(ks, args))
+    close(*[jax.jvp(f, args, tangents)[1] for f in (folded, unfolded)])
+
+
+def test_convnet_folds_the_narrow_first_layer_and_its_norm_and_nothing_else():
+  """fold_norm=True computes conv0 + norm0 (9 patch features) by conv_instance_norm: the same
+  logits and gradients as fold_norm=False (to float rounding), one instance-norm mean over a
+  (n, 32, 32, width) output fewer; wide and Winograd layers are not folded."""
+  model = models.make_network("convnet", num_classes=3, input_shape=(28, 28, 1), width=8)
+  unfolded = model.clone(fold_norm=False)
+  params = models.init_params(model, jax.random.key(0), (28, 28, 1))
+  x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+  logits = lambda m: jax.jit(models.logits_fn(m))
+  np.testing.assert_allclose(logits(model)(params, x), logits(unfolded)(params, x), rtol=1e-5,
+                             atol=1e-5)
+  grad = lambda m: jax.grad(lambda p: jnp.sum(models.logits_fn(m)(p, x) ** 2))(params)
+  flat = lambda m: {jax.tree_util.keystr(path): g for path, g in
+                    jax.tree_util.tree_leaves_with_path(grad(m))}
+  folded_grads, grads = flat(model), flat(unfolded)
+  np.testing.assert_array_equal(folded_grads["['conv0']['bias']"], 0.0)
+  for name, g in folded_grads.items():
+    if not (name.startswith("['conv") and name.endswith("['bias']")):  # The norms remove those.
+      np.testing.assert_allclose(g, grads[name], rtol=1e-3, atol=1e-4 * np.abs(grads[name]).max())
+
+  def wide_means(m):  # Reductions over a whole (n, 32, 32, 8) map: instance-norm statistics.
+    jaxpr = jax.make_jaxpr(models.logits_fn(m))(params, x)
+    return sum(e.primitive.name == "reduce_sum" and e.invars[0].aval.shape == (2, 32, 32, 8)
+               for e in jaxpr.eqns)
+  assert wide_means(unfolded) == 2 and wide_means(model) == 0
+  conv = models.PatchConv(8, padding=1, impl="winograd4", winograd_min_channels=32)
+  assert conv.folds(1) and conv.folds(3) and not conv.folds(32)
+  assert not models.PatchConv(8, impl="winograd4").folds(1)
+  assert not models.PatchConv(8, impl="patches").folds(4)  # 36 features.
 
 
 @pytest.mark.slow
@@ -378,3 +474,13 @@ def test_auto_convolution_is_winograd_on_cpu_and_lax_on_accelerators():
   other = models.make_network("convnet", num_classes=3, input_shape=shape, depth=1, width=4,
                               conv_impl="patches" if impl != "patches" else "lax")
   assert not np.array_equal(models.logits_fn(other)(params, x), models.logits_fn(auto)(params, x))
+
+
+def test_relu_avg_pool_is_flaxs_bit_for_bit_with_its_gradient():
+  x = jax.random.normal(jax.random.key(0), (3, 8, 6, 5)).at[0, 0, 0].set(0.0)  # A tie at 0.
+  reference = lambda x: nn.avg_pool(nn.relu(x), (2, 2), strides=(2, 2))
+  out = jax.random.normal(jax.random.key(1), (3, 4, 3, 5))
+  for f in (lambda g: g, jax.jit):
+    np.testing.assert_array_equal(f(models.relu_avg_pool)(x), f(reference)(x))
+    grad = lambda pool: f(jax.grad(lambda x: jnp.sum(out * pool(x))))(x)
+    np.testing.assert_array_equal(grad(models.relu_avg_pool), grad(reference))
