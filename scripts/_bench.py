@@ -114,11 +114,12 @@ def run_all(bench_fn, configs, *, out: str) -> list[dict]:
       r = {**config, "error": repr(e)[:300]}
     results.append(r)
     print(json.dumps(r), flush=True)
-    _save(out, results)
+    save(out, results)
   return results
 
 
-def _save(out: str, results: list[dict]):
+def save(out: str, results: list[dict]):
+  """Writes `results` with the device, backend and JAX version to the JSON file `out`."""
   io.save_json(out, {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
                      "jax_version": jax.__version__, "results": results})
 
@@ -144,7 +145,7 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
       row = {**config, "error": repr(e)[:300]}
     rows.append(row)
     print(json.dumps(row), flush=True)
-    _save(out, rows)
+    save(out, rows)
   for i in runs:
     rows[i]["times"], rows[i]["cpu_times"] = [], []
   for _ in range(repeats):
@@ -156,5 +157,5 @@ def run_interleaved(prepare_fn, configs, *, repeats: int, out: str) -> list[dict
       rows[i]["min_seconds"] = float(np.min(rows[i]["times"]))
       rows[i]["cpu_seconds_per_step"] = float(np.median(rows[i]["cpu_times"]))
       rows[i]["loss"] = float(last[i]["loss"])
-    _save(out, rows)
+    save(out, rows)
   return rows
