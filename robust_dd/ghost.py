@@ -24,9 +24,11 @@ is a batched weight gradient with rescaled output gradients: no per-example grad
 layer is formed, forward or backward.
 
 Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `models.PatchConv`
-(with the convolution it computes; a convolution and InstanceNorm that `models.ConvNet` folds
-into one matmul is computed unfolded, so that its output gradient exists) and
-`flax.linen.Dense` on flat inputs. A network with any
+(with the convolution it computes) and `flax.linen.Dense` on flat inputs. Where `models.ConvNet`
+folds a narrow convolution and its InstanceNorm into one matmul (`PatchConv.normalized`), the
+tap is the norm's output z and each example's kernel gradient is formed directly from its output
+gradient dloss_j / dz_j (`models.conv_instance_norm_kernel_grads`), as the plain step's pass
+computes it, folded. A network with any
 other weight tensor (ndim >= 2), or with batch statistics (which couple a batch's examples), is
 not supported: `unit_stats` returns None and callers use per-example gradients.
 
@@ -68,6 +70,8 @@ class Layer:
   out_shape: tuple[int, ...]
   conv: Optional[Callable[..., jax.Array]] = None
   padding: Optional[int] = None
+  norm: Optional[tuple[str, ...]] = None  # A folded InstanceNorm's module path.
+  epsilon: float = 1e-5
 
   @property
   def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -79,17 +83,22 @@ class Layer:
     fewer multiplications."""
     if self.kind == "dense":
       return False
+    if self.norm is not None:
+      return True
     kh, kw, cin, cout = self.kernel_shape
     h, w = self.out_shape[:2]
     pixels = self.in_shape[0] * self.in_shape[1]
     return kh * kw * cin * cout * h * w <= pixels ** 2 * cin + (h * w) ** 2 * cout
 
 
-def _layer_of(module: nn.Module, x: jax.Array, y: jax.Array) -> Optional[Layer]:
+def _layer_of(module: nn.Module, x: jax.Array, y: jax.Array, norm: Optional[nn.Module] = None
+              ) -> Optional[Layer]:
   path = tuple(module.scope.path)
   if isinstance(module, models.PatchConv):
+    folded = {} if norm is None else {"norm": tuple(norm.scope.path), "epsilon": norm.epsilon}
     return Layer(path, "conv", (*module.kernel_size, x.shape[-1], module.features), x.shape[1:],
-                 y.shape[1:], conv=module.conv_fn(x.shape[-1]), padding=module.padding)
+                 y.shape[1:], conv=module.conv_fn(x.shape[-1]), padding=module.padding,
+                 **folded)
   if isinstance(module, nn.Dense) and x.ndim == 2:
     return Layer(path, "dense", (x.shape[-1], module.features), x.shape[1:], y.shape[1:])
   return None
@@ -107,13 +116,13 @@ def _tapped(apply_fn: ApplyFn, params, x, perturbations: Optional[dict]):
   taps = {}
 
   def interceptor(next_fun, args, kwargs, context):
-    if context.method_name == "normalized" and isinstance(context.module, models.PatchConv):
-      # Unfolded (`models.conv_instance_norm` has no convolution output to tap).
-      return next_fun(*args, **{**kwargs, "fold": False})
-    if context.method_name != "__call__" or not isinstance(context.module, _WATCHED):
+    module = context.module
+    folded = (context.method_name == "normalized" and isinstance(module, models.PatchConv)
+              and kwargs.get("fold", True) and module.folds(args[0].shape[-1]))
+    if not folded and (context.method_name != "__call__" or not isinstance(module, _WATCHED)):
       return next_fun(*args, **kwargs)
     y = next_fun(*args, **kwargs)
-    layer = _layer_of(context.module, args[0], y)
+    layer = _layer_of(module, args[0], y, args[1] if folded else None)
     taps[tuple(context.module.scope.path)] = (layer, args[0])
     if layer is not None and perturbations is not None:
       y = y + perturbations[layer.path]
@@ -153,12 +162,18 @@ def _shifted(layer: Layer, a: jax.Array) -> jax.Array:
                     for window in models.conv_windows(a, kh, kw, layer.pads)], axis=1)
 
 
-def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array):
+def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array, params=None):
   """Examples' unit norms^2 (n, U) and what the inner products need: their weight gradients
-  (direct layers) or nothing more than a and d (the others)."""
+  (direct layers) or nothing more than a and d (the others). `params`: the network's, which a
+  folded layer (`Layer.norm`) needs."""
   n = a.shape[0]
   if layer.kind == "dense":
     return jnp.sum(a * a, 1, keepdims=True) * d * d, None
+  if layer.norm is not None:
+    scale = functools.reduce(lambda tree, key: tree[key], layer.norm, params)["scale"]
+    r = models.conv_instance_norm_kernel_grads(a, _kernel(params, layer.path), scale, d,
+                                               layer.padding, epsilon=layer.epsilon)
+    return jnp.sum(r * r, (1, 2, 3)), r
   d = d.reshape(n, -1, d.shape[-1])
   if layer.direct:
     # r_j[k, c, u] = sum_p window_k(a_j)[p, c] delta_j[p, u]: one batched matmul.
@@ -226,7 +241,7 @@ def example_stats(apply_fn: ApplyFn, params, images, weights, *, layers: list[La
   out = []
   for layer in layers:
     a, d = inputs[layer.path], deltas[layer.path]
-    norms, r = _batch_stats(layer, a, d)
+    norms, r = _batch_stats(layer, a, d, params)
     keep = layer.kind == "dense" or not layer.direct
     out.append((norms, a if keep else None, d if keep else None, r))
   return out

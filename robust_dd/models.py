@@ -359,6 +359,28 @@ def conv_instance_norm(x: jax.Array, kernel: jax.Array, scale: jax.Array, bias: 
   return (jnp.einsum("npf,nfc->npc", p, k * s[:, None, :]) + bias).reshape(n, h, w, cout)
 
 
+def conv_instance_norm_kernel_grads(x: jax.Array, kernel: jax.Array, scale: jax.Array,
+                                    g: jax.Array, padding: Optional[int] = None, *,
+                                    epsilon: float = 1e-5) -> jax.Array:
+  """Each example's gradient in `kernel` of sum(g_i * conv_instance_norm(x_i, kernel, scale, .,
+  padding)), (n, kh, kw, cin, cout), from (F, F) and (F, C) arithmetic per example: with
+  G_i = (P_i - mean(P_i))^T g_i, the gradient is G_i * s_i + 2 (S_i W) * dvar_i, where
+  dvar_i = sum_f(G_i * W) * scale * (-1/2) (var_i + epsilon)^(-3/2) (`conv_instance_norm`'s
+  notation). What `ghost` forms for a folded layer (tested against per-example autodiff)."""
+  kh, kw, cin, cout = kernel.shape
+  windows = conv_windows(x, kh, kw, conv_pads(kh, kw, padding))
+  n, h, w = windows[0].shape[:3]
+  p = jnp.concatenate(windows, axis=-1).reshape(n, h * w, kh * kw * cin)
+  p = p - jnp.mean(p, axis=1, keepdims=True)
+  k = kernel.reshape(kh * kw * cin, cout)
+  sk = (jnp.einsum("npf,npg->nfg", p, p) / (h * w)) @ k  # S_i W, (n, F, C)
+  var = jnp.maximum(jnp.sum(k * sk, axis=1), 0.0) + epsilon
+  gi = jnp.einsum("npf,npc->nfc", p, g.reshape(n, h * w, cout))
+  dvar = jnp.sum(gi * k, axis=1) * scale * -0.5 * var ** -1.5
+  r = gi * (scale * jax.lax.rsqrt(var))[:, None, :] + 2.0 * sk * dvar[:, None, :]
+  return r.reshape(n, kh, kw, cin, cout)
+
+
 class InstanceNorm(nn.Module):
   """`flax.linen.InstanceNorm` on NHWC inputs (the same parameters, 'scale' and 'bias', and
   values: `instance_norm`), whose parameters `affine` also gives to `PatchConv.normalized`."""

@@ -233,6 +233,19 @@ def test_folded_conv_instance_norm_equals_numpy_and_the_unfolded_form(channels, 
     close(*[jax.jvp(f, args, tangents)[1] for f in (folded, unfolded)])
 
 
+def test_folded_per_example_kernel_gradients_equal_per_example_autodiff():
+  ks = jax.random.split(jax.random.key(7), 4)
+  x = jax.random.normal(ks[0], (4, 6, 5, 2))
+  kernel = jax.random.normal(ks[1], (3, 3, 2, 6))
+  scale = 1.0 + 0.3 * jax.random.normal(ks[2], (6,))
+  g = jax.random.normal(ks[3], (4, 6, 5, 6))
+  one = lambda x, g: jax.grad(lambda k: jnp.sum(g * models.conv_instance_norm(
+      x[None], k, scale, jnp.zeros(6), 1)[0]))(kernel)
+  np.testing.assert_allclose(
+      models.conv_instance_norm_kernel_grads(x, kernel, scale, g, 1), jax.vmap(one)(x, g),
+      rtol=1e-4, atol=1e-5)
+
+
 def test_convnet_folds_the_narrow_first_layer_and_its_norm_and_nothing_else():
   """fold_norm=True computes conv0 + norm0 (9 patch features) by conv_instance_norm: the same
   logits and gradients as fold_norm=False (to float rounding), one instance-norm mean over a
