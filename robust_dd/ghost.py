@@ -27,10 +27,10 @@ Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `m
 (with the convolution it computes) and `flax.linen.Dense` on flat inputs. Where `models.ConvNet`
 folds a narrow convolution and its InstanceNorm into one matmul (`PatchConv.normalized`), the
 tap is the norm's output z and each example's kernel gradient is formed directly from its output
-gradient dloss_j / dz_j (`models.conv_instance_norm_kernel_grads`), as the plain step's pass
-computes it, folded. A network with any
-other weight tensor (ndim >= 2), or with batch statistics (which couple a batch's examples), is
-not supported: `unit_stats` returns None and callers use per-example gradients.
+gradient dloss_j / dz_j (`models.conv_instance_norm_kernel_grads`), so the real pass stays folded
+as in the plain step. A network with any other weight tensor (ndim >= 2), or with batch
+statistics (which couple a batch's examples), is not supported: `unit_stats` returns None and
+callers use per-example gradients.
 
 Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU, steps timed in
 turn): about 1.4x the plain step (1.38-1.46x by medians and 1.40-1.45x by CPU time in three
