@@ -93,16 +93,54 @@ def quiet_logs() -> None:
   logging.set_verbosity(logging.WARNING)
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing with a one-line error and exit code 2 for any bad flag or value (absl
+  prints two lines and exits 1), and exit code 0 after --help (absl exits 1)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except SystemExit as e:
+    if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """`app.run(main)` for a driver: `parse_flags`, and Ctrl-C / SIGTERM routed to
+  `robust_dd.interrupt` (a run stops at its next step boundary with a checkpoint)."""
+  app.run(main, flags_parser=parse_flags)
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+  from robust_dd import interrupt  # pylint: disable=g-import-not-at-top
+  step = getattr(e, "step", None)
+  where = f" at step {step}" if step is not None else ""
+  print(f"interrupted{where}; rerun the same command to resume", file=sys.stderr, flush=True)
+  sys.exit(e.exit_code if isinstance(e, interrupt.Interrupted) else 130)
+
+
 def run_experiment(argv, experiment: Callable[[str, Callable[[str], None]], Any], *,
                    workdir: str, errors=(ValueError,)) -> None:
   """The drivers' `main`: `experiment(workdir, log)` with progress printed as it comes. Bad input
   (`errors`, and a workdir that cannot be written) ends the process with exit code 2 and a
-  one-line message, not a traceback."""
+  one-line message, not a traceback; SIGINT and SIGTERM end it at a step boundary with one line
+  and exit code 130 or 143."""
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(f"error: unexpected arguments {argv[1:]} (flags are written --name=value)",
+          file=sys.stderr)
+    sys.exit(2)
   quiet_logs()
+  from robust_dd import interrupt  # pylint: disable=g-import-not-at-top
+  interrupt.install()
   try:
     experiment(workdir, lambda s: print(s, flush=True))
+  except KeyboardInterrupt as e:
+    _interrupted(e)
   except errors as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

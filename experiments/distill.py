@@ -21,7 +21,6 @@ Re-running with the same --workdir resumes from its last checkpoint; a workdir t
 with a different config is refused.
 """
 
-from absl import app
 
 from experiments import _common
 from robust_dd import config as config_lib
@@ -35,4 +34,4 @@ config_from_flags, main = _common.config_driver(
           "real_per_class", "robust", "init", "sampler"))
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -11,7 +11,6 @@ corruptions; with --eval_nets=convnet,alexnet,vgg11,resnet18,vit, the set (and r
 trained into each of those networks. Writes <workdir>/evaluation.json.
 """
 
-from absl import app
 from absl import flags
 
 from experiments import _common
@@ -49,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

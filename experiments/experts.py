@@ -10,7 +10,6 @@ parameters after each epoch) and experts.json (the data and network flags it was
 distillation with other flags refuses the buffer).
 """
 
-from absl import app
 
 from experiments import _common
 from robust_dd import config as config_lib
@@ -23,4 +22,4 @@ config_from_flags, main = _common.config_driver(
           "net_depth"))
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

@@ -8,7 +8,6 @@ kmeans_centers, herding, kcenter, sensitivity (k-means sensitivity sampling), se
 (ridge leverage) and lcmat (LCMat-S). See docs/methods.md.
 """
 
-from absl import app
 
 from experiments import _common
 from robust_dd import config as config_lib
@@ -20,4 +19,4 @@ config_from_flags, main = _common.config_driver(
     main=("method", "fraction", "seed", "dataset", "evaluators"))
 
 if __name__ == "__main__":
-  app.run(main)
+  _common.run(main)

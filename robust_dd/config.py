@@ -223,8 +223,15 @@ def _preset_help(name: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """The dataset, its split and preprocessing, and the rare-subgroup benchmark."""
-  dataset: str = _field("mnist5k", "digits, mnist5k, mnist1d, npz, or tfds:NAME.")
-  data_dir: Optional[str] = _field(None, "TFDS data directory.")
+  dataset: str = _field(
+      "mnist5k", "digits, mnist5k, mnist1d (embedded, no download); mnist, fashion_mnist (IDX "
+      "files, else TFDS); cifar10, cifar100, svhn_cropped, or tfds:NAME (TFDS); npz "
+      "(--data_path).")
+  data_dir: Optional[str] = _field(
+      None, "For mnist and fashion_mnist, a directory holding the four IDX files "
+      "(train-images-idx3-ubyte[.gz], ...), itself or in a subdirectory named after the dataset "
+      "(default: where Debian's dataset packages put them); for TFDS datasets, TFDS's data "
+      "directory.")
   data_path: Optional[str] = _field(None, "With --dataset=npz: a .npz with x_train, y_train, "
                                     "x_test, y_test.")
   split_seed: int = _field(0, "Seed of the train/test split we make.")

@@ -124,10 +124,17 @@ def read_idx(path: str) -> np.ndarray:
   Header: two zero bytes, a type code (0x08 uint8 ... 0x0E float64), the number of dimensions,
   then each dimension as a big-endian int32; then the data, row-major.
   """
-  import gzip
+  import gzip  # pylint: disable=g-import-not-at-top
+  import zlib  # pylint: disable=g-import-not-at-top
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
+    reason = ("it ends early (truncated?)" if isinstance(e, EOFError)
+              else f"{type(e).__name__}: {e}")
+    raise ValueError(f"{path} cannot be read: {reason}. Replace the file (or delete it to use "
+                     "another source).") from e
   if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
     raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()}).")
   ndim = raw[3]
@@ -235,12 +242,17 @@ def load_npz(path: str) -> Dataset:
     raise ValueError("--dataset=npz needs --data_path=FILE.npz.")
   if not os.path.exists(path):
     raise ValueError(f"--data_path={path} does not exist.")
-  with np.load(path, allow_pickle=False) as f:
-    missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
-    if missing:
-      raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs x_train, y_train, "
-                       "x_test, y_test.")
-    arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+  import zipfile  # pylint: disable=g-import-not-at-top
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in f.files}
+  except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:  # ValueError: not an npz.
+    raise ValueError(f"--data_path={path} cannot be read as .npz ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else 'corrupt'}).") from e
+  missing = {"x_train", "y_train", "x_test", "y_test"} - set(arrays)
+  if missing:
+    raise ValueError(f"{path} lacks arrays {sorted(missing)}; it needs x_train, y_train, "
+                     "x_test, y_test.")
   for part in ("train", "test"):
     x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
     if x.ndim not in (2, 3, 4):

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 from robust_dd import data as data_lib
+from robust_dd import interrupt
 from robust_dd import io
 from robust_dd import parallel
 from robust_dd import progress
@@ -266,52 +267,62 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   `on_log(history, state)`. On a terminal a progress bar (`progress.Progress`) also shows every
   step. Every `checkpoint_every` steps
   (0: never) and at the end it saves `state` in `checkpoint_dir` (`io.Checkpoints`: Orbax,
-  atomic, asynchronous; the newest two kept).
+  atomic, asynchronous; the newest two kept). After `interrupt.install()`, a SIGINT or SIGTERM
+  stops the loop at the next step boundary with a checkpoint of that step.
 
   Raises:
     FloatingPointError: the loss became NaN or infinite (lower the learning rate, raise diag_reg).
+    interrupt.Interrupted: a signal arrived (`.step` is the step checkpointed).
   """
   history = list(history or [])
   start = int(state.step)
   checkpoints = io.Checkpoints(checkpoint_dir) if checkpoint_dir else None
   bar = progress.Progress(num_steps, desc="distillation", initial=start, log=log, lines=False)
   t_start, steps_timed, t_first = time.time(), 0, None
-  try:
-    for step in range(start, num_steps):
-      if (refresh_real is not None and refresh_every and step > start
-          and step % refresh_every == 0):
-        real = refresh_real(state, step)
-      state, metrics = step_fn(state, real, key)  # The step folds in state.step itself.
-      done = step + 1
-      if t_first is None:
-        jax.block_until_ready(state)
-        t_first = time.time()  # Excludes compilation from the time-left estimate.
-      else:
-        steps_timed += 1
-      bar.update(1)
-      if done % max(log_every, 1) == 0 or done == num_steps:
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-          raise FloatingPointError(
-              f"Loss is {loss} at step {done}. Lower --learning_rate or raise --diag_reg.")
-        per_step = (time.time() - t_first) / steps_timed if steps_timed else 0.0
-        record = {"step": done, "loss": loss, "elapsed_s": round(time.time() - t_start, 2),
-                  "step_s": round(per_step, 4)}
-        if eval_fn is not None:
-          record.update(eval_fn(state.params))
-        history.append(record)
-        extras = " ".join(f"{k}={v:.4f}" for k, v in record.items()
-                          if k not in ("step", "loss", "elapsed_s", "step_s"))
-        bar.write(f"step {done:>6d}/{num_steps}  loss={loss:.5f}  {extras}  "
-                  f"elapsed={progress.format_seconds(time.time() - t_start)}  "
-                  f"left≈{progress.format_seconds(per_step * (num_steps - done))}")
-        if on_log is not None:
-          on_log(history, state)
-      if checkpoints and ((checkpoint_every and done % checkpoint_every == 0)
-                          or done == num_steps):
-        checkpoints.save(state, step=done)  # In the background; the next step donates `state`.
-  finally:
-    bar.close()
-    if checkpoints:
-      checkpoints.close()  # Waits for the last save.
+  with interrupt.deferred():  # A signal waits for the step boundary.
+    try:
+      for step in range(start, num_steps):
+        if (refresh_real is not None and refresh_every and step > start
+            and step % refresh_every == 0):
+          real = refresh_real(state, step)
+        state, metrics = step_fn(state, real, key)  # The step folds in state.step itself.
+        done = step + 1
+        if t_first is None:
+          jax.block_until_ready(state)
+          t_first = time.time()  # Excludes compilation from the time-left estimate.
+        else:
+          steps_timed += 1
+        bar.update(1)
+        if done % max(log_every, 1) == 0 or done == num_steps:
+          loss = float(metrics["loss"])
+          if not np.isfinite(loss):
+            raise FloatingPointError(
+                f"Loss is {loss} at step {done}. Lower --learning_rate or raise --diag_reg.")
+          per_step = (time.time() - t_first) / steps_timed if steps_timed else 0.0
+          record = {"step": done, "loss": loss, "elapsed_s": round(time.time() - t_start, 2),
+                    "step_s": round(per_step, 4)}
+          if eval_fn is not None:
+            record.update(eval_fn(state.params))
+          history.append(record)
+          extras = " ".join(f"{k}={v:.4f}" for k, v in record.items()
+                            if k not in ("step", "loss", "elapsed_s", "step_s"))
+          bar.write(f"step {done:>6d}/{num_steps}  loss={loss:.5f}  {extras}  "
+                    f"elapsed={progress.format_seconds(time.time() - t_start)}  "
+                    f"left≈{progress.format_seconds(per_step * (num_steps - done))}")
+          if on_log is not None:
+            on_log(history, state)
+        saved = checkpoints and ((checkpoint_every and done % checkpoint_every == 0)
+                                 or done == num_steps)
+        if saved:
+          checkpoints.save(state, step=done)  # In the background; the next step donates `state`.
+        signum = interrupt.pending()
+        if signum is not None:
+          if checkpoints and not saved:
+            checkpoints.save(state, step=done)
+          interrupt.clear()
+          raise interrupt.Interrupted(signum, step=done if checkpoints else None)
+    finally:
+      bar.close()
+      if checkpoints:
+        checkpoints.close()  # Waits for the last save.
   return state, history

@@ -569,6 +569,25 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   config_lib.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
   config_lib.check_workdir(workdir, config)
+  check_saved_steps(workdir, config.steps)
+  with io.WorkdirLock(workdir):  # Held to the end: a second run on `workdir` stops at once.
+    return _distill_locked(config, workdir, dataset, prep, x_train, x_test, log=log)
+
+
+def check_saved_steps(workdir: str, steps: int) -> None:
+  """Raises ValueError if `workdir` holds a checkpoint past `steps`: resuming it would report
+  more steps than asked for, and config.json would disagree with the saved set."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  saved = io.checkpoint_steps(ckpt_dir) + io.npz_checkpoint_steps(ckpt_dir)
+  if saved and max(saved) > steps:
+    raise ValueError(f"--workdir={workdir} holds a run checkpointed at step {max(saved)}, past "
+                     f"--steps={steps}; rerun with --steps={max(saved)} (or more) to continue or "
+                     "evaluate it (python -m experiments.evaluate), or choose another --workdir.")
+
+
+def _distill_locked(config: DistillConfig, workdir: str, dataset, prep, x_train, x_test, *,
+                    log: Log) -> dict[str, Any]:
+  """The rest of `distill_experiment`, with the data loaded and the workdir locked."""
   method = methods_lib.get(config.method)
   real_extras = method.real_extras(config, x_train, log=log)  # MTT's experts, checked.
   mesh = config_mesh(config)
@@ -756,14 +775,22 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
   return results
 
 
-def export_workdir(workdir: str, out: Optional[str] = None, *, log: Log = print) -> dict[str, Any]:
+EXPORT_FILE_BY = ("row", "label")
+
+
+def export_workdir(workdir: str, out: Optional[str] = None, *, file_by: str = "row",
+                   log: Log = print) -> dict[str, Any]:
   """Exports the distilled set of `workdir` in the raw data's pixel space, for other tools.
 
   The saved preprocessing is undone (`data.invert_preprocessing`: un-ZCA, un-standardise), and
   `out` (default `workdir/export`) receives:
     train/<class>/<class>_<i>.png  8-bit PNGs of the pixels clipped to [0, 1] (the range every
                                    image loader here scales to), readable by `tfds.ImageFolder`;
-    labels.csv                     file, class, and the stored label vector (learned or not);
+                                   <class> is, with `file_by='row'`, the class the image was
+                                   distilled for (rows are class-major: row i is class i // IPC),
+                                   with 'label' the argmax of its stored (possibly learned) label;
+    labels.csv                     file, class, row class, label argmax, and the stored label
+                                   vector (learned or not);
     pixels.npz                     the unclipped float32 pixels and the labels, nothing rounded;
     export.json                    source, counts, and how many pixel values were clipped.
   It is written in a temporary directory beside `out` and renamed when complete, so a killed
@@ -779,33 +806,44 @@ def export_workdir(workdir: str, out: Optional[str] = None, *, log: Log = print)
   if arrays["images"].ndim != 4 or arrays["images"].shape[-1] not in (1, 3):
     raise ValueError(f"The set in {workdir} holds samples of shape {arrays['images'].shape[1:]}; "
                      "only images (H, W, 1 or 3) export to PNG. Its arrays are in distilled.npz.")
+  if file_by not in EXPORT_FILE_BY:
+    raise ValueError(f"file_by={file_by!r}; choose one of {EXPORT_FILE_BY}.")
   prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))
   pixels = data_lib.invert_preprocessing(arrays["images"], prep)
   labels = np.asarray(arrays["labels"], np.float32)
-  classes = labels.argmax(-1)
+  num_classes = labels.shape[1]
+  row_class = np.arange(len(labels)) // max(len(labels) // num_classes, 1)
+  argmax = labels.argmax(-1)
+  classes = row_class if file_by == "row" else argmax
+  moved = int(np.sum(row_class != argmax))
   outside = int(np.sum((pixels < 0) | (pixels > 1)))
   png = np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(out)}-")
   try:
-    files = io.save_image_folder(tmp, png, classes, num_classes=labels.shape[1])
+    files = io.save_image_folder(tmp, png, classes, num_classes=num_classes)
     io.save_csv(os.path.join(tmp, "labels.csv"),
-                ["file", "class"] + [f"label_{c}" for c in range(labels.shape[1])],
-                [[f, int(c), *(f"{v:.6g}" for v in row)]
-                 for f, c, row in zip(files, classes, labels)])
+                ["file", "class", "row_class", "label_argmax"]
+                + [f"label_{c}" for c in range(num_classes)],
+                [[f, int(c), int(r), int(a), *(f"{v:.6g}" for v in row)]
+                 for f, c, r, a, row in zip(files, classes, row_class, argmax, labels)])
     io.save_npz(os.path.join(tmp, "pixels.npz"), images=pixels, labels=labels)
     summary = {"source": os.path.abspath(set_path), "images": len(pixels),
                "shape": list(pixels.shape[1:]), "classes": int(labels.shape[1]),
                "pixel_range": [0.0, 1.0], "clipped_values": outside,
                "clipped_fraction": outside / pixels.size,
-               "layout": "tfds.ImageFolder: train/<class>/<class>_<i>.png"}
+               "layout": "tfds.ImageFolder: train/<class>/<class>_<i>.png",
+               "file_by": file_by, "label_argmax_differs_from_row": moved}
     io.save_json(os.path.join(tmp, "export.json"), summary)
     os.replace(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  log(f"Exported {len(pixels)} images ({labels.shape[1]} classes) to {out}/: PNGs under train/, "
-      f"labels.csv, pixels.npz; {100 * outside / pixels.size:.2f}% of pixel values lay outside "
-      "[0, 1] and were clipped in the PNGs (pixels.npz keeps them).")
+  how = ("the class each image was distilled for" if file_by == "row"
+         else "the argmax of each image's stored label")
+  log(f"Exported {len(pixels)} images ({num_classes} classes) to {out}/: PNGs under "
+      f"train/<class>/, filed by {how} (--file_by={file_by}; {moved} images' label argmax is "
+      f"another class), labels.csv, pixels.npz; {100 * outside / pixels.size:.2f}% of pixel "
+      "values lay outside [0, 1] and were clipped in the PNGs (pixels.npz keeps them).")
   return summary

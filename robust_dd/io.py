@@ -2,13 +2,15 @@
 
 Every writer writes to a temporary file in the target directory, flushes and fsyncs it, then
 renames it over the target (`os.replace` is atomic on POSIX), so a killed run never leaves a
-half-written file behind.
+half-written file behind. A run holds its directory with `WorkdirLock`, so two runs never
+write one workdir at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io as _io
 import json
 import os
@@ -42,19 +44,78 @@ def _atomic_open(path: str):
     raise
 
 
+class WorkdirError(ValueError):
+  """A workdir that cannot be used: not creatable or writable, or held by another run."""
+
+
+def _unusable(path: str, e: OSError) -> WorkdirError:
+  return WorkdirError(f"cannot use {e.filename or path}: {e.strerror or e}. Choose another "
+                      "--workdir.")
+
+
 def make_dirs(*directories: str) -> list[str]:
   """Creates the directories and removes the temporary files (`.tmp-*`) a killed run left in
   them: a write interrupted by a crash never finished, so nothing reads them. Returns the paths
-  removed."""
+  removed. Raises WorkdirError if a directory cannot be created or listed."""
   removed = []
   for directory in directories:
-    os.makedirs(directory, exist_ok=True)
+    try:
+      os.makedirs(directory, exist_ok=True)
+      if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", directory)
+    except OSError as e:
+      raise _unusable(directory, e) from e
     for name in os.listdir(directory):
       path = os.path.join(directory, name)
       if name.startswith(_TMP_PREFIX) and os.path.isfile(path):
         os.remove(path)
         removed.append(path)
   return removed
+
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir (`flock` on `<workdir>/.lock`, which holds the owner's pid).
+
+  A second process that tries to take it gets a WorkdirError naming the owner and writes
+  nothing. The kernel drops the lock when its process dies however it dies, so a lock left by a
+  killed run is simply taken over. Local filesystems only (flock on NFS is not reliable).
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir, self.path, self._fd = workdir, os.path.join(workdir, LOCK_FILE), None
+
+  def __enter__(self) -> "WorkdirLock":
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def acquire(self) -> None:
+    make_dirs(self.workdir)
+    try:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      raise _unusable(self.path, e) from e
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      owner = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+      os.close(fd)
+      raise WorkdirError(f"--workdir={self.workdir} is in use by a running process (pid "
+                         f"{owner}); wait for it to finish, or choose another --workdir.") from e
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    self._fd = fd
+
+  def release(self) -> None:
+    if self._fd is not None:
+      fcntl.flock(self._fd, fcntl.LOCK_UN)
+      os.close(self._fd)
+      self._fd = None
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

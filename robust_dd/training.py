@@ -98,7 +98,10 @@ def loss_and_grad(apply_fn: ApplyFn, params, images, labels, weights=None, *, lo
     part = lambda p: jnp.sum(v * _row_losses(apply_fn(p, x), y, loss)) / total
     return jax.tree_util.tree_map(jnp.add, acc, jax.value_and_grad(part)(params)), None
 
-  zero = (jnp.zeros((), dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
+  # Fresh zeros, not zeros_like: inside shard_map the parameters may carry the outer mesh's
+  # sharding, which zeros_like would copy into the manual context (an error).
+  zero = (jnp.zeros((), dtype), jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, p.dtype),
+                                                       params))
   return jax.lax.scan(body, zero, (split(images), split(labels), split(w)))[0]
 
 

@@ -141,12 +141,21 @@ def test_export_round_trip_gives_the_unpreprocessed_pixels(finished, tmp_path):
   rows = list(csv.reader(open(os.path.join(out, "labels.csv"))))[1:]
   for i, row in enumerate(rows):
     r = by_name[os.path.basename(row[0])]
-    assert r["label"] == int(row[1]) == saved["labels"][i].argmax()
+    # Filed by the row's class (class-major rows); the label's argmax is listed beside it.
+    assert r["label"] == int(row[1]) == int(row[2]) == i // 2
+    assert int(row[3]) == saved["labels"][i].argmax()
     gray = r["image"][..., :1] / 255.0  # ImageFolder decodes 3 channels; grey PNGs repeat one.
     np.testing.assert_allclose(gray, np.clip(pixels[i], 0, 1), atol=0.5 / 255 + 1e-6)
   assert summary["clipped_values"] == int(np.sum((pixels < 0) | (pixels > 1)))
+  assert summary["file_by"] == "row"
+  assert summary["label_argmax_differs_from_row"] == sum(
+      int(r[2]) != int(r[3]) for r in rows)
   with pytest.raises(ValueError, match="exists"):
     experiment.export_workdir(workdir, out, log=lambda s: None)
+  by_label = str(tmp_path / "by_label")
+  experiment.export_workdir(workdir, by_label, file_by="label", log=lambda s: None)
+  for row in list(csv.reader(open(os.path.join(by_label, "labels.csv"))))[1:]:
+    assert int(row[1]) == int(row[3]) and row[0].startswith(f"train/{row[3]}/")
 
 
 @pytest.mark.slow
