@@ -7,6 +7,9 @@ import setuptools
 with open("robust_dd/__init__.py", encoding="utf-8") as f:  # One source: robust_dd.__version__.
   VERSION = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
+# The site in docs/ (Sphinx + MyST, the notebook rendered by myst-nb); the tests build it.
+DOCS = ["sphinx>=7", "myst-parser", "myst-nb", "sphinx-book-theme"]
+
 setuptools.setup(
     name="robust_dd",
     version=VERSION,
@@ -36,7 +39,11 @@ setuptools.setup(
         "tensorboardX",  # TensorBoard event files without TensorFlow.
         "tqdm",  # Progress bars on a terminal.
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.2",
-                             # Executing notebooks/quickstart.ipynb and checking its .py twin:
-                             "nbclient", "nbformat", "ipykernel", "jupytext"]},
+    extras_require={
+        "tensorboard": ["tensorboard"],  # The viewer: tensorboard --logdir runs.
+        "docs": DOCS,
+        # Executing notebooks/quickstart.ipynb and checking its .py twin; building the docs.
+        "test": ["pytest>=7", "pytest-xdist>=3.2", "nbclient", "nbformat", "ipykernel",
+                 "jupytext", *DOCS],
+    },
 )

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.5.0.dev0"
+__version__ = "0.8.0"
 
-# group -> module -> the public names it defines, grouped as in the README's "Using the library".
+# group -> module -> the public names it defines, grouped as in docs/library.md.
 _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
     "losses": {
         "krr": ("krr_loss", "krr_loss_jit", "kip_loss", "kip_loss_jit", "krr_predict",
@@ -77,10 +77,10 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
 _WHERE = {name: module for group in _GROUPS.values() for module, names in group.items()
           for name in names}
 _SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
-               "empirical_ntk", "evaluate", "experiment", "experts", "ghost", "groups", "io",
-               "kernels", "krr", "matching", "methods",
-               "models", "parallel", "precision", "progress", "random_features", "reporting",
-               "risk", "select", "sensitivity", "training", "trajectory")
+               "empirical_ntk", "evaluate", "experiment", "experts", "ghost", "groups",
+               "interrupt", "io", "kernels", "krr", "matching", "methods", "models", "parallel",
+               "precision", "progress", "random_features", "reporting", "risk", "select",
+               "sensitivity", "training", "trajectory")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 

@@ -6,7 +6,8 @@ time. This module is the ONLY place in `robust_dd` that knows why; `robust_dd.ke
 name is missing, a signature changed) and otherwise leaves NT and JAX alone, so on an old stack
 (jax 0.4.x) `apply()` changes nothing.
 
-The adaptations (see `shared/docs/DEPENDENCIES.md` for how they were found):
+The adaptations (each found by running neural-tangents' own tests on current JAX,
+`scripts/nt_test_suites.py`):
 
 1. `jax.core.{Jaxpr, JaxprEqn, Literal, Var, Primitive, ClosedJaxpr}` were moved to
    `jax.extend.core`; NT imports them from `jax.core`. They are added back to `jax.core` as aliases.

@@ -32,11 +32,10 @@ as in the plain step. A network with any other weight tensor (ndim >= 2), or wit
 statistics (which couple a batch's examples), is not supported: `unit_stats` returns None and
 callers use per-example gradients.
 
-Cost (robust DC, ConvNet-3 width 128, 1,000 one-image clusters, 2-core CPU, steps timed in
-turn): about 1.4x the plain step (1.38-1.46x by medians and 1.40-1.45x by CPU time in three
-runs) against about 2.05x with per-image autodiff gradients, and a third of their XLA memory
-(README, Benchmarks, session 24): the forward and backward pass to the output gradients, the
-Gram norms of the wide convolutions (each symmetric product from three of its four blocks), the
+Cost: robust DC with 1,000 one-image clusters takes about 1.4x the plain step on CPU, against
+about 2x with per-image autodiff gradients and a third of their memory (docs/benchmarks.md,
+`scripts/benchmark_robust.py`). The work is the forward and backward pass to the output
+gradients, the Gram norms of the wide convolutions (each symmetric product from three of its four blocks), the
 inner products' convolutions and, in the backward pass, their weight gradient by Winograd
 F(4x4, 3x3) (`models.conv_kernel_grad`) from the stored inputs and output gradients.
 """
@@ -195,8 +194,8 @@ def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array, params=None):
 
 
 # Both Gram products are symmetric in the positions: three of their four blocks (halves of the
-# positions) give them with 3/4 of the multiplications (robust DC's K = 1000 image gradient
-# 5-9% faster in paired runs, README session 24; thirds and quarters were slower).
+# positions) give them with 3/4 of the multiplications (thirds and quarters of the positions
+# cost more than they save).
 
 
 def _symmetric_gram(x: jax.Array) -> jax.Array:

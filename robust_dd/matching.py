@@ -127,8 +127,8 @@ def gradient_match_class_loss(apply_fn: ApplyFn, *, metric: str = "ours", chunk:
     # the synthetic gradient once, the clusters' real gradients vmapped (in groups of about
     # `chunk` images), and the distances in a loop over clusters, whose backward pass adds each
     # cluster's cotangent of the synthetic gradient into one accumulator. (Under vmap the same
-    # backward is a reduction over the clusters' axis, which XLA:CPU runs about 10x slower:
-    # robust DC K = 1000, README.)
+    # backward is a reduction over the clusters' axis, which XLA:CPU runs about 10x slower at
+    # K = 1000 clusters.)
     g_syn = class_loss_gradient(apply_fn, net_params, x_syn, label)
     manual = bool(jax.sharding.get_abstract_mesh().manual_axes)
     if ghost and metric == "ours" and x_real.shape[1] == 1 and not manual:
@@ -171,10 +171,9 @@ def default_class_batch(class_batch: Optional[int] = None, *,
                         backend: Optional[str] = None) -> Optional[int]:
   """The `class_batch` of `per_class_losses` for a `--class_batch` value: n > 0 as given, 0 for
   all classes in one vmap (None), and None (unset) by `backend` (default: JAX's default one): one
-  class at a time on CPU, where it was measured fastest (DC IPC 1, 256 real images per class, each
-  setting timed in turn with the PyTorch reference: 1.28x PyTorch's speed, against 1.02x for 2
-  classes at a time and 0.54x for all at once; README, Benchmarks), all at once on GPU and TPU
-  (not measured here)."""
+  class at a time on CPU, where it was measured fastest (`scripts/benchmark_matching.py
+  --class_batches`; docs/benchmarks.md), all at once on GPU and TPU, whose cores a wider vmap
+  keeps busy."""
   if class_batch is not None:
     return class_batch or None
   return 1 if (backend or jax.default_backend()) == "cpu" else None

@@ -42,12 +42,10 @@ def auto_conv_impl(backend: Optional[str] = None) -> str:
   """The ConvNet convolution `conv_impl='auto'` picks on `backend` (default: JAX's default one).
 
   'winograd4' (F(4x4, 3x3)) on CPU (ConvNet: in layers of at least `WINOGRAD_MIN_CHANNELS`
-  input channels, 'patches' in the others), where it was measured fastest: DC's outer iteration
-  on 2 cores, paired against F(2x2) 'winograd' in one process, 0.87x the wall time and 0.75x the
-  CPU time at IPC 1, 0.93-0.97x and 0.82x at IPC 10 (README, Benchmarks; F(2x2) had replaced
-  'patches', 1.1-1.3x slower, and `lax.conv`, whose weight gradient XLA:CPU runs as a grouped
-  convolution under `vmap`, 3.7x slower); 'lax' on GPU and TPU, where the convolution libraries
-  are fast (not measured here).
+  input channels, 'patches' in the others), where it was measured fastest: fewer multiplications
+  than F(2x2) 'winograd' and 'patches', while `lax.conv`'s weight gradient runs on XLA:CPU as a
+  grouped convolution under `vmap` (`scripts/benchmark_matching.py --conv_impl`;
+  docs/benchmarks.md); 'lax' on GPU and TPU, where the convolution libraries are fast.
   """
   return "winograd4" if (backend or jax.default_backend()) == "cpu" else "lax"
 
@@ -154,7 +152,7 @@ def _winograd_out(m0, m1, m2, m3):
 def _unstack(x: jax.Array, axis: int) -> list[jax.Array]:
   """x's slices along `axis` by `lax.split`, whose transpose is one concatenation (indexing
   transposes to a zero-padded copy per slice, summed: conv_winograd's backward pass built 16 of
-  them per transform; plain DC's step is 7-10% faster without, README)."""
+  them per transform)."""
   return [jnp.squeeze(t, axis) for t in jnp.split(x, x.shape[axis], axis=axis)]
 
 
@@ -310,9 +308,9 @@ def conv_kernel_grad(conv: Callable[..., jax.Array], x: jax.Array, g: jax.Array,
                      kernel_shape: Sequence[int], padding: Optional[int] = None) -> jax.Array:
   """The gradient in the kernel of sum(g * conv(x, kernel, padding)) for any of this module's
   convolutions `conv`: `winograd_kernel_grad` for `conv_winograd` and `conv_winograd4`
-  (ghost's inner products' backward pass: robust DC's K = 1000 image gradient 7% faster than
-  through F(2x2), README; inside the plain step's backward pass, where F(2x2) shares its
-  transforms with the input gradient, F(4x4) gained nothing), otherwise their VJP at a zero
+  (ghost's inner products' backward pass, where F(4x4)'s fewer multiplications pay; inside the
+  plain step's backward pass F(2x2) shares its transforms with the input gradient, and F(4x4)
+  gains nothing), otherwise their VJP at a zero
   kernel (they are linear in it; the unused forward convolution is dropped under jit).
   `jax.linear_transpose` cannot transpose `conv_shifted`'s custom VJP."""
   if conv in (conv_winograd, conv_winograd4):
@@ -349,8 +347,8 @@ def conv_instance_norm(x: jax.Array, kernel: jax.Array, scale: jax.Array, bias: 
   with S_i the patches' (F, F) covariance; the normalised output is then
   (P_i - mean(P_i)) (W * s_i) + bias with s_i = scale / sqrt(var_i + epsilon), a matmul by a
   per-example weight. The norm's passes over the wide output (mean, variance, normalisation,
-  and their backward passes) become (F, F) and (F, C) arithmetic per example: DC's inner loop on
-  MNIST (F = 9, C = 128, 32x32 maps) takes 1.2x as long unfolded (README, Benchmarks). Equal to the
+  and their backward passes) become (F, F) and (F, C) arithmetic per example
+  (`scripts/benchmark_inner_loop.py` times DC's inner loop folded and unfolded). Equal to the
   unfolded form to float rounding, its variance from centred patches rather than E[y^2] -
   E[y]^2 (tested against both and float64); forward and reverse mode to any order."""
   p, k, sk, (n, h, w) = _centred_patches(x, kernel, padding)
@@ -511,8 +509,7 @@ def relu_avg_pool(x: jax.Array) -> jax.Array:
   """avg_pool(relu(x)) over 2x2 windows at stride 2 (NHWC), the ConvNet's block end: the values
   and gradients of `flax.linen.avg_pool(flax.linen.relu(x), (2, 2), strides=(2, 2))` bit for
   bit (tested), through a select and a window sum times 1/4, where XLA:CPU fuses them with fewer
-  materialised broadcasts than `relu`'s custom derivative gets: DC's inner loop on MNIST about
-  8% faster (README, Benchmarks)."""
+  materialised broadcasts than `relu`'s custom derivative gets."""
   window = (1, 2, 2, 1)
   return jax.lax.reduce_window(jnp.where(x > 0, x, 0.0), 0.0, jax.lax.add, window, window,
                                "VALID") * 0.25

@@ -146,7 +146,7 @@ def map_groups(fn: Callable[..., jax.Array], args: tuple, mesh: Optional[Mesh], 
     if n == 1 or (batch and batch < n):
       # One group at a time: a plain loop, with no vmap of size 1 around `fn` (`lax.map`'s
       # batch_size=1 would add one, and XLA:CPU runs some batched forms of `fn` slower:
-      # robust DC's ghost norms at K = 1000, README).
+      # robust DC's ghost norms at K = 1000 clusters).
       return jax.lax.map(lambda b: fn(*b), a, batch_size=batch if batch and batch > 1 else None)
     return jax.vmap(fn)(*a)
 

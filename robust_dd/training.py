@@ -60,9 +60,8 @@ def network_loss(apply_fn: ApplyFn, params, images, labels, *, loss: str = "ce",
 def default_chunk(chunk: Optional[int] = None, *, backend: Optional[str] = None) -> int:
   """The `chunk` of `loss_and_grad` for a `--grad_chunk` value: n >= 0 as given (0: none), and
   None (unset) by `backend` (default: JAX's default one): 16 rows on CPU, where it was measured
-  fastest (DC IPC 1, 256 real images per class: 2.7 s per outer iteration against 3.1-3.5 s with
-  8, 32 or 64 and 3.9-5.0 s in one batch; README, Benchmarks), none on GPU and TPU (not measured
-  here)."""
+  fastest (`scripts/benchmark_matching.py --grad_chunks`; docs/benchmarks.md): small chunks'
+  activations stay in cache; none on GPU and TPU, where one batch keeps the cores busy."""
   if chunk is not None:
     return chunk
   return 16 if (backend or jax.default_backend()) == "cpu" else 0
@@ -76,9 +75,7 @@ def loss_and_grad(apply_fn: ApplyFn, params, images, labels, weights=None, *, lo
   `chunk` > 0 computes it in a `lax.scan` over ceil(n / chunk) equal chunks of at most `chunk`
   rows (the last padded with zero-weight rows), summing their gradients: the same value and
   gradient to float rounding (tested) for networks without batch statistics (every network in
-  `models`). On CPU the small chunks' activations stay in cache: DC's outer iteration at IPC 1
-  (ConvNet-3, 256 real MNIST images per class) is about 1.6x faster in chunks of 16 than in one
-  batch (README, Benchmarks).
+  `models`). On CPU the small chunks' activations stay in cache (`default_chunk`).
   """
   n = images.shape[0]
   if not chunk or n <= chunk:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # v0.4's cross-architecture table: DC, DSA, LCMat and KIP sets at IPC 10 on mnist5k (the matching
-# methods sized to a 2-core CPU as in the README's matching table), each trained into ConvNet-3,
+# methods sized to a 2-core CPU as in the matching table of docs/results.md), each trained into ConvNet-3,
 # AlexNet, VGG-11, ResNet-18 and a small ViT (300 epochs, DSA, seeds 0..EVAL_SEEDS-1) beside
 # random real subsets of the same size; then the table. On 2 CPU cores the evaluation of one set
 # on all five networks takes hours (ResNet-18 and VGG-11 dominate): narrow it with SETS and NETS.

@@ -4,8 +4,8 @@
 # NNGP (ConvNet-3 with pooling, 8 width-32 networks per step, readout integrated: 4,105
 # features), IPC 1, 10, 50, with the squared loss (20 real images per class per step) and with
 # RFAD's setting (Platt-scaled cross-entropy, fixed labels, 128 real images per class per step);
-# then the ConvNet-3 evaluator (a network trained on each set). The README's Fashion-MNIST table.
-#   RF_STEPS=1000 (default) and EVAL_SEEDS=3 set the cost; the README says which values it used.
+# then the ConvNet-3 evaluator (a network trained on each set). The Fashion-MNIST table of docs/results.md.
+#   RF_STEPS=1000 (default) and EVAL_SEEDS=3 set the cost; docs/results.md says which values it used.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RF_STEPS="${RF_STEPS:-1000}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's gradient/curvature-matching table on mnist5k (about 90 minutes on 2 CPU
+# Reproduces the gradient/curvature-matching table of docs/results.md on mnist5k (about 90 minutes on 2 CPU
 # cores in all; each IPC-1 run finishes in under 15 minutes, each IPC-10 run in about 25). The table
 # was measured with v0.3's ConvNet padding, which --net_padding=same keeps.
 set -euo pipefail

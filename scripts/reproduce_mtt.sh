@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's MTT rows on mnist5k: experts, then MTT at IPC 1 (3 seeds) and IPC 10,
+# Reproduces the MTT rows of docs/results.md on mnist5k: experts, then MTT at IPC 1 (3 seeds) and IPC 10,
 # ConvNet-3 width 128 with v0.3's padding (--net_padding=same), as the DC/DSA/LCMat table.
 # About 1 hour on 2 CPU cores. FULL=1 runs the paper-sized setting instead (10 experts x 50 epochs,
 # 5,000 iterations, IPC 1 and 10, 3 seeds each, and the same on the full Fashion-MNIST): days on

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rare-subgroup mnist5k (5% of each class's training digits inverted, 50% of its test digits):
 # KIP and DC, plain and robust (CVaR over 5 k-means clusters per class, the defaults), IPC 1 and
-# 10, seeds 0-2; then the table in the README. KIP runs take about a minute each on a 2-core CPU,
-# DC runs several (see the README for the measured times). The DC rows were measured with v0.3's
+# 10, seeds 0-2; then the table of docs/results.md. KIP runs take about a minute each on a 2-core CPU,
+# DC runs several (docs/results.md gives the measured times). The DC rows were measured with v0.3's
 # ConvNet padding, which --net_padding=same keeps.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provable subset selection on mnist5k, seeds 0-2 (docs/methods.md, issue 5):
+# Provable subset selection on mnist5k, seeds 0-2 (docs/guide/selection.md):
 #  1. KIP at IPC 1 and 10 with each --init and each --sampler (48 runs; 32 minutes on a 2-core CPU
 #     while part 2 ran beside it);
 #  2. coresets at 0.2%, 1% and 5% by each selection method, the random subset alongside (seed s
