@@ -35,9 +35,10 @@ callers use per-example gradients.
 Cost: robust DC with 1,000 one-image clusters takes about 1.4x the plain step on CPU, against
 about 2x with per-image autodiff gradients and a third of their memory (docs/benchmarks.md,
 `scripts/benchmark_robust.py`). The work is the forward and backward pass to the output
-gradients, the Gram norms of the wide convolutions (each symmetric product from three of its four blocks), the
-inner products' convolutions and, in the backward pass, their weight gradient by Winograd
-F(4x4, 3x3) (`models.conv_kernel_grad`) from the stored inputs and output gradients.
+gradients, the Gram norms of the wide convolutions (each symmetric product from three of its
+four blocks), the inner products' convolutions and, in the backward pass, their weight
+gradient by Winograd F(4x4, 3x3) (`models.conv_kernel_grad`) from the stored inputs and output
+gradients.
 """
 
 from __future__ import annotations

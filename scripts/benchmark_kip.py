@@ -25,10 +25,10 @@ For every architecture × IPC × target batch it compiles the distillation step 
 outputs + temporaries), the device's peak bytes where the backend reports them (GPU/TPU), and the
 process's peak RSS so far. Writes JSON and prints a Markdown table.
 
-Expected on a 2-core CPU (measured, see docs/benchmarks.md): FC1 NTK at IPC 10 / batch 100 runs hundreds of
-steps
-per second; Conv (3×3, no pooling) is one to three orders of magnitude slower. Conv with pooling
-(--conv_pool) needs O((28·28)²) memory per image pair: expect it to fail or crawl on CPU.
+Expected on a 2-core CPU (measured; docs/benchmarks.md): FC1 NTK at IPC 10 / batch 100 runs
+hundreds of steps per second; Conv (3×3, no pooling) is one to three orders of magnitude
+slower. Conv with pooling (--conv_pool) needs O((28·28)²) memory per image pair: expect it to
+fail or crawl on CPU.
 """
 
 import os

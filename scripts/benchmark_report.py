@@ -16,6 +16,9 @@ import sys
 from typing import Any, Iterable
 
 LEFT_OUT = ("times", "cpu_times", "error_trace")
+# Fields that name a row come first, in this order; the rest follow as they first appear.
+LEADING = ("method", "system", "arch", "kernel", "ipc", "clusters", "syn_steps", "remat",
+           "grad_chunk", "conv_impl")
 
 
 def _cell(key: str, value: Any) -> str:
@@ -41,7 +44,7 @@ def columns(rows: Iterable[dict]) -> list[str]:
     for key, value in row.items():
       if key not in seen and key not in LEFT_OUT and not isinstance(value, (list, dict)):
         seen.append(key)
-  return seen
+  return [k for k in LEADING if k in seen] + [k for k in seen if k not in LEADING]
 
 
 def table(rows: list[dict]) -> str:

@@ -18,7 +18,7 @@ Both changes are made in this process only; neither is part of the library.
 Each test method counts once (a method whose subtests fail counts as failed). The last line is a
 summary; `--out` writes every test's outcome and seconds as JSON.
 
-  python scripts/nt_test_suites.py                      # the three NT test files the kernels rely on
+  python scripts/nt_test_suites.py                      # the three NT test files we rely on
   python scripts/nt_test_suites.py --one_per_family     # the fast subset: one case per family
   python scripts/nt_test_suites.py --modules=tests.empirical_test --filter=testNTKAgainstDirect
 """

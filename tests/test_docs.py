@@ -27,7 +27,8 @@ def snippets(path):
 def run_blocks(path, blocks, namespace):
   for i, block in enumerate(blocks):
     try:
-      exec(compile(block, f"{path} python block {i + 1}", "exec"), namespace)  # pylint: disable=exec-used
+      code = compile(block, f"{path} python block {i + 1}", "exec")
+      exec(code, namespace)  # pylint: disable=exec-used
     except Exception as e:  # pylint: disable=broad-except
       pytest.fail(f"{path} python block {i + 1} fails: {type(e).__name__}: {e}\n{block}")
 

@@ -54,9 +54,15 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
     assert again.returncode == 2 and message in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
 
-  help_text = " ".join(run("experiments.distill", "--help").stdout.split())
+  helped = run("experiments.distill", "--help")
+  assert helped.returncode == 0, helped.stderr[-2000:]
+  help_text = " ".join(helped.stdout.split())
   for flag in ("--method", "--ipc", "--steps", "--seed", "--dataset", "--workdir"):
     assert flag in help_text
+  from robust_dd import data as data_lib  # pylint: disable=g-import-not-at-top
+  for name in data_lib.ALL_DATASETS:  # Every dataset, and what --data_dir reads.
+    assert name in help_text, name
+  assert "IDX files" in help_text and "train-images-idx3-ubyte" in help_text
   assert "--zca_reg" not in help_text  # Only in --helpfull.
   assert "--learning_rate: Learning rate of the synthetic set. Default by method: kip 0.01; dc, " \
          "dsa, lcmat 0.1; mtt 100.0." in help_text
@@ -66,6 +72,9 @@ def test_distill_driver_flags_alias_help_and_exit_codes(tmp_path):
   # One bad input of each stage (flag parsing, the saved config, the data, the devices) as a
   # subprocess; the others are checked in-process (test_config, test_experiment, test_parallel).
   for flags, message in (
+      (["--method=foo"], "--method=foo: value should be one of <kip|dc|dsa|lcmat|mtt>"),
+      (["--ipc=two"], "--ipc=two"),
+      (["stray"], "unexpected arguments ['stray']"),
       (["--learning_rate=nan"], "--learning_rate=nan is not a finite number"),
       (["--ipc=3", f"--workdir={workdir}"], "different config"),
       (["--robust=cvar", "--num_clusters=100000", "--dataset=digits"], "--num_clusters"),
