@@ -569,9 +569,10 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   config_lib.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
   config_lib.check_workdir(workdir, config)
+  real_extras = methods_lib.get(config.method).real_extras(config, x_train, log=log)  # Checked.
   check_saved_steps(workdir, config.steps)
   with io.WorkdirLock(workdir):  # Held to the end: a second run on `workdir` stops at once.
-    return _distill_locked(config, workdir, dataset, prep, x_train, x_test, log=log)
+    return _distill_locked(config, workdir, dataset, prep, x_train, x_test, real_extras, log=log)
 
 
 def check_saved_steps(workdir: str, steps: int) -> None:
@@ -585,11 +586,11 @@ def check_saved_steps(workdir: str, steps: int) -> None:
                      "evaluate it (python -m experiments.evaluate), or choose another --workdir.")
 
 
-def _distill_locked(config: DistillConfig, workdir: str, dataset, prep, x_train, x_test, *,
-                    log: Log) -> dict[str, Any]:
-  """The rest of `distill_experiment`, with the data loaded and the workdir locked."""
+def _distill_locked(config: DistillConfig, workdir: str, dataset, prep, x_train, x_test,
+                    real_extras: dict, *, log: Log) -> dict[str, Any]:
+  """The rest of `distill_experiment`, with the data loaded and checked and the workdir locked;
+  `real_extras` are the method's additions to the real data (MTT's experts)."""
   method = methods_lib.get(config.method)
-  real_extras = method.real_extras(config, x_train, log=log)  # MTT's experts, checked.
   mesh = config_mesh(config)
   config = config.replace(mesh=f"{parallel.AXIS}:{parallel.size(mesh)}")  # The mesh used.
   ckpt_dir = os.path.join(workdir, "checkpoints")
