@@ -71,16 +71,17 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
                    "validate_config"),
         "experiment": ("distill_experiment", "evaluate_workdir", "export_workdir"),
         "coreset": ("select_experiment",),
-        "experts": ("experts_experiment", "load_experts"),
+        "experts": ("experts_experiment",),
+        "expert_buffer": ("load_experts",),
     },
 }
 _WHERE = {name: module for group in _GROUPS.values() for module, names in group.items()
           for name in names}
-_SUBMODULES = ("augment", "cluster", "config", "coreset", "curvature", "data", "distill",
-               "empirical_ntk", "evaluate", "experiment", "experts", "ghost", "groups",
-               "interrupt", "io", "kernels", "krr", "matching", "methods", "models", "parallel",
-               "precision", "progress", "random_features", "reporting", "risk", "select",
-               "sensitivity", "training", "trajectory")
+_SUBMODULES = ("augment", "cluster", "config", "convolutions", "coreset", "curvature", "data",
+               "distill", "empirical_ntk", "evaluate", "experiment", "expert_buffer", "experts",
+               "ghost", "groups", "interrupt", "io", "kernels", "krr", "matching", "methods",
+               "models", "parallel", "precision", "progress", "random_features", "reporting",
+               "risk", "select", "sensitivity", "training", "trajectory")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 

@@ -21,7 +21,6 @@ import numpy as np
 from robust_dd import data as data_lib
 from robust_dd import parallel
 from robust_dd import precision
-from robust_dd import training
 
 FEATURES = ("pixels", "random", "embed")
 
@@ -171,5 +170,5 @@ def features(kind: str, x, *, key: Optional[jax.Array] = None,
   if kind == "embed":
     if embed is None:
       raise ValueError("cluster features 'embed' need an embed function.")
-    return training.map_batches(embed, jnp.asarray(x), batch_size=batch_size)
+    return parallel.map_batches(embed, jnp.asarray(x), batch_size=batch_size)
   raise ValueError(f"Unknown cluster features {kind!r}; choose one of {FEATURES}.")

@@ -31,6 +31,7 @@ from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import matching
 from robust_dd import methods as methods_lib
+from robust_dd import convolutions
 from robust_dd import models
 from robust_dd import parallel
 from robust_dd import select
@@ -49,7 +50,7 @@ RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir"
 ARCHITECTURES = kernels.ARCHITECTURES
 KERNELS = kernels.KERNELS
 NETS = models.NETWORKS
-CONV_IMPLS = models.CONV_IMPLS
+CONV_IMPLS = convolutions.CONV_IMPLS
 PADDINGS = models.PADDINGS
 EVAL_NETS = models.EVAL_NETWORKS
 METRICS = matching.METRICS
@@ -307,7 +308,7 @@ class NetworkConfig:
                           "shifted (lax.conv forward, weight gradients as matmuls of shifted "
                           "slices; no forward-mode autodiff), winograd (Winograd F(2x2,3x3): "
                           "2.25x fewer FLOPs, as matmuls) or winograd4 (F(4x4,3x3): 4x fewer); "
-                          "auto: models.auto_conv_impl of the backend (winograd4 on CPU, lax "
+                          "auto: convolutions.auto_conv_impl of the backend (winograd4 on CPU, lax "
                           "on GPU/TPU).", choices=CONV_IMPLS)
   grad_chunk: Optional[int] = _field(None, "Images per chunk of a network gradient over a real "
                                      "batch or the synthetic set (DC/DSA/LCMat real gradients, "

@@ -24,6 +24,7 @@ from robust_dd import experiment
 from robust_dd import io
 from robust_dd import methods as methods_lib
 from robust_dd import models
+from robust_dd import parallel
 from robust_dd import progress
 from robust_dd import reporting
 from robust_dd import select
@@ -42,7 +43,7 @@ def lcmat_warmup(key: jax.Array, model, x_train, y_train, *, epochs: int,
                                      init_fn=models.init_fn(model, tuple(x_train.shape[1:])),
                                      epochs=epochs, batch_size=batch_size,
                                      progress=_epochs_progress(epochs, "LCMat-S warm-up", log))
-  z = training.map_batches(lambda xb: models.embed_fn(model)(params, xb), jnp.asarray(x_train))
+  z = parallel.map_batches(lambda xb: models.embed_fn(model)(params, xb), jnp.asarray(x_train))
   logits = training.predict(apply_fn, params, x_train)
   return np.asarray(z), np.asarray(jax.nn.softmax(logits, -1))
 

@@ -1,4 +1,4 @@
-"""The expert-trajectory experiment (`experiments.experts`) and MTT's buffer check.
+"""The expert-trajectory experiment (`experiments.experts`): trains MTT's experts.
 
 `experts_experiment` trains `--num_experts` networks (the config's ConvNet, in one `vmap`) on the
 real training set, as the data and network flags of a distillation run would prepare it, and
@@ -10,14 +10,11 @@ writes to its workdir:
                 the data and network flags, the parameter count, and a hash of the preprocessed
                 training images.
 
-`load_experts` (called through `methods.METHODS['mtt'].real_extras`) reads the buffer for a
-distillation config, refusing one made for other data, preprocessing or network with a message
-that names the differing flags.
+`expert_buffer.load_experts` reads the buffer back for a distillation.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any, Callable
@@ -29,6 +26,7 @@ import numpy as np
 
 from robust_dd import config as config_lib
 from robust_dd import evaluate
+from robust_dd import expert_buffer
 from robust_dd import experiment
 from robust_dd import io
 from robust_dd import methods as methods_lib
@@ -38,27 +36,7 @@ from robust_dd import progress
 from robust_dd import trajectory
 
 Log = Callable[[str], None]
-BUFFER, META = "experts.npz", "experts.json"
 EXPERTS_STREAM = 8  # The experts' key stream (`experiment.stream(seed, EXPERTS_STREAM)`).
-# What must match between the buffer and a distillation: the data, split and preprocessing, and
-# the network (conv_impl is a speed knob of the same network).
-MATCHED = ("dataset", "data_path", "split_seed", "zca", "zca_reg", "subgroup",
-           "subgroup_train_fraction", "subgroup_test_fraction", "net", "net_depth",
-           "net_width", "net_padding")
-
-
-def data_fingerprint(x_train: np.ndarray) -> str:
-  """A hash of the preprocessed training images (shape, dtype and bytes)."""
-  x = np.ascontiguousarray(x_train, np.float32)
-  digest = hashlib.sha256(repr(x.shape).encode())
-  digest.update(x.tobytes())
-  return digest.hexdigest()[:16]
-
-
-def fingerprint(config, x_train, num_params: int) -> dict[str, Any]:
-  """What a buffer was made for: the MATCHED flags, the parameter count, the data hash."""
-  return {**{name: config.get(name) for name in MATCHED}, "num_params": int(num_params),
-          "data_hash": data_fingerprint(x_train)}
 
 
 def experts_experiment(config: config_lib.ExpertsConfig, workdir: str,
@@ -66,8 +44,9 @@ def experts_experiment(config: config_lib.ExpertsConfig, workdir: str,
   """Trains the experts and writes experts.npz and experts.json (module docstring), each
   atomically; a workdir that already holds a buffer is refused. Returns experts.json."""
   config_lib.validate_experts_config(config)
-  if os.path.exists(os.path.join(workdir, BUFFER)):
-    raise ValueError(f"--workdir={workdir} already holds {BUFFER}; use a new --workdir.")
+  if os.path.exists(os.path.join(workdir, expert_buffer.BUFFER)):
+    raise ValueError(f"--workdir={workdir} already holds {expert_buffer.BUFFER}; use a new "
+                     "--workdir.")
   config_lib.check_workdir(workdir, config)
   dataset = experiment.load_config_dataset(config)
   prep, x_train, _ = experiment.preprocess(config, dataset)
@@ -99,47 +78,14 @@ def experts_experiment(config: config_lib.ExpertsConfig, workdir: str,
   if not np.all(np.isfinite(trajectories)):
     raise FloatingPointError("An expert's parameters became NaN or infinite; lower --expert_lr.")
   moved = np.linalg.norm(trajectories[:, 1:] - trajectories[:, :-1], axis=-1).mean(0)
-  meta = {"config": config.to_dict(), "fingerprint": fingerprint(config, x_train, num_params),
+  meta = {"config": config.to_dict(),
+          "fingerprint": expert_buffer.fingerprint(config, x_train, num_params),
           "shape": list(trajectories.shape), "seconds": round(seconds, 2),
           "mean_epoch_step_norm": [round(float(v), 4) for v in moved],
           "preprocessing": {k: np.asarray(v).tolist() for k, v in prep.as_arrays().items()
                             if k != "zca"}}
-  io.save_npz(os.path.join(workdir, BUFFER), trajectories=trajectories)
-  io.save_json(os.path.join(workdir, META), meta)
+  io.save_npz(os.path.join(workdir, expert_buffer.BUFFER), trajectories=trajectories)
+  io.save_json(os.path.join(workdir, expert_buffer.META), meta)
   log(f"Trained {config.num_experts} experts x {config.epochs} epochs in {seconds:.1f} s; "
       f"parameter change per epoch {moved[0]:.3g} (first) to {moved[-1]:.3g} (last).")
   return meta
-
-
-def load_experts(config, x_train, *, log: Log = print) -> jax.Array:
-  """The buffer of `config.trajectory.expert_dir` as (E, T + 1, P), after checking that it was
-  made for this config's data, preprocessing and network (ValueError naming what differs) and
-  that its T covers --max_start_epoch + --expert_epochs."""
-  directory = config.trajectory.expert_dir
-  paths = [os.path.join(directory, name) for name in (BUFFER, META)]
-  for path in paths:
-    if not os.path.exists(path):
-      raise ValueError(f"--expert_dir={directory} has no {os.path.basename(path)}: train experts "
-                       "there with python -m experiments.experts --workdir=" + directory)
-  meta = io.load_json(paths[1])
-  saved = meta["fingerprint"]
-  now = fingerprint(config, x_train, saved["num_params"])
-  diffs = [k for k in MATCHED if saved.get(k) != now[k]]
-  if diffs:
-    raise ValueError(f"--expert_dir={directory} was trained for other settings ("
-                     + ", ".join(f"--{k}: experts {saved.get(k)!r} vs now {now[k]!r}"
-                                 for k in diffs)
-                     + "); pass the experts' flags or train experts with these.")
-  if saved["data_hash"] != now["data_hash"]:
-    raise ValueError(f"--expert_dir={directory} was trained on other training images (their "
-                     "hash differs: another version of the data or of its preprocessing); "
-                     "train experts again.")
-  trajectories = io.load_npz(paths[0])["trajectories"]
-  t = config.trajectory
-  epochs = trajectories.shape[1] - 1
-  if t.max_start_epoch + t.expert_epochs > epochs:
-    raise ValueError(f"--max_start_epoch={t.max_start_epoch} + --expert_epochs="
-                     f"{t.expert_epochs} exceeds the {epochs} epochs of the experts in "
-                     f"{directory}; lower them or train longer experts.")
-  log(f"Experts: {trajectories.shape[0]} trajectories of {epochs} epochs from {directory}.")
-  return jnp.asarray(trajectories)

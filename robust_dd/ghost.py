@@ -27,8 +27,8 @@ Layers are found by intercepting Flax calls (`flax.linen.intercept_methods`): `m
 (with the convolution it computes) and `flax.linen.Dense` on flat inputs. Where `models.ConvNet`
 folds a narrow convolution and its InstanceNorm into one matmul (`PatchConv.normalized`), the
 tap is the norm's output z and each example's kernel gradient is formed directly from its output
-gradient dloss_j / dz_j (`models.conv_instance_norm_kernel_grads`), so the real pass stays folded
-as in the plain step. A network with any other weight tensor (ndim >= 2), or with batch
+gradient dloss_j / dz_j (`convolutions.conv_instance_norm_kernel_grads`), so the real pass
+stays folded as in the plain step. A network with any other weight tensor (ndim >= 2), or with batch
 statistics (which couple a batch's examples), is not supported: `unit_stats` returns None and
 callers use per-example gradients.
 
@@ -37,7 +37,7 @@ about 2x with per-image autodiff gradients and a third of their memory (docs/ben
 `scripts/benchmark_robust.py`). The work is the forward and backward pass to the output
 gradients, the Gram norms of the wide convolutions (each symmetric product from three of its
 four blocks), the inner products' convolutions and, in the backward pass, their weight
-gradient by Winograd F(4x4, 3x3) (`models.conv_kernel_grad`) from the stored inputs and output
+gradient by Winograd F(4x4, 3x3) (`convolutions.conv_kernel_grad`) from the stored inputs and output
 gradients.
 """
 
@@ -51,6 +51,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from robust_dd import convolutions
 from robust_dd import models
 from robust_dd import training
 
@@ -75,7 +76,7 @@ class Layer:
 
   @property
   def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
-    return models.conv_pads(*self.kernel_shape[:2], self.padding)
+    return convolutions.conv_pads(*self.kernel_shape[:2], self.padding)
 
   @property
   def direct(self) -> bool:
@@ -159,7 +160,7 @@ def _shifted(layer: Layer, a: jax.Array) -> jax.Array:
   position p is the input pixel p + k that the kernel tap k multiplies."""
   kh, kw = layer.kernel_shape[:2]
   return jnp.stack([window.reshape(a.shape[0], -1, a.shape[-1])
-                    for window in models.conv_windows(a, kh, kw, layer.pads)], axis=1)
+                    for window in convolutions.conv_windows(a, kh, kw, layer.pads)], axis=1)
 
 
 def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array, params=None):
@@ -171,7 +172,7 @@ def _batch_stats(layer: Layer, a: jax.Array, d: jax.Array, params=None):
     return jnp.sum(a * a, 1, keepdims=True) * d * d, None
   if layer.norm is not None:
     scale = functools.reduce(lambda tree, key: tree[key], layer.norm, params)["scale"]
-    r = models.conv_instance_norm_kernel_grads(a, _kernel(params, layer.path), scale, d,
+    r = convolutions.conv_instance_norm_kernel_grads(a, _kernel(params, layer.path), scale, d,
                                                layer.padding, epsilon=layer.epsilon)
     return jnp.sum(r * r, (1, 2, 3)), r
   d = d.reshape(n, -1, d.shape[-1])
@@ -260,7 +261,7 @@ def _inner_products(layer: Layer, s: jax.Array, a, d, r) -> jax.Array:
 def _conv_inner_products(layer: Layer, s: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:
   """sum_p d_j[p, u] conv(a_j, s)[p, u] (n, U); differentiable in s only (a and d are the
   real examples' stopped inputs and output gradients). Its backward pass is one weight gradient
-  of the batch, `models.conv_kernel_grad`, from a and d (nothing else stored)."""
+  of the batch, `convolutions.conv_kernel_grad`, from a and d (nothing else stored)."""
   return jnp.sum(d * layer.conv(a, s, layer.padding), (1, 2))
 
 
@@ -270,7 +271,7 @@ def _conv_inner_products_fwd(layer, s, a, d):
 
 def _conv_inner_products_bwd(layer, res, ct):
   a, d = res
-  ds = models.conv_kernel_grad(layer.conv, a, d * ct[:, None, None, :], layer.kernel_shape,
+  ds = convolutions.conv_kernel_grad(layer.conv, a, d * ct[:, None, None, :], layer.kernel_shape,
                                layer.padding)
   return ds, None, None
 

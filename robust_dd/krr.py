@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from robust_dd import parallel
 from robust_dd import precision
 from robust_dd import risk
-from robust_dd import training
 
 LOSSES = ("mse", "platt")
 
@@ -137,7 +137,7 @@ def krr_sample_losses(support_images: jax.Array, support_labels: jax.Array,
   """(n_t,) per-target losses (`target_losses`) of the KRR predictor of the support set, the
   cross kernel computed `batch_size` targets at a time (`lax.map`; jittable)."""
   predict = make_predictor(kernel_fn, support_images, support_labels, diag_reg=diag_reg)
-  preds = training.map_batches(predict, target_images, batch_size=batch_size)
+  preds = parallel.map_batches(predict, target_images, batch_size=batch_size)
   return target_losses(target_labels, preds, loss=loss, log_scale=log_scale)
 
 

@@ -33,6 +33,7 @@ from robust_dd import curvature
 from robust_dd import distill
 from robust_dd import empirical_ntk as entk_lib
 from robust_dd import evaluate
+from robust_dd import expert_buffer
 from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import matching
@@ -451,8 +452,7 @@ def _mtt_sample_batch(config, ctx: Context):
 
 
 def _mtt_real_extras(config, x_train, *, log) -> dict[str, Any]:
-  from robust_dd import experts  # pylint: disable=g-import-not-at-top  # experts imports config.
-  return {"experts": experts.load_experts(config, x_train, log=log)}
+  return {"experts": expert_buffer.load_experts(config, x_train, log=log)}
 
 
 def _mtt_validate(config) -> None:

@@ -159,3 +159,15 @@ def map_groups(fn: Callable[..., jax.Array], args: tuple, mesh: Optional[Mesh], 
   out = jax.shard_map(lambda *a: local(a), mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
                       check_vma=False)(*padded)
   return jax.tree_util.tree_map(lambda o: o[:num], out)
+
+
+def map_batches(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, batch_size: int = 500
+                ) -> jax.Array:
+  """`fn` applied to `batch_size` rows of x at a time (the last block zero-padded), results
+  concatenated to (n, ...): one compiled block, bounded memory; jittable (`lax.map`)."""
+  n = x.shape[0]
+  batch_size = min(batch_size, n)
+  pad = -n % batch_size
+  xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+  out = jax.lax.map(fn, xp.reshape(-1, batch_size, *x.shape[1:]))
+  return out.reshape(-1, *out.shape[2:])[:n]

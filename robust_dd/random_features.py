@@ -33,10 +33,10 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 
+from robust_dd import convolutions
 from robust_dd import kernels
-from robust_dd import models
+from robust_dd import parallel
 from robust_dd import precision
-from robust_dd import training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +74,9 @@ class RandomFeatureKernel:
 
   def apply(self, params, x: jax.Array) -> jax.Array:
     """The network's outputs (n, width): NT's `apply_fn` of the architecture, computed with
-    convolutions as one matmul each (`models.conv_patches`) and pooling as a reshape-mean, whose
-    gradients XLA:CPU runs several times faster than `lax.conv` and `reduce_window` (equal
-    outputs: tests/test_random_features.py)."""
+    convolutions as one matmul each (`convolutions.conv_patches`) and pooling as a
+    reshape-mean, whose gradients XLA:CPU runs several times faster than `lax.conv` and
+    `reduce_window` (equal outputs: tests/test_random_features.py)."""
     w, b = list(params)[-1]
     h = self.last_hidden(params, x)
     return h @ (self.w_std / jnp.sqrt(jnp.asarray(w.shape[0], x.dtype)) * w) + self.b_std * b
@@ -95,7 +95,7 @@ class RandomFeatureKernel:
       per_block = 3 if self.pool else 2
       for i in range(self.depth):
         w, b = layers[per_block * i]
-        h = jax.nn.relu(models.conv_patches(h, ntk(w, w.shape[0] * w.shape[1] * w.shape[2]))
+        h = jax.nn.relu(convolutions.conv_patches(h, ntk(w, w.shape[0] * w.shape[1] * w.shape[2]))
                         + self.b_std * b)
         if self.pool:
           h = _avg_pool_2x2_same(h)
@@ -123,7 +123,7 @@ class RandomFeatureKernel:
       out = jax.lax.map(lambda p: one_network(p, xb), params)  # (N, b, d)
       return jnp.moveaxis(out, 0, 1).reshape(xb.shape[0], -1)
 
-    phi = training.map_batches(block, x, batch_size=self.batch_size)
+    phi = parallel.map_batches(block, x, batch_size=self.batch_size)
     if not self.integrate_readout:
       return phi / jnp.sqrt(jnp.asarray(self.num_features, phi.dtype))
     fan_in = phi.shape[1] // self.num_networks

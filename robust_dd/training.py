@@ -272,22 +272,10 @@ def train_network(key: jax.Array, images, labels, *, apply_fn: ApplyFn,
   return carry[0], losses[0] if chunks == 1 else jnp.concatenate(losses, axis=-1)
 
 
-def map_batches(fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, batch_size: int = 500
-                ) -> jax.Array:
-  """`fn` applied to `batch_size` rows of x at a time (the last block zero-padded), results
-  concatenated to (n, ...): one compiled block, bounded memory; jittable (`lax.map`)."""
-  n = x.shape[0]
-  batch_size = min(batch_size, n)
-  pad = -n % batch_size
-  xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-  out = jax.lax.map(fn, xp.reshape(-1, batch_size, *x.shape[1:]))
-  return out.reshape(-1, *out.shape[2:])[:n]
-
-
 def sample_cross_entropy(apply_fn: ApplyFn, params, images, labels, *, batch_size: int = 500
                          ) -> jax.Array:
   """(n,) per-sample cross-entropy of integer `labels`, logits computed in blocks (jittable)."""
-  logits = map_batches(lambda xb: apply_fn(params, xb), images, batch_size=batch_size)
+  logits = parallel.map_batches(lambda xb: apply_fn(params, xb), images, batch_size=batch_size)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 

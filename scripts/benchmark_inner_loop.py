@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_dd import convolutions
 from robust_dd import models
 from robust_dd import training
 import _bench  # scripts/_bench.py
@@ -93,7 +94,7 @@ def main(argv):
   wall, cpu, _ = _bench.interleave_cpu(fns, repeats=FLAGS.rounds)
   base = next(iter(fns))
   results = [{"system": name, "ipc": FLAGS.ipc, "images": len(idx), "steps": FLAGS.steps,
-              "conv_impl": FLAGS.conv_impl, "auto_conv_impl": models.auto_conv_impl(),
+              "conv_impl": FLAGS.conv_impl, "auto_conv_impl": convolutions.auto_conv_impl(),
               "wall_seconds": wall[name], "cpu_seconds": cpu[name],
               "paired_median_ratio": float(np.median(np.divide(wall[name], wall[base]))),
               "min_ratio": float(np.min(wall[name]) / np.min(wall[base]))} for name in fns]

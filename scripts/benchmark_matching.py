@@ -36,7 +36,7 @@ from robust_dd import config as config_lib
 from robust_dd import distill
 from robust_dd import matching
 from robust_dd import methods
-from robust_dd import models
+from robust_dd import convolutions
 from robust_dd import training
 import _bench  # scripts/_bench.py
 
@@ -132,7 +132,7 @@ def bench_one(method, ipc, x, y, real, *, use_vmap=True, class_batch=0, grad_chu
 
 def _conv_impl():
   impl = FLAGS.conv_impl
-  return f"auto ({models.auto_conv_impl()})" if impl == "auto" else impl
+  return f"auto ({convolutions.auto_conv_impl()})" if impl == "auto" else impl
 
 
 def _fmt(v):

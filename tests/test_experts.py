@@ -9,6 +9,7 @@ import pytest
 
 from robust_dd import config as config_lib
 from robust_dd import experiment
+from robust_dd import expert_buffer
 from robust_dd import experts
 
 DATA = dict(dataset="digits", net_width=8, net_depth=2)
@@ -33,11 +34,11 @@ def _distill(workdir, **fields):
 
 def test_the_buffer_holds_every_epoch_of_every_expert_and_what_it_was_made_for(buffer):
   workdir, meta = buffer
-  trajectories = np.load(os.path.join(workdir, experts.BUFFER))["trajectories"]
+  trajectories = np.load(os.path.join(workdir, expert_buffer.BUFFER))["trajectories"]
   assert trajectories.shape[:2] == (2, 4) and meta["shape"] == list(trajectories.shape)
   assert not np.allclose(trajectories[:, 0], trajectories[:, -1])  # Training moved them.
   assert not np.allclose(trajectories[0], trajectories[1])  # Two different experts.
-  saved = json.load(open(os.path.join(workdir, experts.META)))
+  saved = json.load(open(os.path.join(workdir, expert_buffer.META)))
   assert saved["fingerprint"]["net_width"] == 8 and saved["fingerprint"]["num_params"] == (
       trajectories.shape[2])
   with pytest.raises(ValueError, match="already holds"):

@@ -13,6 +13,7 @@ import pytest
 import jaxpr_counts  # tests/jaxpr_counts.py
 from robust_dd import ghost
 from robust_dd import matching
+from robust_dd import convolutions
 from robust_dd import models
 from robust_dd import training
 
@@ -139,7 +140,7 @@ def test_gram_norms_take_three_quarters_of_the_multiplications():
   """A Gram layer's norms: n P_in^2 c_in for the Gram matrix and n P_out^2 c_out for the
   quadratic form as one batched matmul each; the symmetric halves take 3/4 of that."""
   layer = ghost.Layer(("conv",), "conv", (3, 3, 64, 32), (8, 8, 64), (8, 8, 32),
-                      conv=models.conv_winograd, padding=1)
+                      conv=convolutions.conv_winograd, padding=1)
   assert not layer.direct
   a, d = jnp.ones((2, 8, 8, 64)), jnp.ones((2, 8, 8, 32))
   # pylint: disable=protected-access

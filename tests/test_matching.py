@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 from robust_dd import augment
 from robust_dd import matching
+from robust_dd import convolutions
 from robust_dd import models
 
 
@@ -230,7 +231,7 @@ def test_matching_loss_and_image_gradient_agree_across_conv_impls():
   syn = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 1)), jnp.float32)
   real = jnp.asarray(rng.normal(size=(3, 5, 8, 8, 1)), jnp.float32)
   results = []
-  for impl in models.CONV_IMPLS:
+  for impl in convolutions.CONV_IMPLS:
     model = models.make_network("convnet", num_classes=3, input_shape=(8, 8, 1), depth=2,
                                 width=4, conv_impl=impl)
     params = models.init_params(model, jax.random.key(0), (8, 8, 1))
