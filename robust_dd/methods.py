@@ -489,7 +489,7 @@ def _describe_mtt(config, num_classes: int) -> str:
 # ----------------------------------------------------------------------------------- the table
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)  # Built by keyword: a record reads as a table.
 class Method:
   """One distillation method.
 
@@ -541,29 +541,33 @@ _MATCHING_DEFAULTS = dict(optimizer="sgd", learning_rate=0.1, learn_labels=False
 _GRADIENT = _matching_parts(_gradient_class_loss)
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("kip", "KRR distillation with an infinite-width kernel (Nguyen et al. 2021).",
-           dict(optimizer="adam", learning_rate=0.01, learn_labels=True, real_per_class=50,
-                steps=2000, log_every=100, checkpoint_every=200, eval_during=True,
-                augment=False, outer_loop=0, inner_loop=0),
-           "krr", _kip_loss, _kip_cluster_loss, _kip_sample_losses, None, _kip_check_inputs,
+    Method(name="kip",
+           summary="KRR distillation with an infinite-width kernel (Nguyen et al. 2021).",
+           defaults=dict(optimizer="adam", learning_rate=0.01, learn_labels=True,
+                         real_per_class=50, steps=2000, log_every=100, checkpoint_every=200,
+                         eval_during=True, augment=False, outer_loop=0, inner_loop=0),
+           evaluator="krr", loss=_kip_loss, cluster_loss=_kip_cluster_loss,
+           sample_losses=_kip_sample_losses, network=None, check_inputs=_kip_check_inputs,
            extra_params=lambda config: kip_params(config.optim.krr_loss)),
-    Method("dc", "Gradient matching (Zhao et al. 2021).", _MATCHING_DEFAULTS, "network",
-           **_GRADIENT, check_inputs=_matching_check_inputs, ipc_defaults=dc_loops,
-           describe=_describe_matching),
-    Method("dsa", "Gradient matching with siamese augmentation (Zhao & Bilen 2021).",
-           dict(_MATCHING_DEFAULTS, augment=True), "network", **_GRADIENT,
+    Method(name="dc", summary="Gradient matching (Zhao et al. 2021).",
+           defaults=_MATCHING_DEFAULTS, evaluator="network", **_GRADIENT,
            check_inputs=_matching_check_inputs, ipc_defaults=dc_loops,
            describe=_describe_matching),
-    Method("lcmat", "Loss-curvature matching (Shin et al. 2023).",
-           dict(_MATCHING_DEFAULTS, augment=True), "network",
+    Method(name="dsa", summary="Gradient matching with siamese augmentation (Zhao & Bilen 2021).",
+           defaults=dict(_MATCHING_DEFAULTS, augment=True), evaluator="network", **_GRADIENT,
+           check_inputs=_matching_check_inputs, ipc_defaults=dc_loops,
+           describe=_describe_matching),
+    Method(name="lcmat", summary="Loss-curvature matching (Shin et al. 2023).",
+           defaults=dict(_MATCHING_DEFAULTS, augment=True), evaluator="network",
            **_matching_parts(_curvature_class_loss), check_inputs=_matching_check_inputs,
            ipc_defaults=dc_loops, describe=_describe_matching),
-    Method("mtt", "Trajectory matching (Cazenavette et al. 2022).",
-           dict(optimizer="sgd", learning_rate=100.0, learn_labels=False, real_per_class=1,
-                steps=1000, log_every=10, checkpoint_every=50, eval_during=False, augment=True,
-                outer_loop=0, inner_loop=0),
-           "network", _mtt_loss, _refuse("per-cluster loss"), _refuse("per-sample loss"), None,
-           _matching_check_inputs, describe=_describe_mtt,
+    Method(name="mtt", summary="Trajectory matching (Cazenavette et al. 2022).",
+           defaults=dict(optimizer="sgd", learning_rate=100.0, learn_labels=False,
+                         real_per_class=1, steps=1000, log_every=10, checkpoint_every=50,
+                         eval_during=False, augment=True, outer_loop=0, inner_loop=0),
+           evaluator="network", loss=_mtt_loss, cluster_loss=_refuse("per-cluster loss"),
+           sample_losses=_refuse("per-sample loss"), network=None,
+           check_inputs=_matching_check_inputs, describe=_describe_mtt,
            extra_params=lambda config: {
                "log_syn_lr": jnp.log(jnp.float32(config.trajectory.syn_lr_init))},
            learning_rates=lambda config: {"log_syn_lr": config.trajectory.lr_lr},

@@ -326,26 +326,42 @@ def _compiled_select(method, budget, kernel_fn, rank, dedup_quantile):
   return jax.jit(jax.vmap(pick, in_axes=(0, 0, 0, None)))
 
 
+# The per-class pickers, one per selection method but lcmat (which selects every class at once
+# from a warmed-up network's features: `lcmat_select`): (key, x, mask, ridge, kw) -> (positions
+# (budget,), weights (budget,)) of one padded class, kw holding budget, kernel_fn, rank and the
+# dedup threshold.
+def _ones(kw):
+  return jnp.ones(kw["budget"], jnp.float32)
+
+
+PICKERS: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {
+    "random": lambda key, x, mask, ridge, kw: (
+        sensitivity.weighted_sample(key, mask.astype(jnp.float32), num=kw["budget"])[0],
+        _ones(kw)),
+    "kmeans_centers": lambda key, x, mask, ridge, kw: (
+        nearest_to_centers(x, cluster.kmeans(key, _flat(x), k=kw["budget"], mask=mask).centers,
+                           budget=kw["budget"], mask=mask), _ones(kw)),
+    "herding": lambda key, x, mask, ridge, kw: (
+        herding(x, budget=kw["budget"], mask=mask), _ones(kw)),
+    "kcenter": lambda key, x, mask, ridge, kw: (
+        kcenter_greedy(key, x, budget=kw["budget"], mask=mask), _ones(kw)),
+    "sensitivity": lambda key, x, mask, ridge, kw: sensitivity_kmeans_sample(
+        key, x, budget=kw["budget"], dedup_threshold=kw["threshold"], mask=mask),
+    "sensitivity_krr": lambda key, x, mask, ridge, kw: leverage_sample(
+        key, x, budget=kw["budget"], kernel_fn=kw["kernel_fn"], ridge=ridge, rank=kw["rank"],
+        dedup_threshold=kw["threshold"], mask=mask),
+}
+SAMPLING = ("sensitivity", "sensitivity_krr")  # Importance-weighted: near-duplicates dropped.
+
+
 def _select_class(key, x, mask, ridge, *, method, budget, kernel_fn, rank, dedup_quantile):
   """(positions (budget,), weights (budget,)) of one padded class (rows where `mask`)."""
-  ones = jnp.ones(budget, jnp.float32)
   threshold = 0.0
-  if dedup_quantile is not None and method in ("sensitivity", "sensitivity_krr"):
+  if dedup_quantile is not None and method in SAMPLING:
     nn = sensitivity.nearest_neighbour_distances(x, mask=mask)
     threshold = jnp.nanquantile(jnp.where(mask & jnp.isfinite(nn), nn, jnp.nan), dedup_quantile)
-  if method == "random":
-    return sensitivity.weighted_sample(key, mask.astype(jnp.float32), num=budget)[0], ones
-  if method == "kmeans_centers":
-    centers = cluster.kmeans(key, _flat(x), k=budget, mask=mask).centers
-    return nearest_to_centers(x, centers, budget=budget, mask=mask), ones
-  if method == "herding":
-    return herding(x, budget=budget, mask=mask), ones
-  if method == "kcenter":
-    return kcenter_greedy(key, x, budget=budget, mask=mask), ones
-  if method == "sensitivity":
-    return sensitivity_kmeans_sample(key, x, budget=budget, dedup_threshold=threshold, mask=mask)
-  return leverage_sample(key, x, budget=budget, kernel_fn=kernel_fn, ridge=ridge, rank=rank,
-                         dedup_threshold=threshold, mask=mask)
+  return PICKERS[method](key, x, mask, ridge, dict(budget=budget, kernel_fn=kernel_fn, rank=rank,
+                                                   threshold=threshold))
 
 
 def budget_per_class(fraction: float, counts) -> int:

@@ -168,3 +168,8 @@ def test_selection_is_compiled_once_per_setting():
   size = compiled._cache_size()
   select.select_indices("herding", jax.random.key(1), x, y, num_classes=3, budget=2)
   assert compiled._cache_size() == size == 1  # The second call reused the compiled program.
+
+
+def test_every_selection_method_but_lcmat_is_one_picker_in_the_table():
+  assert set(select.PICKERS) | {"lcmat"} == set(select.METHODS)
+  assert set(select.SAMPLING) <= set(select.PICKERS)
