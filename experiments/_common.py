@@ -34,9 +34,10 @@ def define_config_flags(config_cls, *, main: Iterable[str], main_module: str) ->
   """Defines one flag per leaf field of `config_cls`; those named in `main` belong to
   `main_module` (pass the driver's `__name__`), the others to OTHER_FLAGS. Returns the names."""
   from robust_dd import config as config_lib  # pylint: disable=g-import-not-at-top
+  from robust_dd import presets  # pylint: disable=g-import-not-at-top
   main = set(main)
   names = []
-  for spec in config_lib.flag_specs(config_cls):
+  for spec in config_lib.flag_specs(config_cls, help_suffix=presets.preset_help):
     module = _module_name(main_module) if spec.name in main else OTHER_FLAGS
     help_text = spec.help
     if spec.kind == "bool":

@@ -67,8 +67,8 @@ _GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
         "progress": ("Progress",),
     },
     "experiments": {
-        "config": ("DistillConfig", "SelectConfig", "ExpertsConfig", "resolve_config",
-                   "validate_config"),
+        "config": ("DistillConfig", "SelectConfig", "ExpertsConfig"),
+        "presets": ("resolve_config", "validate_config"),
         "experiment": ("distill_experiment", "evaluate_workdir", "export_workdir"),
         "coreset": ("select_experiment",),
         "experts": ("experts_experiment",),
@@ -80,8 +80,9 @@ _WHERE = {name: module for group in _GROUPS.values() for module, names in group.
 _SUBMODULES = ("augment", "cluster", "config", "convolutions", "coreset", "curvature", "data",
                "distill", "empirical_ntk", "evaluate", "experiment", "expert_buffer", "experts",
                "ghost", "groups", "interrupt", "io", "kernels", "krr", "matching", "methods",
-               "models", "parallel", "precision", "progress", "random_features", "reporting",
-               "risk", "select", "sensitivity", "training", "trajectory")
+               "models", "names", "parallel", "precision", "presets", "progress",
+               "random_features", "reporting", "risk", "select", "sensitivity", "training",
+               "trajectory")
 
 __all__ = [name for group in _GROUPS.values() for names in group.values() for name in names]
 

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import data as data_lib
+from robust_dd import names
 from robust_dd import parallel
 from robust_dd import precision
 
-FEATURES = ("pixels", "random", "embed")
+FEATURES = names.CLUSTER_FEATURES
 
 
 class KMeansResult(NamedTuple):

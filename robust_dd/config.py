@@ -10,7 +10,10 @@ metadata says otherwise (`kernel.kind` is `--kernel`, `robust.objective` is `--r
 built from, compared as, and saved as a flat dict of flag names (`make`, `replace`, `flat`).
 
 Fields whose default is None take the method's preset (`methods.METHODS[name].defaults`) in
-`resolve_config`; the resolved config is what a run saves and reports.
+`presets.resolve_config`; the resolved config is what a run saves and reports. This module is a
+leaf of the package's imports (it imports `names` only): the method records add their
+presets, help and checks (`presets.resolve_config`, `presets.validate_config`,
+`presets.preset_help`), so loading a config loads no model or kernel code.
 """
 
 from __future__ import annotations
@@ -23,18 +26,7 @@ import os
 import typing
 from typing import Any, Optional
 
-from robust_dd import cluster
-from robust_dd import curvature
-from robust_dd import data as data_lib
-from robust_dd import distill
-from robust_dd import kernels
-from robust_dd import krr
-from robust_dd import matching
-from robust_dd import methods as methods_lib
-from robust_dd import convolutions
-from robust_dd import models
-from robust_dd import parallel
-from robust_dd import select
+from robust_dd import names
 
 # Flags that may change between a run and its resumption without changing its result.
 RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir", "eval_seeds",
@@ -46,22 +38,22 @@ RESUMABLE = ("steps", "log_every", "checkpoint_every", "eval_during", "data_dir"
              "mesh",
              # MTT's rematerialisation (the same loss and gradients to float tolerance):
              "remat")
-# Choices of string fields, checked by `validate_config` and shown by `--help`.
-ARCHITECTURES = kernels.ARCHITECTURES
-KERNELS = kernels.KERNELS
-NETS = models.NETWORKS
-CONV_IMPLS = convolutions.CONV_IMPLS
-PADDINGS = models.PADDINGS
-EVAL_NETS = models.EVAL_NETWORKS
-METRICS = matching.METRICS
-HVP_MODES = curvature.HVP_MODES
-OPTIMIZERS = distill.OPTIMIZERS
+# Choices of string fields (`names`), checked by `validate_fields` and shown by `--help`.
+ARCHITECTURES = names.ARCHITECTURES
+KERNELS = names.KERNELS
+NETS = names.NETWORKS
+CONV_IMPLS = names.CONV_IMPLS
+PADDINGS = names.PADDINGS
+EVAL_NETS = names.EVAL_NETWORKS
+METRICS = names.METRICS
+HVP_MODES = names.HVP_MODES
+OPTIMIZERS = names.OPTIMIZERS
 ROBUST = ("none", "cvar")
 ROBUST_ON = ("matching", "network", "both")
-CLUSTER_FEATURES = cluster.FEATURES
+CLUSTER_FEATURES = names.CLUSTER_FEATURES
 CLUSTER_ASSIGNMENTS = ("kmeans", "prototype")
 CLUSTER_SCOPES = ("class", "global")
-SUBGROUPS = ("none", *data_lib.SUBGROUPS)
+SUBGROUPS = ("none", *names.SUBGROUPS)
 SAMPLERS = ("uniform", "importance")
 # --init choices and the `select` method each runs (random keeps the class-balanced draw).
 INIT_METHODS = {"random": None, "kmeans_centers": "kmeans_centers",
@@ -175,47 +167,30 @@ def _kind(annotation) -> str:
   return {bool: "bool", int: "int", float: "float", str: "str"}[base]
 
 
-def flag_specs(cls) -> list[FlagSpec]:
-  """The flags of every leaf field of `cls`, in field order (top level first)."""
+def flag_specs(cls, *, help_suffix=lambda name: "") -> list[FlagSpec]:
+  """The flags of every leaf field of `cls`, in field order (top level first); `help_suffix(name)`
+  is appended to each help text (the drivers pass `methods.preset_help`)."""
   specs = []
   for f in dataclasses.fields(cls):
     if f.metadata.get("section"):
       continue
-    specs.append(_spec(cls, f, None))
+    specs.append(_spec(cls, f, None, help_suffix))
   for f in dataclasses.fields(cls):
     if f.metadata.get("section"):
-      specs.extend(_spec(f.default_factory, g, f.name)
+      specs.extend(_spec(f.default_factory, g, f.name, help_suffix)
                    for g in dataclasses.fields(f.default_factory))
   return specs
 
 
-def _spec(cls, f: dataclasses.Field, section: Optional[str]) -> FlagSpec:
+def _spec(cls, f: dataclasses.Field, section: Optional[str], help_suffix) -> FlagSpec:
   name = f.metadata.get("flag") or f.name
   kind = _kind(typing.get_type_hints(cls)[f.name])
   choices = f.metadata.get("choices")
   if choices is not None:
     kind = "enum" if kind == "str" else kind
     choices = tuple(choices)
-  return FlagSpec(name, kind, f.default, f.metadata["help"] + _preset_help(name), choices,
+  return FlagSpec(name, kind, f.default, f.metadata["help"] + help_suffix(name), choices,
                   section)
-
-
-def _preset_help(name: str) -> str:
-  """' Default by method: kip 0.01; dc, dsa, lcmat 0.1.' for fields with per-method presets."""
-  by_value: dict[str, list[str]] = {}
-  for method in methods_lib.METHODS.values():
-    if method.ipc_defaults is not None and name in method.ipc_defaults(1):
-      value = "by IPC (" + ", ".join(f"{ipc}: {method.ipc_defaults(ipc)[name]}"
-                                     for ipc in (1, 10, 50)) + ")"
-    elif name in method.defaults:
-      value = repr(method.defaults[name])
-    else:
-      continue
-    by_value.setdefault(value, []).append(method.name)
-  if not by_value:
-    return ""
-  return " Default by method: " + "; ".join(f"{', '.join(m)} {v}"
-                                            for v, m in by_value.items()) + "."
 
 
 # ------------------------------------------------------------------------------- the sections
@@ -346,7 +321,7 @@ class OptimConfig:
   learn_labels: Optional[bool] = _field(None, "Learn the synthetic labels too.")
   krr_loss: str = _field("mse", "KIP's loss on the KRR predictions: mse, or platt (RFAD: "
                          "cross-entropy of the predictions times a learned scale).",
-                         choices=krr.LOSSES)
+                         choices=names.KRR_LOSSES)
   real_per_class: Optional[int] = _field(None, "Real samples of each class drawn for every "
                                          "update of the set (robust runs: this times the number "
                                          "of classes, shared equally by the clusters).")
@@ -383,7 +358,7 @@ class RobustConfig:
                                "(every non-empty cluster counts the same, the paper's) or size "
                                "(its share of the real data: the mean term is then the data's "
                                "average and the CVaR's tail a fraction of the data).",
-                               choices=distill.CLUSTER_MASSES)
+                               choices=names.CLUSTER_MASSES)
   recluster_every: Optional[int] = _field(None, "Steps between reclusterings (0: once; default "
                                           "1 for prototype, 0 for kmeans).")
 
@@ -463,7 +438,7 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class DistillConfig(_Config):
   """Everything that determines a distillation run's result (plus run length and logging)."""
-  method: str = _field("kip", "Distillation method.", choices=tuple(methods_lib.METHODS))
+  method: str = _field("kip", "Distillation method.", choices=names.METHODS)
   ipc: int = _field(10, "Synthetic images per class.")
   steps: Optional[int] = _field(None, "Steps (kip: updates of the set; matching: outer "
                                 "iterations, each with a fresh network).")
@@ -507,7 +482,7 @@ class ExpertsConfig(_Config):
 class SelectConfig(_Config):
   """A coreset selection run: the method, the fraction, and the data, kernel, network and
   evaluation sections shared with distillation."""
-  method: str = _field("random", "Selection method.", choices=select.METHODS)
+  method: str = _field("random", "Selection method.", choices=names.SELECT_METHODS)
   fraction: float = _field(0.01, "Fraction of the training set kept, per class (at least 1 per "
                            "class).")
   seed: int = _field(0, "Seed of the selection (and of evaluation networks).")
@@ -529,27 +504,6 @@ class SelectConfig(_Config):
 # ---------------------------------------------------------------------- presets and validation
 
 
-def resolve_config(config: DistillConfig, num_classes: int) -> DistillConfig:
-  """Fills the fields left None with the method's presets (`methods.METHODS`), and turns the
-  deprecated `target_batch` (a total) into `real_per_class`."""
-  method = methods_lib.get(config.method)
-  defaults = dict(method.defaults)
-  if method.ipc_defaults is not None:
-    defaults.update(method.ipc_defaults(config.ipc))
-  # Prototype clusters follow the synthetic set, so they are recomputed every step by default.
-  defaults["recluster_every"] = int(config.robust.cluster_assignment == "prototype")
-  changes = {k: v for k, v in defaults.items() if config.get(k) is None}
-  total = config.optim.target_batch
-  if total is not None:
-    if config.optim.real_per_class is not None:
-      raise ValueError("Pass --real_per_class or its deprecated alias --target_batch, not both.")
-    if total % num_classes:
-      raise ValueError(f"--target_batch={total} must be a multiple of the {num_classes} classes "
-                       "(better: pass --real_per_class).")
-    changes.update(real_per_class=total // num_classes, target_batch=None)
-  return config.replace(**changes)
-
-
 def _check_choices_and_finite(config) -> None:
   """Every string field with choices holds one of them; every float field is finite."""
   for spec in flag_specs(type(config)):
@@ -558,6 +512,13 @@ def _check_choices_and_finite(config) -> None:
       raise ValueError(f"Unknown --{spec.name}={value}; choose one of {spec.choices}.")
     if spec.kind == "float" and value is not None and not math.isfinite(value):
       raise ValueError(f"--{spec.name}={value} is not a finite number.")
+
+
+def _check_mesh(spec) -> None:
+  """Raises ValueError for a bad `--mesh`, or one larger than this process's devices. (JAX is
+  imported here, when a config is validated, not when this module is loaded.)"""
+  from robust_dd import parallel  # pylint: disable=g-import-not-at-top
+  parallel.make_mesh(parallel.parse_mesh(spec))
 
 
 def _check(condition: bool, message: str) -> None:
@@ -599,9 +560,9 @@ def validate_eval(config) -> None:
          "--subgroup_train_fraction and --subgroup_test_fraction must be in [0, 1].")
 
 
-def validate_config(config: DistillConfig) -> None:
-  """Raises ValueError, saying what to change, for settings that cannot run (before any data is
-  loaded; `experiment.prepare_data` checks what depends on the data)."""
+def validate_fields(config: DistillConfig) -> None:
+  """Raises ValueError, saying what to change, for field values that cannot run whatever the
+  method (`presets.validate_config` adds the method's own checks)."""
   validate_eval(config)
   m, o, r, s = config.matching, config.optim, config.robust, config.sampler
   _check(config.ipc >= 1, f"--ipc must be at least 1, got {config.ipc}.")
@@ -611,18 +572,10 @@ def validate_config(config: DistillConfig) -> None:
     value = config.get(name)
     _check(value is None or value >= (name in ("real_per_class", "target_batch")),
            f"--{name} must be >= {int(name in ('real_per_class', 'target_batch'))}, got {value}.")
-  trains_network = methods_lib.get(config.method).trains_network
-  _check(o.krr_loss == "mse" or not trains_network,
-         f"--krr_loss={o.krr_loss} is a KIP loss; --method={config.method} matches gradients.")
   for name in ("outer_loop", "inner_loop"):
-    least = int(name == "outer_loop" and trains_network)  # KIP's presets set both to 0.
     value = config.get(name)
-    _check(value is None or value >= least, f"--{name} must be >= {least}, got {value}.")
-  _check(not (config.method == "lcmat" and m.hvp == "exact"
-              and config.network.conv_impl == "shifted"),
-         "--method=lcmat --hvp=exact needs forward-mode autodiff, which --conv_impl=shifted "
-         "lacks; pass --hvp=finite_difference or another --conv_impl.")
-  parallel.make_mesh(parallel.parse_mesh(config.mesh))  # Raises for a bad or too large --mesh.
+    _check(value is None or value >= 0, f"--{name} must be >= 0, got {value}.")
+  _check_mesh(config.mesh)
   _check(config.network.grad_chunk is None or config.network.grad_chunk >= 0,
          f"--grad_chunk must be >= 0 (0: no chunks), got {config.network.grad_chunk}.")
   _check(m.class_batch is None or m.class_batch >= 0,
@@ -636,10 +589,6 @@ def validate_config(config: DistillConfig) -> None:
   _check(r.num_clusters >= 1, f"--num_clusters must be >= 1, got {r.num_clusters}.")
   _check(r.robust_on == "matching" or r.objective != "none",
          f"--robust_on={r.robust_on} places the robust objective; pass --robust=cvar with it.")
-  _check(r.robust_on == "matching" or trains_network,
-         f"--robust_on={r.robust_on} trains the matching network on real data with the CVaR; "
-         f"--method={config.method} has no network (its model is a kernel, with nothing to "
-         "train): use --robust_on=matching, the CVaR over its per-cluster KRR losses.")
   _check(r.robust_net_batch >= 1, f"--robust_net_batch must be >= 1, got {r.robust_net_batch}.")
   _check(s.sampler_every >= 1 and 0 <= s.sampler_beta <= 1,
          f"--sampler_every must be >= 1 and --sampler_beta in [0, 1], got {s.sampler_every} and "
@@ -653,7 +602,6 @@ def validate_config(config: DistillConfig) -> None:
          "--syn_steps, --expert_epochs and --max_start_epoch must be >= 1.")
   _check(t.syn_lr_init > 0 and t.lr_lr >= 0 and t.syn_batch >= 0,
          "--syn_lr_init must be positive, --lr_lr and --syn_batch >= 0.")
-  methods_lib.get(config.method).validate(config)
   every = r.recluster_every
   _check(every is None or every >= 0,
          f"--recluster_every must be >= 0 (0: cluster once), got {every}.")
@@ -687,7 +635,7 @@ def validate_experts_config(config: ExpertsConfig) -> None:
          "--expert_lr must be positive and --expert_momentum >= 0.")
   _check(config.network.net_depth >= 1 and config.network.net_width >= 1,
          "--net_depth and --net_width must be >= 1.")
-  parallel.make_mesh(parallel.parse_mesh(config.mesh))  # Raises for a bad or too large --mesh.
+  _check_mesh(config.mesh)
 
 
 # ------------------------------------------------------------------------------------ workdirs

@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-CONV_IMPLS = ("auto", "patches", "lax", "shifted", "winograd", "winograd4")
+from robust_dd import names
+
+CONV_IMPLS = names.CONV_IMPLS
 # conv_impl='auto' on CPU uses Winograd in layers with at least this many input channels and
 # patches below: the tile transforms cost about what the matmul saving brings at 16-64 channels
 # (F(2x2), forward + both gradients, 2 CPU cores: patches/winograd time 0.45-0.95 at 8-16

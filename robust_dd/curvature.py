@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 
 from robust_dd import matching
+from robust_dd import names
 
-HVP_MODES = ("exact", "finite_difference")
+HVP_MODES = names.HVP_MODES
 
 
 def hvp(loss_fn: Callable[[Any], jax.Array], params, v) -> Any:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import groups
+from robust_dd import names
 
 EMBEDDED_DATASETS = ("digits", "mnist5k", "mnist1d")
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")  # mnist and
@@ -303,7 +304,7 @@ def load_dataset(name: str, *, data_dir: Optional[str] = None, data_path: Option
 
 # ---------------------------------------------------------------------- rare-subgroup benchmark
 
-SUBGROUPS = ("invert", "rotate", "color")
+SUBGROUPS = names.SUBGROUPS
 
 
 def subgroup_transform(x: np.ndarray, kind: str) -> np.ndarray:

@@ -31,6 +31,7 @@ import optax
 from robust_dd import data as data_lib
 from robust_dd import interrupt
 from robust_dd import io
+from robust_dd import names
 from robust_dd import parallel
 from robust_dd import progress
 from robust_dd import risk
@@ -50,7 +51,7 @@ class DistillState(NamedTuple):
   sampler: Any = None
 
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = names.OPTIMIZERS
 
 
 def make_optimizer(*, learning_rate: float = 0.01, learn_labels: bool = True,
@@ -127,7 +128,7 @@ class Network(NamedTuple):
   train_first: bool = False
 
 
-CLUSTER_MASSES = ("uniform", "size")
+CLUSTER_MASSES = names.CLUSTER_MASSES
 
 
 def cluster_batch(key: jax.Array, real: dict[str, jax.Array], *, per_cluster: int,

@@ -39,6 +39,7 @@ from robust_dd import io
 from robust_dd import methods as methods_lib
 from robust_dd import models
 from robust_dd import parallel
+from robust_dd import presets
 from robust_dd import progress
 from robust_dd import reporting
 from robust_dd import risk
@@ -96,7 +97,7 @@ def prepare_data(config: DistillConfig):
   Returns (dataset, preprocessing, x_train, x_test, resolved config).
   """
   dataset = load_config_dataset(config)
-  config = config_lib.resolve_config(config, dataset.num_classes)
+  config = presets.resolve_config(config, dataset.num_classes)
   methods_lib.get(config.method).check_inputs(config, dataset.x_train)
   _, counts = data_lib.class_index_table(dataset.y_train, dataset.num_classes)
   data_lib.check_per_class(counts, config.ipc, what=f"--ipc={config.ipc}")
@@ -566,7 +567,7 @@ def distill_experiment(config: DistillConfig, workdir: str, log: Log = print) ->
   size under the same evaluator. Nothing is written until the config, the data and the workdir
   have passed every check. Returns the metrics.
   """
-  config_lib.validate_config(config)
+  presets.validate_config(config)
   dataset, prep, x_train, x_test, config = prepare_data(config)
   config_lib.check_workdir(workdir, config)
   real_extras = methods_lib.get(config.method).real_extras(config, x_train, log=log)  # Checked.
@@ -745,11 +746,11 @@ def evaluate_workdir(workdir: str, *, network: bool = True, krr: Optional[bool] 
     raise ValueError(f"Unknown evaluation settings {unknown}; choose from {EVAL_OVERRIDES}.")
   # The mesh the run used may exceed this machine's devices; evaluation does not use it.
   config = DistillConfig.from_dict(io.load_json(config_path)).replace(mesh=None, **overrides)
-  config_lib.validate_config(config)
+  presets.validate_config(config)
   arrays = io.load_npz(set_path)
   prep = data_lib.Preprocessing(arrays["mean"], arrays["std"], arrays.get("zca"))
   dataset = load_config_dataset(config)
-  config = config_lib.resolve_config(config, dataset.num_classes)
+  config = presets.resolve_config(config, dataset.num_classes)
   x_train = data_lib.apply_preprocessing(dataset.x_train, prep)
   x_test = data_lib.apply_preprocessing(dataset.x_test, prep)
   images, labels = arrays["images"], arrays["labels"]

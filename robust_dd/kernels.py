@@ -20,14 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_dd import _nt_compat
+from robust_dd import names
 from robust_dd import parallel
 from robust_dd import precision
 
 nt = _nt_compat.import_neural_tangents()
 stax = nt.stax
 
-ARCHITECTURES = ("fc", "conv")
-KERNELS = ("ntk", "nngp")
+ARCHITECTURES = names.ARCHITECTURES
+KERNELS = names.KERNELS
 KernelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 

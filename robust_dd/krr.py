@@ -21,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from robust_dd import names
 from robust_dd import parallel
 from robust_dd import precision
 from robust_dd import risk
 
-LOSSES = ("mse", "platt")
+LOSSES = names.KRR_LOSSES
 
 
 def regularize(k_ss: jax.Array, *, diag_reg: float) -> jax.Array:

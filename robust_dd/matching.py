@@ -19,10 +19,11 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from robust_dd import ghost as ghost_lib
+from robust_dd import names
 from robust_dd import parallel
 from robust_dd import training
 
-METRICS = ("ours", "mse", "cos")
+METRICS = names.METRICS
 EPS = 1e-6  # The cosines' denominator offset, |a| |b| + EPS.
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -455,6 +455,13 @@ def _mtt_real_extras(config, x_train, *, log) -> dict[str, Any]:
   return {"experts": expert_buffer.load_experts(config, x_train, log=log)}
 
 
+def _lcmat_validate(config) -> None:
+  if config.matching.hvp == "exact" and config.network.conv_impl == "shifted":
+    raise ValueError("--method=lcmat --hvp=exact needs forward-mode autodiff, which "
+                     "--conv_impl=shifted lacks; pass --hvp=finite_difference or another "
+                     "--conv_impl.")
+
+
 def _mtt_validate(config) -> None:
   refusals = (
       (config.robust.objective != "none", "--robust: MTT has no per-cluster loss (its loss "
@@ -540,7 +547,7 @@ _MATCHING_DEFAULTS = dict(optimizer="sgd", learning_rate=0.1, learn_labels=False
                           eval_during=False, augment=False)
 _GRADIENT = _matching_parts(_gradient_class_loss)
 
-METHODS: dict[str, Method] = {m.name: m for m in (
+METHODS: dict[str, Method] = {m.name: m for m in (  # In the order of `names.METHODS`.
     Method(name="kip",
            summary="KRR distillation with an infinite-width kernel (Nguyen et al. 2021).",
            defaults=dict(optimizer="adam", learning_rate=0.01, learn_labels=True,
@@ -560,7 +567,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method(name="lcmat", summary="Loss-curvature matching (Shin et al. 2023).",
            defaults=dict(_MATCHING_DEFAULTS, augment=True), evaluator="network",
            **_matching_parts(_curvature_class_loss), check_inputs=_matching_check_inputs,
-           ipc_defaults=dc_loops, describe=_describe_matching),
+           ipc_defaults=dc_loops, describe=_describe_matching, validate=_lcmat_validate),
     Method(name="mtt", summary="Trajectory matching (Cazenavette et al. 2022).",
            defaults=dict(optimizer="sgd", learning_rate=100.0, learn_labels=False,
                          real_per_class=1, steps=1000, log_every=10, checkpoint_every=50,

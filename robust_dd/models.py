@@ -25,11 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from robust_dd import convolutions
+from robust_dd import names
 
-NETWORKS = ("auto", "convnet", "mlp", "alexnet", "vgg11", "resnet18", "vit")
+NETWORKS = names.NETWORKS
 # Networks for cross-architecture evaluation (--eval_nets); 'convnet' is the run's ConvNet.
-EVAL_NETWORKS = ("convnet", "alexnet", "vgg11", "resnet18", "vit", "mlp")
-PADDINGS = ("reference", "same")
+EVAL_NETWORKS = names.EVAL_NETWORKS
+PADDINGS = names.PADDINGS
 
 
 class InstanceNorm(nn.Module):

@@ -30,11 +30,11 @@ import numpy as np
 
 from robust_dd import cluster
 from robust_dd import data as data_lib
+from robust_dd import names
 from robust_dd import parallel
 from robust_dd import sensitivity
 
-METHODS = ("random", "kmeans_centers", "herding", "kcenter", "sensitivity", "sensitivity_krr",
-           "lcmat")
+METHODS = names.SELECT_METHODS
 
 
 def _flat(x) -> jax.Array:

@@ -31,12 +31,13 @@ from absl import flags
 import jax
 import numpy as np
 
-from robust_dd import data as data_lib
 from robust_dd import config as config_lib
+from robust_dd import convolutions
+from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import matching
 from robust_dd import methods
-from robust_dd import convolutions
+from robust_dd import presets
 from robust_dd import training
 import _bench  # scripts/_bench.py
 
@@ -89,7 +90,7 @@ def torch_outer_iteration(config, x_syn, x, y):
 
 def compiled_step(method, ipc, x, y, real, **overrides):
   """(config, compiled step, compile seconds, run) of a method's outer iteration on mnist5k."""
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+  config = presets.resolve_config(config_lib.DistillConfig.make(
       method=method, ipc=ipc, real_per_class=FLAGS.real_per_class, conv_impl=FLAGS.conv_impl,
       **overrides), 10)
   optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, learn_labels=False,

@@ -30,6 +30,7 @@ from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import methods
 from robust_dd import models
+from robust_dd import presets
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -42,7 +43,7 @@ flags.DEFINE_string("out", "runs/benchmark_mtt.json", "JSON output path.")
 
 
 def bench_one(syn_steps: int, remat: bool):
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+  config = presets.resolve_config(config_lib.DistillConfig.make(
       method="mtt", ipc=FLAGS.ipc, expert_dir="synthetic", syn_steps=syn_steps, remat=remat,
       net_width=FLAGS.net_width, augment=FLAGS.augment), 10)
   ds, x, real = _bench.mnist5k_real()

@@ -34,12 +34,13 @@ from absl import flags
 import jax
 import numpy as np
 
-from robust_dd import data as data_lib
 from robust_dd import config as config_lib
+from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import experiment
 from robust_dd import matching
 from robust_dd import methods
+from robust_dd import presets
 import _bench  # scripts/_bench.py
 
 FLAGS = flags.FLAGS
@@ -66,7 +67,7 @@ def prepare_one(method, x, y, real, *, clusters=0, use_vmap=True, ghost=True):
 
 def _prepare_one(method, x, y, real, *, clusters, use_vmap, ghost):
   # use_vmap=False rows compute one class (with its clusters) at a time (class_batch=1).
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+  config = presets.resolve_config(config_lib.DistillConfig.make(
       method=method, ipc=IPC[method], real_per_class=FLAGS.target_batch // 10,
       robust="cvar" if clusters else "none", num_clusters=max(clusters // 10, 1),
       class_batch=None if use_vmap else 1), 10)

@@ -41,6 +41,7 @@ from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import methods
 from robust_dd import parallel
+from robust_dd import presets
 import _bench  # scripts/_bench.py
 
 flags.DEFINE_list("methods", ["kip", "rfkip", "dc"], "kip, rfkip (random-feature KIP), dc.")
@@ -65,7 +66,7 @@ SETTINGS = {
 
 
 def bench_one(method, devices, x, y, real):
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(**SETTINGS[method]()), 10)
+  config = presets.resolve_config(config_lib.DistillConfig.make(**SETTINGS[method]()), 10)
   o = config.optim
   optimizer = distill.make_optimizer(learning_rate=o.learning_rate, learn_labels=o.learn_labels,
                                      name=o.optimizer)

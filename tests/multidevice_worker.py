@@ -38,6 +38,7 @@ from robust_dd import kernels
 from robust_dd import methods
 from robust_dd import models
 from robust_dd import parallel
+from robust_dd import presets
 from robust_dd import select
 from robust_dd import training
 from robust_dd import trajectory
@@ -77,7 +78,7 @@ def _real():
 
 def run(case: str, devices: int):
   overrides = CASES[case]
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+  config = presets.resolve_config(config_lib.DistillConfig.make(
       ipc=2, real_per_class=4, net_width=4, net_depth=2, inner_loop=2, outer_loop=2,
       **overrides), CLASSES)
   x, real = _real()

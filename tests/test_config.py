@@ -8,6 +8,7 @@ import pytest
 
 from robust_dd import config as config_lib
 from robust_dd import methods
+from robust_dd import presets
 
 DistillConfig = config_lib.DistillConfig
 
@@ -36,11 +37,12 @@ def test_dicts_round_trip_and_old_flat_configs_load():
   del old["real_per_class"]
   loaded = DistillConfig.from_dict(old)
   assert loaded.optim.target_batch == 500 and loaded.robust.objective == "cvar"
-  assert config_lib.resolve_config(loaded, 10).optim.real_per_class == 50
+  assert presets.resolve_config(loaded, 10).optim.real_per_class == 50
 
 
 def test_specs_carry_types_choices_and_each_methods_preset():
-  specs = {s.name: s for s in config_lib.flag_specs(DistillConfig)}
+  specs = {s.name: s for s in config_lib.flag_specs(DistillConfig,
+                                                    help_suffix=presets.preset_help)}
   assert specs["method"].kind == "enum" and specs["method"].choices == tuple(methods.METHODS)
   assert specs["zca"].kind == "bool" and specs["diag_reg"].kind == "float"
   assert specs["steps"].default is None
@@ -55,7 +57,7 @@ def test_specs_carry_types_choices_and_each_methods_preset():
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_every_float_field_must_be_finite(field, value):
   with pytest.raises(ValueError, match=f"--{field}=.* is not a finite number"):
-    config_lib.validate_config(DistillConfig.make(**{field: value}))
+    presets.validate_config(DistillConfig.make(**{field: value}))
 
 
 def test_validation_messages_name_the_flag():
@@ -77,11 +79,11 @@ def test_validation_messages_name_the_flag():
                        (dict(grad_chunk=-1), "--grad_chunk must be >= 0"),
                        (dict(method="lcmat", conv_impl="shifted"), "--hvp=finite_difference")):
     with pytest.raises(ValueError, match=message):
-      config_lib.validate_config(DistillConfig.make(**bad))
+      presets.validate_config(DistillConfig.make(**bad))
   with pytest.raises(ValueError, match="not both"):
-    config_lib.resolve_config(DistillConfig.make(real_per_class=5, target_batch=50), 10)
+    presets.resolve_config(DistillConfig.make(real_per_class=5, target_batch=50), 10)
   with pytest.raises(ValueError, match="multiple of the 10 classes"):
-    config_lib.resolve_config(DistillConfig.make(target_batch=55), 10)
+    presets.resolve_config(DistillConfig.make(target_batch=55), 10)
 
 
 def test_workdir_checks_create_nothing(tmp_path):
@@ -118,4 +120,4 @@ def test_random_feature_settings_resolve_and_bad_ones_are_refused():
                      (dict(random_features=64, kernel="ntk"), "estimates the NNGP"),
                      (dict(random_features=-32), ">= 0")):
     with pytest.raises(ValueError, match=match):
-      config_lib.validate_config(DistillConfig.make(**bad))
+      presets.validate_config(DistillConfig.make(**bad))

@@ -15,6 +15,7 @@ from robust_dd import io
 from robust_dd import kernels
 from robust_dd import krr
 from robust_dd import methods
+from robust_dd import presets
 from robust_dd import risk
 from robust_dd import sensitivity
 
@@ -128,28 +129,28 @@ def test_nan_loss_stops_with_advice():
 
 def test_config_validation_messages():
   with pytest.raises(ValueError, match="--ipc"):
-    config_lib.validate_config(config_lib.DistillConfig.make(ipc=0))
+    presets.validate_config(config_lib.DistillConfig.make(ipc=0))
   with pytest.raises(ValueError, match="method"):
-    config_lib.validate_config(config_lib.DistillConfig.make().replace(method="mtt"))
+    presets.validate_config(config_lib.DistillConfig.make().replace(method="mtt"))
   with pytest.raises(ValueError, match="--metric"):
-    config_lib.validate_config(config_lib.DistillConfig.make(method="dc", metric="l2"))
+    presets.validate_config(config_lib.DistillConfig.make(method="dc", metric="l2"))
   with pytest.raises(ValueError, match="outer_loop"):
-    config_lib.validate_config(config_lib.DistillConfig.make(method="dc", outer_loop=0))
+    presets.validate_config(config_lib.DistillConfig.make(method="dc", outer_loop=0))
 
 
 def test_method_defaults_follow_dc_by_ipc_and_keep_explicit_values():
-  dc10 = config_lib.resolve_config(config_lib.DistillConfig.make(method="dc", ipc=10), 10)
+  dc10 = presets.resolve_config(config_lib.DistillConfig.make(method="dc", ipc=10), 10)
   assert (dc10.matching.outer_loop, dc10.matching.inner_loop, dc10.optim.real_per_class) == (
       10, 50, 256)
   assert (dc10.optim.optimizer, dc10.optim.learning_rate, dc10.optim.learn_labels,
           dc10.matching.augment) == ("sgd", 0.1, False, False)
-  assert config_lib.resolve_config(config_lib.DistillConfig.make(method="dsa", ipc=1),
+  assert presets.resolve_config(config_lib.DistillConfig.make(method="dsa", ipc=1),
                                    10).matching.augment
-  lc = config_lib.resolve_config(config_lib.DistillConfig.make(method="lcmat", ipc=50,
+  lc = presets.resolve_config(config_lib.DistillConfig.make(method="lcmat", ipc=50,
                                                                inner_loop=3, target_batch=100), 10)
   assert (lc.get("outer_loop"), lc.get("inner_loop"), lc.get("real_per_class")) == (50, 3, 10)
   assert lc.optim.target_batch is None  # The deprecated total became real_per_class.
-  kip = config_lib.resolve_config(config_lib.DistillConfig.make(), 10)
+  kip = presets.resolve_config(config_lib.DistillConfig.make(), 10)
   assert (kip.optim.optimizer, kip.optim.learning_rate, kip.optim.real_per_class,
           kip.steps) == ("adam", 0.01, 50, 2000)
   assert methods.dc_loops(7) == {"outer_loop": 10, "inner_loop": 50}
@@ -285,8 +286,8 @@ def test_cluster_real_ids_classes_and_counts():
   d = ((x[:, None] - syn[None]) ** 2).sum(-1)
   d[cc[None, :] != y[:, None]] = np.inf
   np.testing.assert_array_equal(ids, d.argmin(1))
-  assert config_lib.resolve_config(proto, 3).robust.recluster_every == 1
-  assert config_lib.resolve_config(base, 3).robust.recluster_every == 0
+  assert presets.resolve_config(proto, 3).robust.recluster_every == 1
+  assert presets.resolve_config(base, 3).robust.recluster_every == 0
 
 
 def test_reclusterer_is_a_function_of_the_step_and_follows_the_synthetic_set():
@@ -316,7 +317,7 @@ def test_robust_config_validation():
                        (dict(recluster_every=3, checkpoint_every=10), "multiple"),
                        (dict(subgroup="blur"), "subgroup")):
     with pytest.raises(ValueError, match=message):
-      config_lib.validate_config(config_lib.DistillConfig.make(**bad))
+      presets.validate_config(config_lib.DistillConfig.make(**bad))
 
 
 # ------------------------------------------------------------ provable subset selection (§4)
@@ -406,9 +407,9 @@ def test_initial_indices_per_class(init):
   np.testing.assert_array_equal(y[idx], np.repeat(np.arange(3), 2))
   assert np.all(w > 0)
   with pytest.raises(ValueError, match="init"):
-    config_lib.validate_config(config_lib.DistillConfig.make(init="best"))
+    presets.validate_config(config_lib.DistillConfig.make(init="best"))
   with pytest.raises(ValueError, match="sampler_every"):
-    config_lib.validate_config(config_lib.DistillConfig.make(sampler="importance", sampler_every=0))
+    presets.validate_config(config_lib.DistillConfig.make(sampler="importance", sampler_every=0))
 
 
 def test_importance_cluster_batches_weight_the_mask():

@@ -9,6 +9,7 @@ from robust_dd import config as config_lib
 from robust_dd import empirical_ntk
 from robust_dd import kernels
 from robust_dd import methods
+from robust_dd import presets
 from robust_dd import random_features
 
 
@@ -93,7 +94,7 @@ def test_config_selects_it_for_the_loss_and_a_fixed_draw_for_evaluation():
                                        (dict(empirical_width=0), "--empirical_width")])
 def test_config_refuses_bad_combinations(bad, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.validate_config(config_lib.DistillConfig.make(kernel="empirical_ntk", **bad))
+    presets.validate_config(config_lib.DistillConfig.make(kernel="empirical_ntk", **bad))
 
 
 def test_kip_gradient_through_the_empirical_ntk_matches_finite_differences():

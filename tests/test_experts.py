@@ -11,6 +11,7 @@ from robust_dd import config as config_lib
 from robust_dd import experiment
 from robust_dd import expert_buffer
 from robust_dd import experts
+from robust_dd import presets
 
 DATA = dict(dataset="digits", net_width=8, net_depth=2)
 MTT = dict(DATA, method="mtt", ipc=1, syn_steps=3, expert_epochs=1, max_start_epoch=2,
@@ -70,7 +71,7 @@ def test_a_buffer_made_for_other_settings_is_refused_before_anything_is_written(
 def test_mtt_refuses_what_it_cannot_mean(fields, message):
   config = config_lib.DistillConfig.make(**{**MTT, "expert_dir": "x", **fields})
   with pytest.raises(ValueError, match=message):
-    config_lib.validate_config(config)
+    presets.validate_config(config)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from robust_dd import experiment
 from robust_dd import krr
 from robust_dd import matching
 from robust_dd import methods
+from robust_dd import presets
 
 
 def test_every_record_is_complete_and_its_presets_are_config_fields():
@@ -54,7 +55,7 @@ def test_a_new_method_is_one_record(monkeypatch):
                                defaults=dict(methods.METHODS["kip"].defaults, steps=3,
                                              real_per_class=4))
   monkeypatch.setitem(methods.METHODS, "linear", record)
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(method="linear", ipc=1), 3)
+  config = presets.resolve_config(config_lib.DistillConfig.make(method="linear", ipc=1), 3)
   assert (config.steps, config.optim.real_per_class) == (3, 4)
   x, y, real = _real()
   optimizer = distill.make_optimizer(learning_rate=0.01)
@@ -68,7 +69,7 @@ def test_a_new_method_is_one_record(monkeypatch):
 
 def test_build_step_uses_the_records_loss_per_class_batches():
   x, y, real = _real()
-  config = config_lib.resolve_config(
+  config = presets.resolve_config(
       config_lib.DistillConfig.make(ipc=1, real_per_class=6, learning_rate=0.0), 3)
   optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, name="sgd")
   state = distill.init_state(x[[0, 6, 12]], data_lib.one_hot_centered(np.arange(3), 3),
@@ -89,7 +90,7 @@ def test_build_step_weighs_clusters_by_cluster_masses(masses):
   x, y, real = _real()
   ids = np.where(np.arange(len(y)) % 6 < 4, 2 * y, 2 * y + 1)  # Clusters of 4 and 2 per class.
   real = experiment.with_clusters(real, ids, np.repeat(np.arange(3), 2), width=4)
-  config = config_lib.resolve_config(config_lib.DistillConfig.make(
+  config = presets.resolve_config(config_lib.DistillConfig.make(
       ipc=1, real_per_class=8, learning_rate=0.0, robust="cvar", robust_weight=0.0,
       cluster_masses=masses), 3)
   optimizer = distill.make_optimizer(learning_rate=0.0, name="sgd")
@@ -117,7 +118,7 @@ def test_dc_step_is_the_same_whatever_the_class_batching_and_convolution():
   real = {**real, "images": jnp.asarray(x)}
 
   def updated(**overrides):
-    config = config_lib.resolve_config(config_lib.DistillConfig.make(
+    config = presets.resolve_config(config_lib.DistillConfig.make(
         method="dc", ipc=1, real_per_class=4, net_width=4, net_depth=2, **overrides), 3)
     optimizer = distill.make_optimizer(learning_rate=config.optim.learning_rate, name="sgd")
     state = distill.init_state(x[[0, 4, 8]], data_lib.one_hot_centered(np.arange(3), 3),

@@ -12,6 +12,7 @@ import pytest
 
 from robust_dd import config as config_lib
 from robust_dd import parallel
+from robust_dd import presets
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,7 +33,7 @@ def test_a_mesh_larger_than_the_devices_is_refused_and_one_device_is_the_plain_p
   with pytest.raises(ValueError, match="this process has"):
     parallel.make_mesh(len(jax.local_devices()) + 1)
   with pytest.raises(ValueError, match="this process has"):
-    config_lib.validate_config(config_lib.DistillConfig.make(mesh="data:1000"))
+    presets.validate_config(config_lib.DistillConfig.make(mesh="data:1000"))
   mesh = parallel.make_mesh()
   assert parallel.size(mesh) == len(jax.local_devices()) and mesh.axis_names == ("data",)
   info = parallel.describe(mesh)
