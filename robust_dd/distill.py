@@ -269,7 +269,9 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   step. Every `checkpoint_every` steps
   (0: never) and at the end it saves `state` in `checkpoint_dir` (`io.Checkpoints`: Orbax,
   atomic, asynchronous; the newest two kept). After `interrupt.install()`, a SIGINT or SIGTERM
-  stops the loop at the next step boundary with a checkpoint of that step.
+  stops the loop at the next step boundary with a checkpoint of that step, unless the real data
+  is refreshed every `refresh_every` > 1 steps and the step is not a multiple: a resumed run
+  refreshes from its first step's state, so it resumes from the last checkpoint instead.
 
   Raises:
     FloatingPointError: the loss became NaN or infinite (lower the learning rate, raise diag_reg).
@@ -280,6 +282,7 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
   checkpoints = io.Checkpoints(checkpoint_dir) if checkpoint_dir else None
   bar = progress.Progress(num_steps, desc="distillation", initial=start, log=log, lines=False)
   t_start, steps_timed, t_first = time.time(), 0, None
+  last_saved = start if start else None  # The step a rerun resumes from.
   with interrupt.deferred():  # A signal waits for the step boundary.
     try:
       for step in range(start, num_steps):
@@ -316,12 +319,15 @@ def run_distillation(step_fn, state: DistillState, real: dict[str, jax.Array], *
                                  or done == num_steps)
         if saved:
           checkpoints.save(state, step=done)  # In the background; the next step donates `state`.
+          last_saved = done
         signum = interrupt.pending()
         if signum is not None:
-          if checkpoints and not saved:
+          mid_refresh = refresh_real is not None and refresh_every > 1 and done % refresh_every
+          if checkpoints and not saved and not mid_refresh:
             checkpoints.save(state, step=done)
+            last_saved = done
           interrupt.clear()
-          raise interrupt.Interrupted(signum, step=done if checkpoints else None)
+          raise interrupt.Interrupted(signum, step=last_saved if checkpoints else None)
     finally:
       bar.close()
       if checkpoints:

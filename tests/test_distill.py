@@ -1,6 +1,8 @@
 """robust_dd.distill: the step, label freezing, resume equivalence, determinism, NaN guard."""
 
 import functools
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from robust_dd import config as config_lib
 from robust_dd import data as data_lib
 from robust_dd import distill
 from robust_dd import experiment
+from robust_dd import interrupt
 from robust_dd import io
 from robust_dd import kernels
 from robust_dd import krr
@@ -519,3 +522,29 @@ def test_cluster_masses_uniform_or_by_size():
       np.sum(counts * np.arange(1.0, 7.0)) / counts.sum(), rtol=1e-6)
   with pytest.raises(ValueError, match="cluster masses"):
     distill.cluster_batch(key, real, per_cluster=4, masses="area")
+
+
+@pytest.mark.parametrize("refresh_every, resume_at", [(0, 3), (1, 3), (2, 2)])
+def test_a_signal_checkpoints_the_step_a_rerun_resumes_exactly_from(tmp_path, refresh_every,
+                                                                     resume_at):
+  """After `interrupt.install()`, a SIGINT during step 3 stops the loop after it with a checkpoint
+  of step 3; when the real data is refreshed every 2 steps, a resumed run would refresh from step
+  3's state, so the loop stops at the checkpoint of step 2 instead and writes none of step 3."""
+  state = distill.init_state(jnp.zeros((2, 3)), jnp.zeros((2, 2)), distill.make_optimizer())
+
+  def step_fn(state, real, key):  # pylint: disable=unused-argument
+    if int(state.step) == 2:  # During the third step.
+      os.kill(os.getpid(), signal.SIGINT)
+    return state._replace(step=state.step + 1), {"loss": jnp.float32(0.0)}
+
+  assert interrupt.install()
+  try:
+    with pytest.raises(interrupt.Interrupted) as e:
+      distill.run_distillation(step_fn, state, {}, key=jax.random.key(0), num_steps=10,
+                               log_every=100, checkpoint_dir=str(tmp_path), checkpoint_every=2,
+                               refresh_real=lambda s, step: {}, refresh_every=refresh_every,
+                               log=lambda s: None)
+  finally:
+    interrupt.uninstall()
+  assert e.value.step == resume_at and e.value.signum == signal.SIGINT
+  assert io.checkpoint_steps(str(tmp_path))[-1] == resume_at
