@@ -49,6 +49,17 @@ def one_line_error(result, code=2):
   return lines[0]
 
 
+def wait_stopped(pid, timeout=30.0):
+  """Waits until process `pid` is stopped (state T in /proc/PID/stat)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+      if f.read().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+        return
+    time.sleep(0.01)
+  raise AssertionError(f"process {pid} did not stop")
+
+
 def listing(directory):
   """Every file under `directory` with its size and modification time."""
   out = {}
@@ -104,9 +115,10 @@ def test_a_second_run_on_a_workdir_in_use_stops_at_once_and_writes_nothing(refer
   workdir = str(tmp_path / "w")
   first = start(workdir)
   try:
-    before = listing(workdir)
     os.kill(first.pid, signal.SIGSTOP)  # Hold the first run still while the second one tries.
     try:
+      wait_stopped(first.pid)  # SIGSTOP is asynchronous: list only once it has landed.
+      before = listing(workdir)
       second = run(workdir)
       after = listing(workdir)
     finally:
