@@ -103,10 +103,11 @@ class WorkdirLock:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-      owner = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+      pid = os.read(fd, 64).decode("ascii", "replace").strip()
       os.close(fd)
-      raise WorkdirError(f"--workdir={self.workdir} is in use by a running process (pid "
-                         f"{owner}); wait for it to finish, or choose another --workdir.") from e
+      who = f"a running process (pid {pid})" if pid.isdigit() else "another process"
+      raise WorkdirError(f"--workdir={self.workdir} is in use by {who}; wait for it to finish, "
+                         "or choose another --workdir.") from e
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     self._fd = fd
